@@ -1,0 +1,1 @@
+"""The domain: delegation decisions, the audit trail, policy engines and stores."""

@@ -1,0 +1,151 @@
+"""The policy seam: what the gateway asks (`PolicyInput`), what it gets (`Decision`), and who answers.
+
+The gateway queries `data.deputy.decision`. Whatever the policy returns, the caller still enforces the
+invariants (scope only narrows, lifetime only shortens); an error or an undefined decision denies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from regopy import Interpreter
+
+log = logging.getLogger(__name__)
+
+ENTRYPOINT = "deputy/decision"
+
+
+class PolicyError(Exception):
+    """The policy could not be loaded, compiled or evaluated."""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allow: bool
+    scope: tuple[str, ...] = ()
+    ttl: int | None = None
+    reasons: tuple[str, ...] = ()
+    error: str | None = None
+
+    @classmethod
+    def deny(cls, reason: str) -> Decision:
+        return cls(allow=False, reasons=(reason,))
+
+    @classmethod
+    def from_document(cls, document: Any) -> Decision:
+        """Read a policy result strictly: anything malformed is a denial naming the problem."""
+        if not isinstance(document, dict) or type(document.get("allow")) is not bool:
+            return cls.deny("policy result has no boolean allow")
+        reasons = document.get("reasons", [])
+        scope = document.get("scope", [])
+        ttl = document.get("ttl")
+        error = document.get("error")
+        if not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons):
+            return cls.deny("policy result reasons is not a list of strings")
+        if not isinstance(scope, list) or not all(isinstance(s, str) for s in scope):
+            return cls.deny("policy result scope is not a list of strings")
+        if ttl is not None and (type(ttl) is not int or ttl <= 0):
+            return cls.deny("policy result ttl is not a positive integer")
+        if error is not None and not isinstance(error, str):
+            return cls.deny("policy result error is not a string")
+        return cls(document["allow"], tuple(scope), ttl, tuple(reasons), error)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyInput:
+    """The document passed to the policy as `input`."""
+
+    document: Mapping[str, Any] = field(compare=False)
+
+
+class PolicyEngine(Protocol):
+    """Decides one request. Implementations never raise for a policy problem: they deny."""
+
+    revision: str
+
+    async def decide(self, query: PolicyInput) -> Decision: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySource:
+    """A policy directory read into memory: Rego modules and JSON data, with a content revision."""
+
+    modules: Mapping[str, str]
+    data: Mapping[str, Any]
+    revision: str
+
+    @classmethod
+    def read(cls, directory: Path) -> PolicySource:
+        """Every `*.rego` file is a module; every `*.json` file is data at the path of its folder
+        (OPA bundle layout: `data.json` at the root is the root document). Raises PolicyError."""
+        if not directory.is_dir():
+            raise PolicyError(f"{directory} is not a directory")
+        modules: dict[str, str] = {}
+        data: dict[str, Any] = {}
+        digest = hashlib.sha256()
+        for path in sorted(directory.rglob("*")):
+            if path.suffix not in (".rego", ".json") or not path.is_file():
+                continue
+            relative = path.relative_to(directory).as_posix()
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise PolicyError(f"{relative}: {exc}") from exc
+            digest.update(relative.encode() + b"\0" + text.encode() + b"\0")
+            if path.suffix == ".rego":
+                modules[relative] = text
+            else:
+                _merge_data(data, path.parent.relative_to(directory).parts, _json(relative, text))
+        if not modules:
+            raise PolicyError(f"{directory} holds no .rego module")
+        return cls(modules, data, digest.hexdigest()[:12])
+
+
+def _json(name: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PolicyError(f"{name}: not JSON: {exc}") from exc
+
+
+def _merge_data(data: dict[str, Any], parts: tuple[str, ...], value: Any) -> None:
+    node = data
+    for part in parts:
+        node = node.setdefault(part, {})
+    if not isinstance(value, dict):
+        raise PolicyError(f"data at /{'/'.join(parts)} must be a JSON object")
+    node.update(value)
+
+
+class EmbeddedRego:
+    """In-process Rego (regopy): compiled once into a bundle, evaluated per request (≈0.2 ms)."""
+
+    def __init__(self, source: PolicySource) -> None:
+        self.revision = source.revision
+        builder = Interpreter()
+        try:
+            builder.add_data(dict(source.data))
+            for name, text in source.modules.items():
+                builder.add_module(name, text)
+            self._bundle = builder.build(None, [ENTRYPOINT])
+        except Exception as exc:  # regopy raises RegoError, and ValueError/TypeError for bad data
+            raise PolicyError(f"policy does not compile: {exc}") from exc
+        self._runner = Interpreter()
+
+    async def decide(self, query: PolicyInput) -> Decision:
+        try:
+            self._runner.set_input(dict(query.document))
+            output = self._runner.query_bundle_entrypoint(self._bundle, ENTRYPOINT)
+            results = output.results if output.ok() else []
+        except Exception as exc:  # evaluation errors deny; they must never reach the client as a 500
+            log.warning("policy.error", extra={"error": str(exc)[:500]})
+            return Decision.deny("policy evaluation failed")
+        if not results or not results[0].expressions:
+            return Decision.deny("policy decision is undefined")
+        return Decision.from_document(results[0].expressions[0])

@@ -1,0 +1,33 @@
+"""The protected resources Deputy mints tokens for, matched exactly by their audience (RFC 8707 §2)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from token_exchange.errors import InvalidTarget
+from token_exchange.rfc8693 import Target
+from token_exchange.scope import Scope
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    audience: str
+    scopes: Scope
+    max_ttl: int
+    clients: frozenset[str] = frozenset()
+
+
+class Resources:
+    def __init__(self, resources: Iterable[Resource]) -> None:
+        self._by_audience = {r.audience: r for r in resources}
+
+    def resolve(self, target: Target) -> Resource:
+        """Exact string match: no case folding, no trailing-slash or port normalization."""
+        resource = self._by_audience.get(target.value)
+        if resource is None:
+            raise InvalidTarget(f"{target.kind} is not a resource this gateway issues tokens for")
+        return resource
+
+    def all_scopes(self) -> list[str]:
+        return sorted({s for r in self._by_audience.values() for s in r.scopes.values})

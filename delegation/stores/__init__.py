@@ -1,0 +1,1 @@
+"""Store implementations: SQLite (embedded default); PostgreSQL follows behind the same slices."""

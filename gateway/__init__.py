@@ -1,0 +1,1 @@
+"""The FastAPI service, the CLI, configuration and wiring."""

@@ -1,0 +1,106 @@
+"""The HTTP service: routes are a few lines each; errors are rendered in one place."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from token_exchange import rfc8693
+from token_exchange.errors import InvalidClient, OAuthError, rfc6749_charset
+from token_exchange.rfc8414 import well_known_path
+
+from . import keystore
+from .http_forms import read_form
+from .settings import load_settings
+from .wiring import Deputy, Prepared, prepare, running
+
+log = logging.getLogger(__name__)
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def build_app(prepared: Prepared, keys: keystore.KeyRing) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with running(prepared, keys) as deputy:
+            app.state.deputy = deputy
+            yield
+
+    app = FastAPI(title="Deputy", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_exception_handler(OAuthError, _oauth_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _server_error)
+
+    def deputy(request: Request) -> Deputy:
+        return request.app.state.deputy  # type: ignore[no-any-return]
+
+    @app.post("/token")
+    async def token(request: Request) -> JSONResponse:
+        """RFC 8693 token exchange; every parameter comes from the body only (RFC 6749 §2.3.1)."""
+        pairs = await read_form(request)
+        if request.headers.get("authorization"):
+            scheme = request.headers["authorization"].partition(" ")[0][:20] or "Bearer"
+            raise _invalid_client(scheme)
+        exchange_request = rfc8693.parse(pairs)
+        response = await deputy(request).exchange.exchange(exchange_request, now=int(time.time()))
+        return JSONResponse(response.body(), headers=NO_STORE)
+
+    @app.get(well_known_path(prepared.settings.issuer))
+    async def authorization_server_metadata(request: Request) -> JSONResponse:
+        """RFC 8414 §3."""
+        return JSONResponse(deputy(request).metadata)
+
+    @app.get("/.well-known/jwks.json")
+    async def jwks(request: Request) -> JSONResponse:
+        """The public signing keys: current and previous (RFC 7517)."""
+        return JSONResponse(deputy(request).keys.public_jwks(), headers={"Cache-Control": "max-age=60"})
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+def _invalid_client(scheme: str) -> OAuthError:
+    """RFC 6749 §5.2: a client that tried the Authorization header gets 401 with that scheme's challenge."""
+    return InvalidClient(
+        "client authentication is not accepted here: agents authenticate with actor_token",
+        scheme=scheme if scheme.isalpha() else "Bearer",
+    )
+
+
+async def _oauth_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, OAuthError)
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        body = {"error": "invalid_request", "error_description": f"method {request.method} is not allowed here"}
+    else:
+        body = {"error": "not_found", "error_description": "no such endpoint"}
+    body["error_description"] = rfc6749_charset(body["error_description"])[:200]
+    return JSONResponse(body, status_code=exc.status_code, headers={**NO_STORE, **(exc.headers or {})})
+
+
+async def _server_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("server_error", extra={"path": request.url.path})
+    return JSONResponse(
+        {"error": "server_error", "error_description": "internal error"}, status_code=500, headers=NO_STORE
+    )
+
+
+def create_app() -> FastAPI:
+    """Factory for `uvicorn --factory` worker processes: settings from DEPUTY_CONFIG, keys already made."""
+    config = os.environ.get("DEPUTY_CONFIG")
+    settings = load_settings(Path(config) if config else None)
+    return build_app(prepare(settings), keystore.load(settings.state_dir))

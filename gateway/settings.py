@@ -1,0 +1,280 @@
+"""`deputy.toml`: read once with tomllib into frozen dataclasses, every key checked.
+
+The first problem is reported as `ConfigError("key: reason")`. Relative paths are resolved against the
+directory of the config file (the working directory when there is none).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from token_exchange.scope import Scope
+from token_exchange.signing import SIGNING_ALGORITHMS
+from token_exchange.spiffe import SpiffeId, SpiffeIdError
+
+T = TypeVar("T")
+DEFAULT_LISTEN = "127.0.0.1:8600"
+
+
+class ConfigError(Exception):
+    """A wrong or missing key, an unknown field, or a bad value: `key: reason`."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenSettings:
+    signing_alg: str = "ES256"
+    default_ttl: int = 300
+    max_ttl: int = 900
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySettings:
+    engine: str = "embedded"
+    dir: Path | None = None  # None: the packaged policies
+    opa_url: str = "http://127.0.0.1:8181"
+
+
+@dataclass(frozen=True, slots=True)
+class KeySetSettings:
+    """Where a JWK Set comes from: exactly one of a file or an https/http URI."""
+
+    file: Path | None
+    uri: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectIssuerSettings:
+    issuer: str
+    jwks: KeySetSettings
+    audience: str
+
+
+@dataclass(frozen=True, slots=True)
+class TrustDomainSettings:
+    name: str
+    bundle: KeySetSettings
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceSettings:
+    audience: str
+    scopes: tuple[str, ...]
+    max_ttl: int
+    clients: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    issuer: str = f"http://{DEFAULT_LISTEN}"
+    host: str = "127.0.0.1"
+    port: int = 8600
+    state_dir: Path = Path(".deputy")
+    store_url: str = "sqlite:///.deputy/deputy.db"
+    tokens: TokenSettings = field(default_factory=TokenSettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
+    subject_issuers: tuple[SubjectIssuerSettings, ...] = ()
+    trust_domains: tuple[TrustDomainSettings, ...] = ()
+    resources: tuple[ResourceSettings, ...] = ()
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Settings from a TOML file, or the embedded defaults when `path` is None."""
+    if path is None:
+        return parse_settings({}, base=Path.cwd())
+    try:
+        with open(path, "rb") as f:
+            document = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return parse_settings(document, base=path.resolve().parent)
+
+
+def parse_settings(document: dict[str, Any], *, base: Path) -> Settings:
+    t = _Table(document, "", base)
+    listen = t.take("listen", str, DEFAULT_LISTEN)
+    host, port = _listen(listen)
+    issuer = _issuer(t.take("issuer", str, f"http://{listen}"))
+    state_dir = t.path("state_dir", ".deputy")
+    tokens = _tokens(t.table("tokens"))
+    store = t.table("store")
+    store_url = store.take("url", str, f"sqlite:///{state_dir / 'deputy.db'}")
+    if store_url.startswith("sqlite:///") and not store_url.startswith("sqlite:////"):
+        store_url = f"sqlite:///{base / store_url.removeprefix('sqlite:///')}"
+    elif not store_url.startswith("sqlite:///"):
+        raise ConfigError("store.url: only sqlite:///path URLs are supported in this version")
+    store.done()
+    policy = _policy(t.table("policy"))
+    issuers = tuple(_subject_issuer(s, issuer) for s in t.tables("subject_issuers"))
+    domains = tuple(_trust_domain(s) for s in t.tables("trust_domains"))
+    resources = tuple(_resource(s, tokens) for s in t.tables("resources"))
+    t.done()
+    _unique("subject_issuers", [s.issuer for s in issuers], "issuer")
+    _unique("trust_domains", [d.name for d in domains], "name")
+    _unique("resources", [r.audience for r in resources], "audience")
+    return Settings(issuer, host, port, state_dir, store_url, tokens, policy, issuers, domains, resources)
+
+
+class _Table:
+    """One TOML table being read: typed takes, and unknown keys rejected by `done()`."""
+
+    def __init__(self, data: Any, path: str, base: Path) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: must be a table")
+        self.data, self.path_prefix, self.base = data, path, base
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path_prefix}.{name}" if self.path_prefix else name
+
+    def take(self, name: str, kind: type[T], default: T | None = None) -> T:
+        self.seen.add(name)
+        if name not in self.data:
+            if default is None:
+                raise ConfigError(f"{self.key(name)}: required")
+            return default
+        value = self.data[name]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ConfigError(f"{self.key(name)}: must be a {kind.__name__}")
+        return value
+
+    def positive(self, name: str, default: int) -> int:
+        value = self.take(name, int, default)
+        if value <= 0:
+            raise ConfigError(f"{self.key(name)}: must be a positive number of seconds")
+        return value
+
+    def path(self, name: str, default: str) -> Path:
+        return self.base / self.take(name, str, default)
+
+    def table(self, name: str) -> _Table:
+        self.seen.add(name)
+        return _Table(self.data.get(name, {}), self.key(name), self.base)
+
+    def tables(self, name: str) -> list[_Table]:
+        self.seen.add(name)
+        items = self.data.get(name, [])
+        if not isinstance(items, list):
+            raise ConfigError(f"{self.key(name)}: must be an array of tables ([[{name}]])")
+        return [_Table(item, f"{self.key(name)}[{i}]", self.base) for i, item in enumerate(items)]
+
+    def done(self) -> None:
+        if unknown := sorted(set(self.data) - self.seen):
+            raise ConfigError(f"{self.key(unknown[0])}: unknown key")
+
+
+def _listen(listen: str) -> tuple[str, int]:
+    host, colon, port = listen.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError("listen: must be host:port, e.g. 127.0.0.1:8600")
+    return host.strip("[]"), int(port)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _issuer(issuer: str) -> str:
+    """RFC 8414 §2: https, no query or fragment; plain http only on loopback (development)."""
+    parts = urlsplit(issuer)
+    if parts.scheme not in ("https", "http") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigError("issuer: must be an https URL without query or fragment")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise ConfigError("issuer: must use https (plain http is allowed on loopback only)")
+    return issuer
+
+
+def _url(t: _Table, name: str) -> str:
+    value = t.take(name, str)
+    parts = urlsplit(value)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ConfigError(f"{t.key(name)}: must be an http(s) URL")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise ConfigError(f"{t.key(name)}: must use https (plain http is allowed on loopback only)")
+    return value
+
+
+def _tokens(t: _Table) -> TokenSettings:
+    alg = t.take("signing_alg", str, "ES256")
+    if alg not in SIGNING_ALGORITHMS:
+        raise ConfigError(f"tokens.signing_alg: must be one of {', '.join(SIGNING_ALGORITHMS)}")
+    default_ttl, max_ttl = t.positive("default_ttl", 300), t.positive("max_ttl", 900)
+    if default_ttl > max_ttl:
+        raise ConfigError("tokens.default_ttl: must not exceed tokens.max_ttl")
+    t.done()
+    return TokenSettings(alg, default_ttl, max_ttl)
+
+
+def _policy(t: _Table) -> PolicySettings:
+    engine = t.take("engine", str, "embedded")
+    if engine not in ("embedded", "opa"):
+        raise ConfigError("policy.engine: must be 'embedded' or 'opa'")
+    if engine == "opa":
+        raise ConfigError("policy.engine: 'opa' (an OPA server) is not available in this version; use 'embedded'")
+    directory = t.path("dir", "") if "dir" in t.data else None
+    opa_url = _url(t, "opa_url") if "opa_url" in t.data else "http://127.0.0.1:8181"
+    t.done()
+    return PolicySettings(engine, directory, opa_url)
+
+
+def _key_set(t: _Table, file_key: str, uri_key: str) -> KeySetSettings:
+    has_file, has_uri = file_key in t.data, uri_key in t.data
+    if has_file == has_uri:
+        raise ConfigError(f"{t.key(file_key)}: exactly one of {file_key} or {uri_key} is required")
+    if has_file:
+        return KeySetSettings(t.path(file_key, ""), None)
+    return KeySetSettings(None, _url(t, uri_key))
+
+
+def _subject_issuer(t: _Table, gateway_issuer: str) -> SubjectIssuerSettings:
+    issuer = t.take("issuer", str)
+    jwks = _key_set(t, "jwks_file", "jwks_uri")
+    audience = t.take("audience", str, gateway_issuer)
+    t.done()
+    return SubjectIssuerSettings(issuer, jwks, audience)
+
+
+def _trust_domain(t: _Table) -> TrustDomainSettings:
+    name = t.take("name", str)
+    try:
+        SpiffeId.check_trust_domain(name)
+    except SpiffeIdError as exc:
+        raise ConfigError(f"{t.key('name')}: {exc}") from exc
+    bundle = _key_set(t, "bundle_file", "bundle_uri")
+    t.done()
+    return TrustDomainSettings(name, bundle)
+
+
+def _resource(t: _Table, tokens: TokenSettings) -> ResourceSettings:
+    audience = t.take("audience", str)
+    scopes = t.take("scopes", list)
+    if not scopes or not all(isinstance(s, str) for s in scopes) or len(Scope.of(scopes).values) != len(scopes):
+        raise ConfigError(f"{t.key('scopes')}: must be a non-empty list of distinct RFC 6749 scope tokens")
+    max_ttl = t.positive("max_ttl", tokens.max_ttl)
+    clients = t.take("clients", list, [])
+    for client in clients:
+        try:
+            SpiffeId.parse(client)
+        except SpiffeIdError as exc:
+            raise ConfigError(f"{t.key('clients')}: {client!r} is not a SPIFFE ID: {exc}") from exc
+    t.done()
+    return ResourceSettings(audience, tuple(scopes), max_ttl, tuple(clients))
+
+
+def _unique(section: str, values: list[str], key: str) -> None:
+    seen: set[str] = set()
+    for i, value in enumerate(values):
+        if value in seen:
+            raise ConfigError(f"{section}[{i}].{key}: {value!r} is configured twice")
+        seen.add(value)

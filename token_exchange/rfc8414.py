@@ -1,0 +1,30 @@
+"""RFC 8414 authorization server metadata, built once from the issuer and the endpoints that exist."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .rfc8693 import GRANT_TYPE
+
+
+def metadata(issuer: str, *, endpoints: dict[str, str], scopes: list[str]) -> dict[str, Any]:
+    """The metadata document (§2). Empty arrays are omitted (§3.2), so `response_types_supported`,
+    REQUIRED by §2 but empty for a server with no authorization endpoint, is left out."""
+    base = issuer.rstrip("/")
+    document: dict[str, Any] = {
+        "issuer": issuer,
+        "token_endpoint": base + "/token",
+        "jwks_uri": base + "/.well-known/jwks.json",
+        "grant_types_supported": [GRANT_TYPE],
+        "token_endpoint_auth_methods_supported": ["none"],
+        "scopes_supported": sorted(scopes),
+        **{name: base + path for name, path in endpoints.items()},
+    }
+    return {k: v for k, v in document.items() if v != []}
+
+
+def well_known_path(issuer: str) -> str:
+    """§3.1: `/.well-known/oauth-authorization-server` inserted before the issuer's path."""
+    after_scheme = issuer.partition("://")[2]
+    path = after_scheme.partition("/")[2].rstrip("/")
+    return "/.well-known/oauth-authorization-server" + (f"/{path}" if path else "")

@@ -1,0 +1,90 @@
+"""Verifying the user's token (`subject_token`) from a configured identity provider.
+
+The issuer is chosen by the token's `iss`, then its keys verify the signature (RFC 8725 §3.8: the keys
+must belong to that issuer); `aud` must include the configured audience (§3.9); `exp` is required.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from .jws import (
+    SignatureCache,
+    TokenError,
+    check_audience,
+    check_time_claims,
+    string_claim,
+    unverified_parts,
+    verify_signature,
+)
+from .keys import ASYMMETRIC_ALGORITHMS, KeySource
+from .scope import Scope
+
+# Explicitly typed JWTs that are never a user's token (RFC 8725 §3.11, §3.12).
+_FOREIGN_TYPES = frozenset({"txntoken+jwt", "dpop+jwt", "application/txntoken+jwt", "application/dpop+jwt"})
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectIssuer:
+    """An identity provider whose tokens are accepted as `subject_token`."""
+
+    issuer: str
+    audience: str
+    keys: KeySource
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedSubject:
+    """A user whose token was verified: identified by (`issuer`, `subject`)."""
+
+    issuer: str
+    subject: str
+    scope: Scope
+    expires_at: int
+    claims: Mapping[str, Any] = field(compare=False, default_factory=lambda: MappingProxyType({}))
+
+
+def user_scope(claims: Mapping[str, Any]) -> Scope:
+    """The user's scopes: `scope` (RFC 8693 §4.2, a space-separated string) or `scp` (string or list)."""
+    value = claims.get("scope", claims.get("scp"))
+    if isinstance(value, str):
+        return Scope.from_claim(value)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return Scope.from_claim(" ".join(value))
+    return Scope(frozenset())
+
+
+class UserTokenVerifier:
+    """Verifies user tokens from the configured subject issuers."""
+
+    def __init__(self, issuers: Mapping[str, SubjectIssuer]) -> None:
+        self._issuers = dict(issuers)
+        self._cache = SignatureCache()
+
+    async def verify(self, token: str, *, now: int) -> VerifiedSubject:
+        digest = SignatureCache.digest(token)
+        signed = self._cache.get(digest, now=now)
+        if signed is None:
+            header, claims = unverified_parts(token)
+            typ = header.get("typ")
+            if isinstance(typ, str) and typ.lower() in _FOREIGN_TYPES:
+                raise TokenError(f"a {typ} token is not a user token")
+            issuer = self._issuers.get(string_claim(claims, "iss"))
+            if issuer is None:
+                raise TokenError("issuer is not a configured subject issuer")
+            signed = await verify_signature(token, header, issuer.keys, allowed=ASYMMETRIC_ALGORITHMS)
+            self._cache.put(digest, signed)
+        claims = signed.claims
+        issuer = self._issuers[claims["iss"]]
+        check_audience(claims, issuer.audience)
+        expires_at = check_time_claims(claims, now=now)
+        return VerifiedSubject(
+            issuer=issuer.issuer,
+            subject=string_claim(claims, "sub"),
+            scope=user_scope(claims),
+            expires_at=expires_at,
+            claims=MappingProxyType(dict(claims)),
+        )
