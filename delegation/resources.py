@@ -29,5 +29,12 @@ class Resources:
             raise InvalidTarget(f"{target.kind} is not a resource this gateway issues tokens for")
         return resource
 
+    def resolve_audience(self, audience: str) -> Resource:
+        return self.resolve(Target("audience", audience))
+
+    def is_client(self, spiffe_id: str) -> bool:
+        """Whether this SPIFFE ID is listed in some resource's `clients` (may read the revocation feed)."""
+        return any(spiffe_id in r.clients for r in self._by_audience.values())
+
     def all_scopes(self) -> list[str]:
         return sorted({s for r in self._by_audience.values() for s in r.scopes.values})

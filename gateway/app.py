@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -10,6 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
@@ -17,7 +19,7 @@ from token_exchange import rfc8693
 from token_exchange.errors import InvalidClient, OAuthError, rfc6749_charset
 from token_exchange.rfc8414 import well_known_path
 
-from . import keystore
+from . import admin_routes, keystore, task_routes
 from .http_forms import read_form
 from .settings import load_settings
 from .wiring import Deputy, Prepared, prepare, running
@@ -31,12 +33,19 @@ def build_app(prepared: Prepared, keys: keystore.KeyRing) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with running(prepared, keys) as deputy:
             app.state.deputy = deputy
-            yield
+            sweeper = asyncio.create_task(_expire_tasks(deputy))
+            try:
+                yield
+            finally:
+                sweeper.cancel()
 
     app = FastAPI(title="Deputy", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.add_exception_handler(OAuthError, _oauth_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _server_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.include_router(task_routes.router)
+    app.include_router(admin_routes.router)
 
     def deputy(request: Request) -> Deputy:
         return request.app.state.deputy  # type: ignore[no-any-return]
@@ -69,6 +78,16 @@ def build_app(prepared: Prepared, keys: keystore.KeyRing) -> FastAPI:
     return app
 
 
+async def _expire_tasks(deputy: Deputy, every: float = 30.0) -> None:
+    """Mark tasks past their deadline expired and purge rows past retention, without manual work."""
+    while True:
+        try:
+            await deputy.store.expire_and_purge(now=int(time.time()), retention=deputy.settings.tasks.retention)
+        except Exception:
+            log.exception("tasks.sweep_failed")
+        await asyncio.sleep(every)
+
+
 def _invalid_client(scheme: str) -> OAuthError:
     """RFC 6749 §5.2: a client that tried the Authorization header gets 401 with that scheme's challenge."""
     return InvalidClient(
@@ -90,6 +109,11 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         body = {"error": "not_found", "error_description": "no such endpoint"}
     body["error_description"] = rfc6749_charset(body["error_description"])[:200]
     return JSONResponse(body, status_code=exc.status_code, headers={**NO_STORE, **(exc.headers or {})})
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"error": "invalid_request", "error_description": "a query or path parameter is malformed"},
+                        status_code=400, headers=NO_STORE)
 
 
 async def _server_error(request: Request, exc: Exception) -> JSONResponse:

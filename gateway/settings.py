@@ -33,6 +33,22 @@ class TokenSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TaskSettings:
+    default_ttl: int = 900
+    max_ttl: int = 3600
+    retention: int = 86400  # how long ended tasks, their tokens and feed events are kept
+
+
+@dataclass(frozen=True, slots=True)
+class AdminSettings:
+    """Who may use /admin: users whose token's `claim` holds `value`, or these SPIFFE IDs."""
+
+    claim: str = "groups"
+    value: str | None = None
+    spiffe_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class PolicySettings:
     engine: str = "embedded"
     dir: Path | None = None  # None: the packaged policies
@@ -80,6 +96,8 @@ class Settings:
     subject_issuers: tuple[SubjectIssuerSettings, ...] = ()
     trust_domains: tuple[TrustDomainSettings, ...] = ()
     resources: tuple[ResourceSettings, ...] = ()
+    tasks: TaskSettings = field(default_factory=TaskSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
 
 
 def load_settings(path: Path | None) -> Settings:
@@ -114,11 +132,16 @@ def parse_settings(document: dict[str, Any], *, base: Path) -> Settings:
     issuers = tuple(_subject_issuer(s, issuer) for s in t.tables("subject_issuers"))
     domains = tuple(_trust_domain(s) for s in t.tables("trust_domains"))
     resources = tuple(_resource(s, tokens) for s in t.tables("resources"))
+    tasks = _tasks(t.table("tasks"))
+    admin = _admin(t.table("admin"))
     t.done()
     _unique("subject_issuers", [s.issuer for s in issuers], "issuer")
     _unique("trust_domains", [d.name for d in domains], "name")
     _unique("resources", [r.audience for r in resources], "audience")
-    return Settings(issuer, host, port, state_dir, store_url, tokens, policy, issuers, domains, resources)
+    if any(r.audience == issuer for r in resources):
+        raise ConfigError("resources: no resource audience may equal the gateway issuer (task tokens use it)")
+    return Settings(issuer, host, port, state_dir, store_url, tokens, policy, issuers, domains, resources, tasks,
+                    admin)
 
 
 class _Table:
@@ -270,6 +293,28 @@ def _resource(t: _Table, tokens: TokenSettings) -> ResourceSettings:
             raise ConfigError(f"{t.key('clients')}: {client!r} is not a SPIFFE ID: {exc}") from exc
     t.done()
     return ResourceSettings(audience, tuple(scopes), max_ttl, tuple(clients))
+
+
+def _tasks(t: _Table) -> TaskSettings:
+    default_ttl, max_ttl = t.positive("default_ttl", 900), t.positive("max_ttl", 3600)
+    if default_ttl > max_ttl:
+        raise ConfigError("tasks.default_ttl: must not exceed tasks.max_ttl")
+    retention = t.positive("retention", 86400)
+    t.done()
+    return TaskSettings(default_ttl, max_ttl, retention)
+
+
+def _admin(t: _Table) -> AdminSettings:
+    claim = t.take("claim", str, "groups")
+    value = t.take("value", str) if "value" in t.data else None
+    spiffe_ids = t.take("spiffe_ids", list, [])
+    for spiffe_id in spiffe_ids:
+        try:
+            SpiffeId.parse(spiffe_id)
+        except SpiffeIdError as exc:
+            raise ConfigError(f"admin.spiffe_ids: {spiffe_id!r} is not a SPIFFE ID: {exc}") from exc
+    t.done()
+    return AdminSettings(claim, value, tuple(spiffe_ids))
 
 
 def _unique(section: str, values: list[str], key: str) -> None:

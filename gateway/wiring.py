@@ -10,15 +10,18 @@ from typing import Any
 import httpx
 
 from delegation.exchange import Lifetimes, TokenExchange
+from delegation.lifecycle import TaskLifecycle
 from delegation.policy import EmbeddedRego, PolicyError, PolicySource
 from delegation.resources import Resource, Resources
 from delegation.stores.sqlite import SqliteStore, sqlite_path
 from policies import PACKAGED_POLICIES
 from token_exchange.keys import ASYMMETRIC_ALGORITHMS, KeySource, RemoteKeys, StaticKeys, parse_key_set, read_key_set
 from token_exchange.rfc8414 import metadata
-from token_exchange.rfc9068 import Minter
+from token_exchange.rfc9068 import Signer
 from token_exchange.scope import Scope
+from token_exchange.signing import SIGNING_ALGORITHMS
 from token_exchange.spiffe import SVID_ALGORITHMS, JwtSvidVerifier
+from token_exchange.txn_tokens import OwnTokenVerifier
 from token_exchange.user_tokens import SubjectIssuer, UserTokenVerifier
 
 from .keystore import KeyRing
@@ -74,7 +77,11 @@ def _read(source: KeySetSettings, key: str, allowed: frozenset[str], use: str | 
 class Deputy:
     """The running gateway's parts, as the HTTP layer needs them."""
 
+    settings: Settings
     exchange: TokenExchange
+    lifecycle: TaskLifecycle
+    actors: JwtSvidVerifier
+    users: UserTokenVerifier
     keys: KeyRing
     metadata: dict[str, Any]
     store: SqliteStore
@@ -108,18 +115,25 @@ async def running(prepared: Prepared, keys: KeyRing) -> AsyncIterator[Deputy]:
             Resource(r.audience, Scope(frozenset(r.scopes)), r.max_ttl, frozenset(r.clients))
             for r in settings.resources
         )
+        own_keys = StaticKeys(parse_key_set(keys.public_jwks(), allowed=frozenset(SIGNING_ALGORITHMS)))
+        own_tokens = OwnTokenVerifier(own_keys, issuer=settings.issuer, allowed=frozenset(SIGNING_ALGORITHMS))
+        actors, users = JwtSvidVerifier(bundles, audience=settings.issuer), UserTokenVerifier(issuers)
         exchange = TokenExchange(
-            actors=JwtSvidVerifier(bundles, audience=settings.issuer),
-            subjects=UserTokenVerifier(issuers),
+            actors=actors,
+            subjects=users,
+            own_tokens=own_tokens,
             resources=resources,
             policy=prepared.policy,
-            minter=Minter(issuer=settings.issuer, key=keys.current),
+            signer=Signer(issuer=settings.issuer, key=keys.current),
             records=store,
-            lifetimes=Lifetimes(settings.tokens.default_ttl, settings.tokens.max_ttl),
+            lifetimes=Lifetimes(settings.tokens.default_ttl, settings.tokens.max_ttl, settings.tasks.default_ttl,
+                                settings.tasks.max_ttl),
         )
-        document = metadata(settings.issuer, endpoints={}, scopes=resources.all_scopes())
+        lifecycle = TaskLifecycle(store=store, own_tokens=own_tokens, resources=resources)
+        endpoints = {"revocation_endpoint": "/revoke", "introspection_endpoint": "/introspect"}
+        document = metadata(settings.issuer, endpoints=endpoints, scopes=resources.all_scopes())
         try:
-            yield Deputy(exchange, keys, document, store)
+            yield Deputy(settings, exchange, lifecycle, actors, users, keys, document, store)
         finally:
             await store.close()
 

@@ -19,6 +19,8 @@ def metadata(issuer: str, *, endpoints: dict[str, str], scopes: list[str]) -> di
         "token_endpoint_auth_methods_supported": ["none"],
         "scopes_supported": sorted(scopes),
         **{name: base + path for name, path in endpoints.items()},
+        **{f"{name.removesuffix('_endpoint')}_endpoint_auth_methods_supported": ["bearer_jwt_svid"]
+           for name in endpoints},
     }
     return {k: v for k, v in document.items() if v != []}
 

@@ -18,9 +18,11 @@ GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 ID_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:id_token"
-SUBJECT_TOKEN_TYPES = frozenset({ACCESS_TOKEN_TYPE, JWT_TYPE, ID_TOKEN_TYPE})
+TXN_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:txn_token"
+SUBJECT_TOKEN_TYPES = frozenset({ACCESS_TOKEN_TYPE, JWT_TYPE, ID_TOKEN_TYPE, TXN_TOKEN_TYPE})
 ACTOR_TOKEN_TYPES = frozenset({JWT_TYPE})
-ISSUABLE_TOKEN_TYPES = frozenset({ACCESS_TOKEN_TYPE})
+ISSUABLE_TOKEN_TYPES = frozenset({ACCESS_TOKEN_TYPE, TXN_TOKEN_TYPE})
+MAX_PURPOSE_CHARS = 200
 _REPEATABLE = frozenset({"resource", "audience"})
 _CLIENT_CREDENTIALS = ("client_secret", "client_assertion", "client_assertion_type")
 MAX_TARGET_CHARS = 2048
@@ -69,6 +71,8 @@ class ExchangeRequest:
     scope: Scope
     requested_token_type: str
     client_id: str | None
+    purpose: str | None = None
+    task_ttl: int | None = None
 
     def single_target(self) -> Target:
         """Deputy mints each access token for exactly one target (RFC 8693 §2.1.1, RFC 8707 §2)."""
@@ -96,9 +100,16 @@ def parse(pairs: Iterable[tuple[str, str]]) -> ExchangeRequest:
         raise InvalidTarget(f"resource and audience values are limited to {MAX_TARGET_CHARS} characters")
     requested = params.get("requested_token_type") or ACCESS_TOKEN_TYPE
     if requested not in ISSUABLE_TOKEN_TYPES:
-        raise InvalidRequest("requested_token_type is not supported; Deputy issues access tokens")
+        raise InvalidRequest("requested_token_type must be the access_token or txn_token URI")
     scope = Scope.parse(params.get("scope"))
-    return ExchangeRequest(subject, actor, targets, scope, requested, params.get("client_id"))
+    purpose = params.get("purpose")
+    if purpose is not None and (len(purpose) > MAX_PURPOSE_CHARS or not purpose.isprintable()):
+        raise InvalidRequest(f"purpose must be printable text of at most {MAX_PURPOSE_CHARS} characters")
+    task_ttl = params.get("task_ttl")
+    if task_ttl is not None and not (task_ttl.isascii() and task_ttl.isdigit() and 0 < int(task_ttl) <= 86400 * 7):
+        raise InvalidRequest("task_ttl must be a positive number of seconds")
+    return ExchangeRequest(subject, actor, targets, scope, requested, params.get("client_id"), purpose,
+                           int(task_ttl) if task_ttl else None)
 
 
 def _collect(pairs: Iterable[tuple[str, str]]) -> tuple[dict[str, str], dict[str, list[str]]]:

@@ -38,36 +38,30 @@ def new_id() -> str:
     return secrets.token_urlsafe(24)
 
 
-class Minter:
-    """Signs access tokens with the current signing key; holds no other state."""
+class Signer:
+    """Signs Deputy's own JWTs with the current key; every token carries `kid` and an explicit `typ`."""
 
     def __init__(self, *, issuer: str, key: SigningKey) -> None:
         self.issuer = issuer
         self._key = key
-        self._header = {"typ": ACCESS_TOKEN_JWT_TYPE, "kid": key.kid}
 
-    def mint(
-        self,
-        grant: Grant,
-        *,
-        subject: str,
-        actor: str,
-        now: int,
-        extra: Mapping[str, Any] | None = None,
-    ) -> MintedToken:
-        """RFC 9068 §2.2 claims; `client_id` and `act.sub` name the agent (RFC 8693 §4.1, §4.3)."""
+    def sign(self, claims: Mapping[str, Any], *, typ: str) -> MintedToken:
+        """Adds `iss` and a fresh `jti`; `iat` and `exp` come with the claims."""
         jti = new_id()
-        claims: dict[str, Any] = {
-            "iss": self.issuer,
-            "sub": subject,
-            "aud": grant.audience,
-            "client_id": actor,
-            "scope": str(grant.scope),
-            "iat": now,
-            "exp": now + grant.ttl,
-            "jti": jti,
-            "act": {"sub": actor},
-            **(extra or {}),
-        }
-        token = jwt.encode(claims, self._key.private_key, algorithm=self._key.algorithm, headers=self._header)
-        return MintedToken(token, jti, now, now + grant.ttl, claims)
+        body = {"iss": self.issuer, **claims, "jti": jti}
+        token = jwt.encode(body, self._key.private_key, algorithm=self._key.algorithm,
+                           headers={"typ": typ, "kid": self._key.kid})
+        return MintedToken(token, jti, body["iat"], body["exp"], body)
+
+
+def access_token_claims(grant: Grant, *, subject: str, actor: Mapping[str, Any], now: int) -> dict[str, Any]:
+    """RFC 9068 §2.2 claims; `client_id` and `act.sub` name the current agent (RFC 8693 §4.1, §4.3)."""
+    return {
+        "sub": subject,
+        "aud": grant.audience,
+        "client_id": actor["sub"],
+        "scope": str(grant.scope),
+        "iat": now,
+        "exp": now + grant.ttl,
+        "act": dict(actor),
+    }

@@ -15,11 +15,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from token_exchange.scope import Scope
+
 from ..audit import AuditEvent
 from ..records import IssuedTokenRecord, StoreError
+from ..tasks import OPEN, Revocation, Task
 
 T = TypeVar("T")
-Statement = tuple[str, tuple[Any, ...]]
+Work = Callable[[sqlite3.Connection], Any]
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -54,6 +57,39 @@ MIGRATIONS: tuple[str, ...] = (
         task_id TEXT
     );
     CREATE INDEX audit_events_at ON audit_events (at);
+    """,
+    """
+    CREATE TABLE tasks (
+        id TEXT PRIMARY KEY,
+        parent_id TEXT REFERENCES tasks (id) ON DELETE CASCADE,
+        root_id TEXT NOT NULL,
+        chain TEXT NOT NULL,
+        agent TEXT NOT NULL,
+        user_issuer TEXT NOT NULL,
+        user_subject TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        audiences TEXT NOT NULL,
+        purpose TEXT,
+        created_at INTEGER NOT NULL,
+        deadline INTEGER NOT NULL,
+        implicit INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        ended_at INTEGER
+    );
+    CREATE INDEX tasks_parent ON tasks (parent_id);
+    CREATE INDEX tasks_open_deadline ON tasks (state, deadline);
+    CREATE INDEX tasks_agent ON tasks (agent);
+    CREATE INDEX tasks_user ON tasks (user_issuer, user_subject);
+    ALTER TABLE issued_tokens ADD COLUMN revoked_at INTEGER;
+    CREATE INDEX issued_tokens_task ON issued_tokens (task_id);
+    CREATE TABLE revocations (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        at INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        task_ids TEXT NOT NULL,
+        jtis TEXT NOT NULL
+    );
+    CREATE INDEX audit_events_task ON audit_events (task_id);
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -116,7 +152,7 @@ class SqliteStore:
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deputy-sqlite")
         self._connection: sqlite3.Connection | None = None
-        self._pending: list[tuple[Sequence[Statement], asyncio.Future[None]]] = []
+        self._pending: list[tuple[Work, asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
     @classmethod
@@ -128,6 +164,7 @@ class SqliteStore:
     def _connect(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        connection.row_factory = sqlite3.Row
         connection.execute("PRAGMA busy_timeout = 5000")
         connection.execute("PRAGMA journal_mode = WAL")
         connection.execute("PRAGMA synchronous = NORMAL")
@@ -149,75 +186,257 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"sqlite: {exc}") from exc
 
-    async def read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    async def read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         def run() -> list[sqlite3.Row]:
             assert self._connection is not None
-            cursor = self._connection.execute(sql, params)
-            cursor.row_factory = sqlite3.Row
-            return cursor.fetchall()
+            return self._connection.execute(sql, tuple(params)).fetchall()
 
         return await self._call(run)
 
-    async def write(self, statements: Sequence[Statement]) -> None:
-        """Run statements in one transaction, grouped with concurrent writers; raises StoreError."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((statements, future))
+    async def write(self, work: Work) -> Any:
+        """Run `work(connection)` in a transaction, grouped with concurrent writers; raises StoreError."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((work, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
-        await future
+        return await future
 
     async def _flush(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
             try:
-                errors = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self._commit, [statements for statements, _ in batch]
+                outcomes = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._commit, [work for work, _ in batch]
                 )
             except Exception as exc:  # the thread itself failed: every writer in the batch fails closed
-                errors = [f"{type(exc).__name__}: {exc}"] * len(batch)
-            for (_, future), error in zip(batch, errors, strict=True):
+                outcomes = [StoreError(f"{type(exc).__name__}: {exc}")] * len(batch)
+            for (_, future), outcome in zip(batch, outcomes, strict=True):
                 if future.done():
                     continue
-                if error is None:
-                    future.set_result(None)
+                if isinstance(outcome, StoreError):
+                    future.set_exception(outcome)
                 else:
-                    future.set_exception(StoreError(error))
+                    future.set_result(outcome)
 
-    def _commit(self, groups: list[Sequence[Statement]]) -> list[str | None]:
-        assert self._connection is not None
+    def _commit(self, works: list[Work]) -> list[Any]:
+        """All works in one transaction; if that fails, each alone, so only the faulty one fails."""
         try:
-            self._transaction([s for group in groups for s in group])
-            return [None] * len(groups)
-        except sqlite3.Error:
-            if len(groups) == 1:
-                raise
-        errors: list[str | None] = []
-        for group in groups:
+            return self._transaction(works)
+        except (sqlite3.Error, StoreError) as exc:
+            if len(works) == 1:
+                return [exc if isinstance(exc, StoreError) else StoreError(f"sqlite: {exc}")]
+        outcomes: list[Any] = []
+        for work in works:
             try:
-                self._transaction(group)
-                errors.append(None)
+                outcomes.extend(self._transaction([work]))
             except sqlite3.Error as exc:
-                errors.append(f"sqlite: {exc}")
-        return errors
+                outcomes.append(StoreError(f"sqlite: {exc}"))
+            except StoreError as exc:
+                outcomes.append(exc)
+        return outcomes
 
-    def _transaction(self, statements: Sequence[Statement]) -> None:
+    def _transaction(self, works: list[Work]) -> list[Any]:
         assert self._connection is not None
         connection = self._connection
         connection.execute("BEGIN IMMEDIATE")
         try:
-            for sql, params in statements:
-                connection.execute(sql, params)
+            results = [work(connection) for work in works]
             connection.execute("COMMIT")
         except BaseException:
             connection.execute("ROLLBACK")
             raise
+        return results
 
-    # ExchangeRecords
-    async def record_grant(self, token: IssuedTokenRecord, event: AuditEvent) -> None:
-        await self.write([(_INSERT_TOKEN, _token_row(token)), (_INSERT_AUDIT, _audit_row(event))])
+    # Exchange records
+    async def record_grant(self, token: IssuedTokenRecord, event: AuditEvent, task: Task | None = None) -> None:
+        """A minted token, its task when the exchange created one, and the audit event: all or nothing."""
+
+        def work(connection: sqlite3.Connection) -> None:
+            if task is not None:
+                connection.execute(_INSERT_TASK, _task_row(task))
+            connection.execute(_INSERT_TOKEN, _token_row(token))
+            connection.execute(_INSERT_AUDIT, _audit_row(event))
+
+        await self.write(work)
+
+    async def record_task(self, task: Task, event: AuditEvent) -> None:
+        def work(connection: sqlite3.Connection) -> None:
+            connection.execute(_INSERT_TASK, _task_row(task))
+            connection.execute(_INSERT_AUDIT, _audit_row(event))
+
+        await self.write(work)
 
     async def append_audit(self, event: AuditEvent) -> None:
-        await self.write([(_INSERT_AUDIT, _audit_row(event))])
+        await self.write(lambda connection: connection.execute(_INSERT_AUDIT, _audit_row(event)))
 
     async def issued_count(self) -> int:
-        return (await self.read("SELECT count(*) FROM issued_tokens"))[0][0]
+        return int((await self.read("SELECT count(*) FROM issued_tokens"))[0][0])
+
+    # Tasks
+    async def task(self, task_id: str) -> Task | None:
+        rows = await self.read("SELECT * FROM tasks WHERE id = ?", (task_id,))
+        return _task(rows[0]) if rows else None
+
+    async def tasks(self, *, agent: str | None = None, user: str | None = None, state: str | None = None,
+                    limit: int = 100) -> list[Task]:
+        clauses, params = _filters(agent=agent, user_subject=user, state=state)
+        rows = await self.read(
+            f"SELECT * FROM tasks {clauses} ORDER BY created_at DESC, id LIMIT ?", (*params, limit)
+        )
+        return [_task(r) for r in rows]
+
+    async def task_tokens(self, task_id: str) -> list[dict[str, Any]]:
+        rows = await self.read("SELECT * FROM issued_tokens WHERE task_id = ? ORDER BY issued_at", (task_id,))
+        return [dict(r) for r in rows]
+
+    async def token(self, jti: str) -> tuple[IssuedTokenRecord, bool, Task | None] | None:
+        """A token's record, whether it was revoked on its own, and its task."""
+        rows = await self.read("SELECT * FROM issued_tokens WHERE jti = ?", (jti,))
+        if not rows:
+            return None
+        row = rows[0]
+        record = IssuedTokenRecord(*(row[c] for c in _TOKEN_COLUMNS))
+        task = await self.task(row["task_id"]) if row["task_id"] else None
+        return record, row["revoked_at"] is not None, task
+
+    async def end_tasks(self, roots: Sequence[str], *, state: str, reason: str, now: int,
+                        event: AuditEvent | None = None) -> Revocation | None:
+        """End open tasks, all their descendants and every token minted under them, atomically."""
+        return await self.write(lambda c: _end_tasks(c, list(roots), state, reason, now, event))
+
+    async def end_matching(self, *, agent: str | None = None, trust_domain: str | None = None,
+                           user: tuple[str, str] | None = None, reason: str, now: int,
+                           event: AuditEvent | None = None) -> Revocation | None:
+        """Revoke every open task of an agent, a trust domain or a user (with descendants and tokens)."""
+
+        def work(connection: sqlite3.Connection) -> Revocation | None:
+            if agent is not None:
+                rows = connection.execute("SELECT id FROM tasks WHERE state = ? AND agent = ?", (OPEN, agent))
+            elif trust_domain is not None:
+                prefix = f"spiffe://{trust_domain}/"
+                rows = connection.execute(
+                    "SELECT id FROM tasks WHERE state = ? AND substr(agent, 1, ?) = ?", (OPEN, len(prefix), prefix)
+                )
+            else:
+                assert user is not None
+                rows = connection.execute(
+                    "SELECT id FROM tasks WHERE state = ? AND user_issuer = ? AND user_subject = ?", (OPEN, *user)
+                )
+            return _end_tasks(connection, [r[0] for r in rows], REVOKED_STATE, reason, now, event)
+
+        return await self.write(work)
+
+    async def revoke_token(self, jti: str, *, reason: str, now: int, event: AuditEvent | None = None
+                           ) -> Revocation | None:
+        def work(connection: sqlite3.Connection) -> Revocation | None:
+            changed = connection.execute(
+                "UPDATE issued_tokens SET revoked_at = ? WHERE jti = ? AND revoked_at IS NULL", (now, jti)
+            ).rowcount
+            if event is not None:
+                connection.execute(_INSERT_AUDIT, _audit_row(event))
+            return _revocation(connection, now, reason, [], [jti]) if changed else None
+
+        return await self.write(work)
+
+    async def revocations(self, since: int, limit: int) -> list[Revocation]:
+        rows = await self.read("SELECT * FROM revocations WHERE seq > ? ORDER BY seq LIMIT ?", (since, limit))
+        return [
+            Revocation(r["seq"], r["at"], r["reason"], tuple(json.loads(r["task_ids"])), tuple(json.loads(r["jtis"])))
+            for r in rows
+        ]
+
+    async def expire_and_purge(self, *, now: int, retention: int) -> tuple[int, int]:
+        """Mark tasks past their deadline expired (a feed event); delete what ended over `retention` ago."""
+
+        def work(connection: sqlite3.Connection) -> tuple[int, int]:
+            expired = [r[0] for r in connection.execute(
+                "SELECT id FROM tasks WHERE state = ? AND deadline <= ?", (OPEN, now))]
+            if expired:
+                _end_tasks(connection, expired, EXPIRED_STATE, "deadline passed", now, None)
+            cutoff = now - retention
+            purged = connection.execute(
+                "DELETE FROM tasks WHERE state != ? AND ended_at < ? AND parent_id IS NULL", (OPEN, cutoff)
+            ).rowcount
+            connection.execute(
+                "DELETE FROM issued_tokens WHERE expires_at < ? AND (task_id IS NULL OR task_id NOT IN "
+                "(SELECT id FROM tasks))", (cutoff,)
+            )
+            connection.execute("DELETE FROM revocations WHERE at < ?", (cutoff,))
+            return len(expired), purged
+
+        return await self.write(work)
+
+    async def audit_events(self, *, task: str | None = None, agent: str | None = None, user: str | None = None,
+                           since: int | None = None, until: int | None = None, limit: int = 100
+                           ) -> list[dict[str, Any]]:
+        clauses, params = _filters(task_id=task, agent=agent, user_subject=user)
+        extra = []
+        if since is not None:
+            extra.append("at >= ?")
+            params.append(since)
+        if until is not None:
+            extra.append("at <= ?")
+            params.append(until)
+        if extra:
+            clauses = (clauses + " AND " if clauses else "WHERE ") + " AND ".join(extra)
+        rows = await self.read(f"SELECT * FROM audit_events {clauses} ORDER BY id DESC LIMIT ?", (*params, limit))
+        return [{**dict(r), "reasons": json.loads(r["reasons"])} for r in rows]
+
+
+REVOKED_STATE, EXPIRED_STATE = "revoked", "expired"
+_TASK_COLUMNS = ("id", "parent_id", "root_id", "chain", "agent", "user_issuer", "user_subject", "scope",
+                 "audiences", "purpose", "created_at", "deadline", "implicit", "state", "ended_at")
+_INSERT_TASK = f"INSERT INTO tasks ({', '.join(_TASK_COLUMNS)}) VALUES ({', '.join('?' * len(_TASK_COLUMNS))})"
+
+
+def _task_row(task: Task) -> tuple[Any, ...]:
+    return (task.id, task.parent_id, task.root_id, json.dumps(list(task.chain)), task.agent, task.user_issuer,
+            task.user_subject, str(task.scope), json.dumps(list(task.audiences)), task.purpose, task.created_at,
+            task.deadline, int(task.implicit), task.state, task.ended_at)
+
+
+def _task(row: sqlite3.Row) -> Task:
+    return Task(
+        id=row["id"], parent_id=row["parent_id"], root_id=row["root_id"], chain=tuple(json.loads(row["chain"])),
+        user_issuer=row["user_issuer"], user_subject=row["user_subject"], scope=Scope.from_claim(row["scope"]),
+        audiences=tuple(json.loads(row["audiences"])), purpose=row["purpose"], created_at=row["created_at"],
+        deadline=row["deadline"], implicit=bool(row["implicit"]), state=row["state"], ended_at=row["ended_at"],
+    )
+
+
+def _filters(**equal: str | None) -> tuple[str, list[Any]]:
+    names = [name for name, value in equal.items() if value is not None]
+    params: list[Any] = [equal[name] for name in names]
+    return ("WHERE " + " AND ".join(f"{n} = ?" for n in names) if names else ""), params
+
+
+def _end_tasks(connection: sqlite3.Connection, roots: list[str], state: str, reason: str, now: int,
+               event: AuditEvent | None) -> Revocation | None:
+    if event is not None:
+        connection.execute(_INSERT_AUDIT, _audit_row(event))
+    if not roots:
+        return None
+    marks = ", ".join("?" * len(roots))
+    ids = [r[0] for r in connection.execute(
+        f"""WITH RECURSIVE subtree(id) AS (
+                SELECT id FROM tasks WHERE id IN ({marks})
+                UNION SELECT t.id FROM tasks t JOIN subtree s ON t.parent_id = s.id)
+            SELECT tasks.id FROM tasks JOIN subtree USING (id) WHERE tasks.state = ?""",
+        (*roots, OPEN))]
+    if not ids:
+        return None
+    marks = ", ".join("?" * len(ids))
+    connection.execute(f"UPDATE tasks SET state = ?, ended_at = ? WHERE id IN ({marks})", (state, now, *ids))
+    jtis = [r[0] for r in connection.execute(
+        f"SELECT jti FROM issued_tokens WHERE task_id IN ({marks}) AND revoked_at IS NULL AND expires_at > ?",
+        (*ids, now))]
+    return _revocation(connection, now, reason, ids, jtis)
+
+
+def _revocation(connection: sqlite3.Connection, now: int, reason: str, task_ids: list[str], jtis: list[str]
+                ) -> Revocation:
+    cursor = connection.execute(
+        "INSERT INTO revocations (at, reason, task_ids, jtis) VALUES (?, ?, ?, ?)",
+        (now, reason, json.dumps(task_ids), json.dumps(jtis)),
+    )
+    return Revocation(int(cursor.lastrowid or 0), now, reason, tuple(task_ids), tuple(jtis))

@@ -1,8 +1,9 @@
 # Deputy's packaged policy: which agent may act for which user, with which scopes, for how long.
 #
-# Queried as data.deputy.decision. Input: see docs/policy.md. Data: policies/data.json.
-# An agent gets only the scopes listed for its SPIFFE ID per resource, and only when the user
-# allows that agent: the user token's may_act names it (RFC 8693 §4.4), or data lists the delegation.
+# Queried as data.deputy.decision; input and data are described in docs/policy.md.
+# An agent gets only the scopes listed for its SPIFFE ID per resource (data.deputy.grants), and only
+# when the user allows that agent: the user token's may_act names it (RFC 8693 §4.4), or
+# data.deputy.delegations lists it. Sub-agents need data.deputy.subagents and their own grants.
 package deputy
 
 import rego.v1
@@ -10,6 +11,18 @@ import rego.v1
 default decision := {"allow": false, "error": "unauthorized_client", "reasons": ["no rule allows this request"]}
 
 agent := input.actor.sub
+
+default token_ttl := 300
+
+token_ttl := data.deputy.ttl
+
+default task_ttl := 3600
+
+task_ttl := data.deputy.task_ttl
+
+default max_depth := 2
+
+max_depth := data.deputy.max_delegation_depth
 
 # RFC 8693 §4.4: may_act names the party allowed to act; an `iss` there cannot match a SPIFFE actor.
 user_allows_agent if {
@@ -24,33 +37,59 @@ user_allows_agent if {
 	delegation.agent == agent
 }
 
-listed_scopes := object.get(object.get(data.deputy.grants, agent, {}), input.request.audience, [])
+# Within a task the user's consent was checked when the task was opened; the gateway has checked
+# that the actor is the task's own agent.
+user_allows_agent if {
+	input.action == "exchange"
+	input.task.agent == agent
+}
+
+# A sub-agent is allowed when the delegating agent lists it in data.deputy.subagents.
+delegating_agent := input.chain[count(input.chain) - 1]
+
+parent_may_delegate if agent in object.get(data.deputy.subagents, delegating_agent, [])
+
+listed(audience) := object.get(object.get(data.deputy.grants, agent, {}), audience, [])
 
 granted contains s if {
 	some s in input.request.scope
-	s in listed_scopes
+	some audience in input.request.audiences
+	s in listed(audience)
 }
 
-default token_ttl := 300
-
-token_ttl := data.deputy.ttl
+no_grant_for_some_audience if {
+	some audience in input.request.audiences
+	count(listed(audience)) == 0
+}
 
 decision := refuse("unauthorized_client", "the user has not delegated to this agent") if {
-	input.action == "exchange"
+	input.action in {"exchange", "open_task"}
 	not user_allows_agent
-} else := refuse("unauthorized_client", "the agent holds no grant for this resource") if {
-	input.action == "exchange"
-	count(listed_scopes) == 0
+} else := refuse("unauthorized_client", "the delegating agent may not delegate to this agent") if {
+	input.action == "delegate"
+	not parent_may_delegate
+} else := refuse("invalid_request", "the delegation chain would exceed its maximum depth") if {
+	input.action == "delegate"
+	count(input.chain) > max_depth
+} else := refuse("unauthorized_client", "the agent holds no grant for a requested resource") if {
+	no_grant_for_some_audience
 } else := refuse("invalid_scope", "none of the requested scopes is granted to this agent") if {
-	input.action == "exchange"
 	count(granted) == 0
 } else := {
 	"allow": true,
 	"scope": sort([s | some s in granted]),
-	"ttl": token_ttl,
-	"reasons": ["user delegated to agent; scopes granted by data.deputy.grants"],
-} if {
-	input.action == "exchange"
+	"ttl": ttl_for(input.action),
+	"reasons": [reason(input.action)],
 }
+
+ttl_for("exchange") := token_ttl
+
+ttl_for(action) := task_ttl if action != "exchange"
+
+reason("exchange") := "agent acts for the user; scopes from data.deputy.grants"
+
+reason("open_task") := "user delegated to agent; task scopes from data.deputy.grants"
+
+reason("delegate") := "sub-agent allowed by data.deputy.subagents; scopes from data.deputy.grants"
 
 refuse(error, reason) := {"allow": false, "error": error, "reasons": [reason]}

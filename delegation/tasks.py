@@ -1,0 +1,69 @@
+"""Tasks: the unit of delegated work. Every token belongs to one; a child task only ever narrows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from token_exchange.scope import Scope
+
+OPEN, COMPLETED, REVOKED, EXPIRED = "open", "completed", "revoked", "expired"
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    id: str
+    parent_id: str | None
+    root_id: str
+    chain: tuple[str, ...]  # agents' SPIFFE IDs, the first agent first; the last is this task's agent
+    user_issuer: str
+    user_subject: str
+    scope: Scope
+    audiences: tuple[str, ...]
+    purpose: str | None
+    created_at: int
+    deadline: int
+    implicit: bool = False
+    state: str = OPEN
+    ended_at: int | None = None
+
+    @property
+    def agent(self) -> str:
+        return self.chain[-1]
+
+    @property
+    def depth(self) -> int:
+        """Delegation hops below the first agent: 0 for a task opened with the user's token."""
+        return len(self.chain) - 1
+
+    def ended(self, now: int) -> str | None:
+        """Why the task can no longer be used, or None while it is open."""
+        if self.state != OPEN:
+            return self.state
+        return EXPIRED if self.deadline <= now else None
+
+    def policy_view(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "purpose": self.purpose,
+            "chain": list(self.chain),
+            "agent": self.agent,
+            "scope": self.scope.sorted(),
+            "audiences": list(self.audiences),
+            "deadline": self.deadline,
+            "depth": self.depth,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """One event of the revocation feed: the tasks and tokens it ended."""
+
+    seq: int
+    at: int
+    reason: str
+    task_ids: tuple[str, ...]
+    jtis: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, object]:
+        return {"seq": self.seq, "at": self.at, "reason": self.reason, "task_ids": list(self.task_ids),
+                "jtis": list(self.jtis)}

@@ -1,0 +1,89 @@
+"""Ending tasks and telling resource servers: /tasks/{id}/complete, /revoke, /introspect, /revocations."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from token_exchange.errors import InvalidRequest
+
+from .auth import agent, deputy, resource_client
+from .http_forms import read_form
+
+router = APIRouter()
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+FEED_PAGE = 500
+FEED_POLL_S = 0.05
+
+
+@router.post("/tasks/{task_id}/complete")
+async def complete(task_id: str, request: Request, caller: str = Depends(agent)) -> JSONResponse:
+    """The task's agent ends it; every token derived from it stops working."""
+    result = await deputy(request).lifecycle.complete(task_id, agent=caller, now=int(time.time()))
+    return JSONResponse(result, headers=NO_STORE)
+
+
+@router.post("/revoke")
+async def revoke(request: Request, caller: str = Depends(agent)) -> JSONResponse:
+    """RFC 7009 §2.1; §2.2: 200 also for invalid or unknown tokens."""
+    form = dict(_single(await read_form(request)))
+    await deputy(request).lifecycle.revoke(form.get("token", ""), agent=caller, now=int(time.time()))
+    return JSONResponse({}, headers=NO_STORE)
+
+
+@router.post("/introspect")
+async def introspect(request: Request, caller: str = Depends(resource_client)) -> JSONResponse:
+    """RFC 7662 §2.1, §2.2."""
+    form = dict(_single(await read_form(request)))
+    body = await deputy(request).lifecycle.introspect(form.get("token", ""), caller=caller, now=int(time.time()))
+    return JSONResponse(body, headers=NO_STORE)
+
+
+@router.get("/revocations")
+async def revocations(request: Request, since: int = 0, limit: int = FEED_PAGE,
+                      caller: str = Depends(resource_client)) -> JSONResponse:
+    """The revocation feed, paged: events after cursor `since`; `next` is the cursor to ask with next."""
+    events = await deputy(request).store.revocations(max(since, 0), min(max(limit, 1), FEED_PAGE))
+    cursor = events[-1].seq if events else max(since, 0)
+    return JSONResponse({"events": [e.as_dict() for e in events], "next": cursor}, headers=NO_STORE)
+
+
+@router.get("/revocations/stream")
+async def revocation_stream(request: Request, since: int = 0,
+                            caller: str = Depends(resource_client)) -> StreamingResponse:
+    """The same events as Server-Sent Events; `id` is the cursor (resume with Last-Event-ID)."""
+    last = request.headers.get("last-event-id", "")
+    cursor = int(last) if last.isdigit() else max(since, 0)
+    store = deputy(request).store
+
+    async def events() -> AsyncIterator[str]:
+        nonlocal cursor
+        yield ": deputy revocation feed\n\n"
+        quiet = 0.0
+        while not await request.is_disconnected():
+            batch = await store.revocations(cursor, FEED_PAGE)
+            for event in batch:
+                cursor = event.seq
+                yield f"id: {event.seq}\nevent: revocation\ndata: {json.dumps(event.as_dict())}\n\n"
+            if batch:
+                quiet = 0.0
+                continue
+            await asyncio.sleep(FEED_POLL_S)
+            quiet += FEED_POLL_S
+            if quiet >= 15:
+                quiet = 0.0
+                yield ": keep-alive\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+
+
+def _single(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    names = [name for name, _ in pairs]
+    if repeated := {n for n in names if names.count(n) > 1}:
+        raise InvalidRequest(f"{sorted(repeated)[0][:40]} is repeated")
+    return pairs
