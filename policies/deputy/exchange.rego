@@ -1,9 +1,9 @@
 # Deputy's packaged policy: which agent may act for which user, with which scopes, for how long.
 #
 # Queried as data.deputy.decision; input and data are described in docs/policy.md.
-# An agent gets only the scopes listed for its SPIFFE ID per resource (data.deputy.grants), and only
+# An agent gets only the scopes listed for its SPIFFE ID per resource (data.access.grants), and only
 # when the user allows that agent: the user token's may_act names it (RFC 8693 §4.4), or
-# data.deputy.delegations lists it. Sub-agents need data.deputy.subagents and their own grants.
+# data.access.delegations lists it. Sub-agents need data.access.subagents and their own grants.
 package deputy
 
 import rego.v1
@@ -14,15 +14,15 @@ agent := input.actor.sub
 
 default token_ttl := 300
 
-token_ttl := data.deputy.ttl
+token_ttl := data.access.ttl
 
 default task_ttl := 3600
 
-task_ttl := data.deputy.task_ttl
+task_ttl := data.access.task_ttl
 
 default max_depth := 2
 
-max_depth := data.deputy.max_delegation_depth
+max_depth := data.access.max_delegation_depth
 
 # RFC 8693 §4.4: may_act names the party allowed to act; an `iss` there cannot match a SPIFFE actor.
 user_allows_agent if {
@@ -31,7 +31,7 @@ user_allows_agent if {
 }
 
 user_allows_agent if {
-	some delegation in data.deputy.delegations
+	some delegation in data.access.delegations
 	delegation.issuer == input.subject.iss
 	delegation.user == input.subject.sub
 	delegation.agent == agent
@@ -44,12 +44,12 @@ user_allows_agent if {
 	input.task.agent == agent
 }
 
-# A sub-agent is allowed when the delegating agent lists it in data.deputy.subagents.
+# A sub-agent is allowed when the delegating agent lists it in data.access.subagents.
 delegating_agent := input.chain[count(input.chain) - 1]
 
-parent_may_delegate if agent in object.get(data.deputy.subagents, delegating_agent, [])
+parent_may_delegate if agent in object.get(data.access.subagents, delegating_agent, [])
 
-listed(audience) := object.get(object.get(data.deputy.grants, agent, {}), audience, [])
+listed(audience) := object.get(object.get(data.access.grants, agent, {}), audience, [])
 
 granted contains s if {
 	some s in input.request.scope
@@ -86,10 +86,10 @@ ttl_for("exchange") := token_ttl
 
 ttl_for(action) := task_ttl if action != "exchange"
 
-reason("exchange") := "agent acts for the user; scopes from data.deputy.grants"
+reason("exchange") := "agent acts for the user; scopes from data.access.grants"
 
-reason("open_task") := "user delegated to agent; task scopes from data.deputy.grants"
+reason("open_task") := "user delegated to agent; task scopes from data.access.grants"
 
-reason("delegate") := "sub-agent allowed by data.deputy.subagents; scopes from data.deputy.grants"
+reason("delegate") := "sub-agent allowed by data.access.subagents; scopes from data.access.grants"
 
 refuse(error, reason) := {"allow": false, "error": error, "reasons": [reason]}

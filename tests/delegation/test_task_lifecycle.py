@@ -1,0 +1,247 @@
+"""The whole life of a task over HTTP: open, mint within, delegate, widen (refused), complete, and every
+derived token refused by exchange and inactive at introspection (transaction tokens draft, RFC 8693,
+RFC 7009, RFC 7662)."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support import ACCESS_TOKEN, GRANT, JWT, TrustDomain, UserIdp, free_port, gateway_process
+
+TXN = "urn:ietf:params:oauth:token-type:txn_token"
+MAIL, DOCS = "https://mail.example.com", "https://docs.example.com"
+AGENT, SUB, OTHER = (f"spiffe://example.org/agents/{n}" for n in ("mail", "summarizer", "other"))
+DEEP1, DEEP2 = "spiffe://example.org/agents/deep1", "spiffe://example.org/agents/deep2"
+WATCHER = "spiffe://example.org/rs/mail"
+ADMIN = "spiffe://example.org/ops/admin"
+
+
+@dataclass
+class Env:
+    client: httpx.Client
+    issuer: str
+    idp: UserIdp
+    domain: TrustDomain
+
+    def svid(self, spiffe_id: str) -> str:
+        return self.domain.svid(sub=spiffe_id, audience=self.issuer)
+
+    def user(self, **claims: Any) -> str:
+        return self.idp.token("alice", audience=self.issuer, scope="mail.read mail.send docs.read", **claims)
+
+    def post(self, **form: Any) -> httpx.Response:
+        return self.client.post("/token", data={"grant_type": GRANT, **form})
+
+    def open_task(self, agent: str = AGENT, scope: str = "mail.read mail.send", audiences: tuple[str, ...] = (MAIL,),
+                  **extra: Any) -> httpx.Response:
+        return self.post(subject_token=self.user(), subject_token_type=ACCESS_TOKEN, actor_token=self.svid(agent),
+                         actor_token_type=JWT, requested_token_type=TXN, scope=scope, audience=list(audiences),
+                         **extra)
+
+    def within(self, task_token: str, agent: str = AGENT, scope: str = "mail.read", resource: str = MAIL,
+               requested: str = ACCESS_TOKEN) -> httpx.Response:
+        return self.post(subject_token=task_token, subject_token_type=TXN, actor_token=self.svid(agent),
+                         actor_token_type=JWT, scope=scope, resource=resource, requested_token_type=requested)
+
+    def delegate(self, task_token: str, agent: str, scope: str = "mail.read", **extra: Any) -> httpx.Response:
+        return self.post(subject_token=task_token, subject_token_type=TXN, actor_token=self.svid(agent),
+                         actor_token_type=JWT, scope=scope, requested_token_type=TXN, **extra)
+
+    def introspect(self, token: str) -> dict[str, Any]:
+        response = self.client.post("/introspect", data={"token": token},
+                                    headers={"Authorization": f"Bearer {self.svid(WATCHER)}"})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def as_agent(self, agent: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.svid(agent)}"}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    directory = tmp_path_factory.mktemp("tasks")
+    idp, domain = UserIdp("https://idp.example.com"), TrustDomain("example.org")
+    (directory / "idp.jwks").write_text(json.dumps(idp.jwks()))
+    (directory / "bundle.jwks").write_text(json.dumps(domain.jwks()))
+    (directory / "policies" / "deputy").mkdir(parents=True)
+    packaged = Path(__file__).resolve().parents[2] / "policies" / "deputy" / "exchange.rego"
+    (directory / "policies" / "deputy" / "exchange.rego").write_text(packaged.read_text())
+    grants = {MAIL: ["mail.read", "mail.send"], DOCS: ["docs.read"]}
+    (directory / "policies" / "data.json").write_text(json.dumps({"access": {
+        "grants": {AGENT: grants, SUB: {MAIL: ["mail.read"], DOCS: ["docs.read"]}, OTHER: grants,
+                   DEEP1: {MAIL: ["mail.read"]}, DEEP2: {MAIL: ["mail.read"]}},
+        "delegations": [{"issuer": idp.name, "user": "alice", "agent": a} for a in (AGENT, OTHER)],
+        "subagents": {AGENT: [SUB], SUB: [DEEP1], DEEP1: [DEEP2]},
+        "max_delegation_depth": 2,
+    }}))
+    port = free_port()
+    config = directory / "deputy.toml"
+    config.write_text(textwrap.dedent(f"""
+        issuer = "http://127.0.0.1:{port}"
+        listen = "127.0.0.1:{port}"
+        state_dir = "state"
+        [policy]
+        dir = "policies"
+        [admin]
+        spiffe_ids = ["{ADMIN}"]
+        [[subject_issuers]]
+        issuer = "{idp.name}"
+        jwks_file = "idp.jwks"
+        [[trust_domains]]
+        name = "example.org"
+        bundle_file = "bundle.jwks"
+        [[resources]]
+        audience = "{MAIL}"
+        scopes = ["mail.read", "mail.send"]
+        clients = ["{WATCHER}"]
+        [[resources]]
+        audience = "{DOCS}"
+        scopes = ["docs.read"]
+    """))
+    with gateway_process(config) as url, httpx.Client(base_url=url, timeout=10) as client:
+        yield Env(client, f"http://127.0.0.1:{port}", idp, domain)
+
+
+def _ok(response: httpx.Response) -> dict[str, Any]:
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _refused(response: httpx.Response, error: str) -> str:
+    assert (response.status_code, response.json()["error"]) == (400, error), response.text
+    return str(response.json()["error_description"])
+
+
+def test_txn_tokens_11_4_open_task_returns_task_token_with_n_a_type(env: Env) -> None:
+    body = _ok(env.open_task(purpose="triage inbox"))
+    assert body["issued_token_type"] == TXN and body["token_type"] == "N_A" and body["task_id"]
+    assert "refresh_token" not in body
+    import jwt
+
+    header = jwt.get_unverified_header(body["access_token"])
+    claims = jwt.decode(body["access_token"], options={"verify_signature": False})
+    assert header["typ"] == "txntoken+jwt"
+    assert claims["txn"] == body["task_id"] and claims["sub"] == "alice" and claims["aud"] == env.issuer
+    assert claims["act"] == {"sub": AGENT} and claims["purp"] == "triage inbox"
+
+
+def test_task_tokens_within_never_wider_than_the_task(env: Env) -> None:
+    task = _ok(env.open_task(scope="mail.read"))
+    token = _ok(env.within(task["access_token"], scope="mail.read"))
+    import jwt
+
+    claims = jwt.decode(token["access_token"], options={"verify_signature": False})
+    assert claims["txn"] == task["task_id"] and claims["aud"] == MAIL and claims["act"] == {"sub": AGENT}
+    _refused(env.within(task["access_token"], scope="mail.send"), "invalid_scope")
+    _refused(env.within(task["access_token"], resource=DOCS, scope="docs.read"), "invalid_target")
+    assert "another agent" in _refused(env.within(task["access_token"], agent=OTHER), "invalid_request")
+
+
+def test_txn_tokens_13_12_task_token_never_authenticates(env: Env) -> None:
+    task = _ok(env.open_task())
+    response = env.client.post(f"/tasks/{task['task_id']}/complete",
+                               headers={"Authorization": f"Bearer {task['access_token']}"})
+    assert response.status_code == 401
+    _refused(env.post(subject_token=env.user(), subject_token_type=ACCESS_TOKEN, actor_token=task["access_token"],
+                      actor_token_type=JWT, scope="mail.read", resource=MAIL), "invalid_request")
+
+
+def test_rfc8693_4_1_delegation_nests_act_and_only_narrows(env: Env) -> None:
+    parent = _ok(env.open_task(audiences=(MAIL,)))
+    child = _ok(env.delegate(parent["access_token"], SUB, scope="mail.read"))
+    import jwt
+
+    claims = jwt.decode(child["access_token"], options={"verify_signature": False})
+    assert claims["act"] == {"sub": SUB, "act": {"sub": AGENT}}
+    assert claims["exp"] <= jwt.decode(parent["access_token"], options={"verify_signature": False})["exp"]
+    _refused(env.delegate(parent["access_token"], SUB, scope="docs.read"), "invalid_scope")
+    _refused(env.delegate(parent["access_token"], SUB, audience=DOCS), "invalid_target")
+    _refused(env.delegate(parent["access_token"], OTHER), "unauthorized_client")
+    # the sub-agent mints within its own task only
+    _ok(env.within(child["access_token"], agent=SUB))
+    _refused(env.within(child["access_token"], agent=AGENT), "invalid_request")
+
+
+def test_delegation_depth_is_bounded_by_policy_data(env: Env) -> None:
+    root = _ok(env.open_task())
+    one = _ok(env.delegate(root["access_token"], SUB))
+    two = _ok(env.delegate(one["access_token"], DEEP1))
+    assert "depth" in _refused(env.delegate(two["access_token"], DEEP2), "invalid_request")
+
+
+def test_completing_a_task_revokes_descendants_and_tokens(env: Env) -> None:
+    root = _ok(env.open_task())
+    child = _ok(env.delegate(root["access_token"], SUB))
+    root_token = _ok(env.within(root["access_token"]))["access_token"]
+    child_token = _ok(env.within(child["access_token"], agent=SUB))["access_token"]
+    assert env.introspect(root_token)["active"] is True
+    assert env.introspect(child_token)["active"] is True
+    assert env.client.post(f"/tasks/{root['task_id']}/complete", headers=env.as_agent(SUB)).status_code == 404
+    done = env.client.post(f"/tasks/{root['task_id']}/complete", headers=env.as_agent(AGENT))
+    assert done.status_code == 200 and set(done.json()["ended_tasks"]) == {root["task_id"], child["task_id"]}
+    assert env.introspect(root_token) == {"active": False}
+    assert env.introspect(child_token) == {"active": False}
+    assert "ended" in _refused(env.within(root["access_token"]), "invalid_request")
+    assert "ended" in _refused(env.within(child["access_token"], agent=SUB), "invalid_request")
+    assert "ended" in _refused(env.delegate(root["access_token"], SUB), "invalid_request")
+
+
+def test_rfc7009_2_1_revoking_task_token_ends_task_and_other_agents_cannot(env: Env) -> None:
+    task = _ok(env.open_task())
+    token = _ok(env.within(task["access_token"]))["access_token"]
+    refused = env.client.post("/revoke", data={"token": task["access_token"]}, headers=env.as_agent(OTHER))
+    assert (refused.status_code, refused.json()["error"]) == (400, "unauthorized_client")
+    assert env.introspect(token)["active"] is True
+    assert env.client.post("/revoke", data={"token": task["access_token"]},
+                           headers=env.as_agent(AGENT)).status_code == 200
+    assert env.introspect(token) == {"active": False}
+    assert env.client.post("/revoke", data={"token": "garbage"}, headers=env.as_agent(AGENT)).status_code == 200
+
+
+def test_rfc7662_2_2_caller_learns_nothing_of_other_audiences(env: Env) -> None:
+    token = _ok(env.within(_ok(env.open_task())["access_token"]))["access_token"]
+    response = env.client.post("/introspect", data={"token": token}, headers=env.as_agent(AGENT))
+    assert response.status_code == 403
+    assert env.introspect("not-a-token") == {"active": False}
+
+
+def test_revocation_feed_names_ended_tasks_and_jtis(env: Env) -> None:
+    headers = env.as_agent(WATCHER)
+    start = env.client.get("/revocations", headers=headers).json()["next"]
+    task = _ok(env.open_task())
+    token = _ok(env.within(task["access_token"]))["access_token"]
+    env.client.post(f"/tasks/{task['task_id']}/complete", headers=env.as_agent(AGENT))
+    events = env.client.get("/revocations", params={"since": start}, headers=headers).json()["events"]
+    import jwt
+
+    jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+    assert any(task["task_id"] in e["task_ids"] and jti in e["jtis"] for e in events)
+    assert env.client.get("/revocations", headers=env.as_agent(AGENT)).status_code == 403
+
+
+def test_admin_revokes_everything_of_an_agent(env: Env) -> None:
+    task = _ok(env.open_task(agent=OTHER))
+    token = _ok(env.within(task["access_token"], agent=OTHER))["access_token"]
+    denied = env.client.post("/admin/revoke", params={"agent": OTHER}, headers=env.as_agent(AGENT))
+    assert denied.status_code == 403
+    done = env.client.post("/admin/revoke", params={"agent": OTHER}, headers=env.as_agent(ADMIN))
+    assert done.status_code == 200 and task["task_id"] in done.json()["revoked_tasks"]
+    assert env.introspect(token) == {"active": False}
+    listed = env.client.get("/admin/tasks", params={"agent": OTHER}, headers=env.as_agent(ADMIN)).json()
+    assert {t["state"] for t in listed["tasks"]} == {"revoked"}
+    audit = env.client.get("/admin/audit", params={"task": task["task_id"]}, headers=env.as_agent(ADMIN)).json()
+    assert {e["action"] for e in audit["events"]} >= {"open_task", "exchange"}
+
+
+def test_one_shot_exchange_returns_implicit_task_id(env: Env) -> None:
+    body = _ok(env.post(subject_token=env.user(), subject_token_type=ACCESS_TOKEN, actor_token=env.svid(AGENT),
+                        actor_token_type=JWT, scope="mail.read", resource=MAIL))
+    assert body["task_id"] and body["token_type"] == "Bearer"
