@@ -27,18 +27,55 @@ class NotFound(OAuthError):
     status = 404
 
 
+class TaskAdmin:
+    """Ending tasks with their descendants and tokens: by their agent, an admin, or the command line."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self.store = store
+
+    async def revoke_task(self, task_id: str, *, admin: str, now: int, state: str = REVOKED) -> dict[str, Any]:
+        """An admin ends any task (revoked, or completed on the agent's behalf)."""
+        task = await self.store.task(task_id)
+        if task is None:
+            raise NotFound("no such task")
+        action = "admin_complete" if state == COMPLETED else "admin_revoke"
+        revocation = await self.end(task, state=state, by=admin, action=action, now=now)
+        return _task_state(await self.store.task(task_id) or task, revocation)
+
+    async def revoke_matching(self, *, admin: str, now: int, agent: str | None = None,
+                              trust_domain: str | None = None, user: tuple[str, str] | None = None
+                              ) -> dict[str, Any]:
+        what = agent or (f"trust domain {trust_domain}" if trust_domain else f"user {user}")
+        event = _event("admin_revoke", admin, None, now, reasons=(f"revoke everything of {what}",))
+        revocation = await self.store.end_matching(agent=agent, trust_domain=trust_domain, user=user,
+                                                   reason=f"revoked by admin {admin}", now=now, event=event)
+        return {"revoked_tasks": list(revocation.task_ids) if revocation else [],
+                "revoked_tokens": len(revocation.jtis) if revocation else 0}
+
+    async def end(self, task: Task, *, state: str, by: str, action: str, now: int) -> Revocation | None:
+        event = _event(action, by, task.id, now)
+        revocation = await self.store.end_tasks([task.id], state=state, reason=f"{action} by {by}", now=now,
+                                                event=event)
+        log.info("task.ended", extra={"task_id": task.id, "state": state, "by": by,
+                                      "tokens": len(revocation.jtis) if revocation else 0})
+        return revocation
+
+
 class TaskLifecycle:
+    """What agents and resource servers do once tasks exist: complete, revoke, introspect."""
+
     def __init__(self, *, store: SqliteStore, own_tokens: OwnTokenVerifier, resources: Resources) -> None:
         self.store = store
         self.own_tokens = own_tokens
         self.resources = resources
+        self.admin = TaskAdmin(store)
 
     async def complete(self, task_id: str, *, agent: str, now: int) -> dict[str, Any]:
         """The task's own agent ends it: the task, its descendants and every token under them."""
         task = await self.store.task(task_id)
         if task is None or task.agent != agent:
             raise NotFound("no such task for this agent")
-        revocation = await self._end(task, state=COMPLETED, by=agent, action="complete", now=now)
+        revocation = await self.admin.end(task, state=COMPLETED, by=agent, action="complete", now=now)
         return _task_state(await self.store.task(task_id) or task, revocation)
 
     async def revoke(self, token: str, *, agent: str, now: int) -> None:
@@ -52,7 +89,7 @@ class TaskLifecycle:
                 return
             if task.agent != agent:
                 raise UnauthorizedClient("the token was not issued to this agent")
-            await self._end(task, state=COMPLETED, by=agent, action="revoke", now=now)
+            await self.admin.end(task, state=COMPLETED, by=agent, action="revoke", now=now)
             return
         found = await self.store.token(verified.jti)
         if found is None:
@@ -83,31 +120,6 @@ class TaskLifecycle:
             return INACTIVE
         keep = ("scope", "client_id", "sub", "aud", "iss", "exp", "iat", "jti", "act", "txn")
         return {"active": True, "token_type": "Bearer", **{k: claims[k] for k in keep if k in claims}}
-
-    async def revoke_task(self, task_id: str, *, admin: str, now: int) -> dict[str, Any]:
-        task = await self.store.task(task_id)
-        if task is None:
-            raise NotFound("no such task")
-        revocation = await self._end(task, state=REVOKED, by=admin, action="admin_revoke", now=now)
-        return _task_state(await self.store.task(task_id) or task, revocation)
-
-    async def revoke_matching(self, *, admin: str, now: int, agent: str | None = None,
-                              trust_domain: str | None = None, user: tuple[str, str] | None = None
-                              ) -> dict[str, Any]:
-        what = agent or (f"trust domain {trust_domain}" if trust_domain else f"user {user}")
-        event = _event("admin_revoke", admin, None, now, reasons=(f"revoke everything of {what}",))
-        revocation = await self.store.end_matching(agent=agent, trust_domain=trust_domain, user=user,
-                                                   reason=f"revoked by admin {admin}", now=now, event=event)
-        return {"revoked_tasks": list(revocation.task_ids) if revocation else [],
-                "revoked_tokens": len(revocation.jtis) if revocation else 0}
-
-    async def _end(self, task: Task, *, state: str, by: str, action: str, now: int) -> Revocation | None:
-        event = _event(action, by, task.id, now)
-        revocation = await self.store.end_tasks([task.id], state=state, reason=f"{action} by {by}", now=now,
-                                                event=event)
-        log.info("task.ended", extra={"task_id": task.id, "state": state, "by": by,
-                                      "tokens": len(revocation.jtis) if revocation else 0})
-        return revocation
 
     async def _own(self, token: str, now: int) -> OwnToken | None:
         if not token:

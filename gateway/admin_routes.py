@@ -50,7 +50,7 @@ async def show_task(task_id: str, request: Request, _: str = Depends(admin)) -> 
 
 @router.post("/tasks/{task_id}/revoke")
 async def revoke_task(task_id: str, request: Request, who: str = Depends(admin)) -> JSONResponse:
-    result = await deputy(request).lifecycle.revoke_task(task_id, admin=who, now=int(time.time()))
+    result = await deputy(request).lifecycle.admin.revoke_task(task_id, admin=who, now=int(time.time()))
     return JSONResponse(result, headers=NO_STORE)
 
 
@@ -70,7 +70,7 @@ async def revoke_matching(request: Request, agent: str | None = None, trust_doma
         raise InvalidRequest(f"not a SPIFFE ID or trust domain: {exc}") from exc
     if user is not None and issuer is None:
         raise InvalidRequest("user needs issuer (the subject issuer of the user)")
-    result = await deputy(request).lifecycle.revoke_matching(
+    result = await deputy(request).lifecycle.admin.revoke_matching(
         admin=who, now=int(time.time()), agent=agent, trust_domain=trust_domain,
         user=(issuer, user) if user is not None and issuer is not None else None,
     )

@@ -7,14 +7,16 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from delegation.stores.sqlite import SqliteStore, sqlite_path
 
-from . import keystore, logs
+from . import admin_cli, keystore, logs
 from .settings import ConfigError, Settings, load_settings
 from .wiring import Prepared, prepare
 
 EXIT_CONFIG = 2
+DEV_DIR = Path(".deputy-dev")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +40,24 @@ def _parser() -> argparse.ArgumentParser:
     _config_option(serve)
     serve.add_argument("--workers", type=_positive, default=1, help="worker processes sharing the port (default 1)")
     serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--dev",
+        action="store_true",
+        help="DEMO ONLY: throwaway state in ./.deputy-dev, a demo identity provider, trust domain and resource",
+    )
+    serve.add_argument("--listen", default="127.0.0.1:8600", help="with --dev: host:port (default 127.0.0.1:8600)")
     serve.set_defaults(run=_serve)
+
+    dev = commands.add_parser("dev", help="DEMO ONLY: tokens from the demo identities of `deputy serve --dev`")
+    dev_commands = dev.add_subparsers(required=True, metavar="ACTION")
+    user_token = dev_commands.add_parser("user-token", help="print a demo user token for USER")
+    user_token.add_argument("user")
+    user_token.set_defaults(run=_dev_user_token)
+    svid = dev_commands.add_parser("svid", help="print a demo JWT-SVID for SPIFFE_ID")
+    svid.add_argument("spiffe_id")
+    svid.set_defaults(run=_dev_svid)
+    for command in (user_token, svid):
+        command.add_argument("--dir", type=Path, default=DEV_DIR, help=f"demo state (default {DEV_DIR})")
 
     keys = commands.add_parser("keys", help="manage the signing keys")
     key_commands = keys.add_subparsers(required=True, metavar="ACTION")
@@ -51,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate a config file and the policy, then exit")
     _config_option(check)
     check.set_defaults(run=_check)
+    admin_cli.add_commands(commands, _config_option)
     return parser
 
 
@@ -95,9 +115,17 @@ def _serve(args: argparse.Namespace) -> int:
     from .app import build_app
 
     logs.configure(args.log_level.upper())
+    if args.dev:
+        if args.config is not None:
+            raise ConfigError("--dev: cannot be combined with --config (dev mode makes its own)")
+        from deputy_examples.demo_identities import DemoIdentities
+
+        args.config = DemoIdentities(DEV_DIR).create(listen=args.listen)
     prepared, keys = _ready(args.config)
     settings = prepared.settings
     _banner(settings, prepared, keys, args.workers)
+    if args.dev:
+        _dev_banner(settings)
     common = {"host": settings.host, "port": settings.port, "log_level": args.log_level, "access_log": False}
     if args.workers == 1:
         uvicorn.run(build_app(prepared, keys), **common)
@@ -123,6 +151,47 @@ def _banner(settings: Settings, prepared: Prepared, keys: keystore.KeyRing, work
         lines.append("  note: with no subject issuer, trust domain or resource configured, every exchange is refused;")
         lines.append("        see README.md 'Configure' for a deputy.toml")
     print("\n".join(lines), flush=True)
+
+
+def _dev_banner(settings: Settings) -> None:
+    from deputy_examples.demo_identities import AGENT, LABEL, MAIL
+
+    print(f"""
+*** {LABEL}: throwaway state in {DEV_DIR}/, a demo identity provider (https://idp.demo.test) and a demo
+*** SPIFFE trust domain (demo.test) whose keys anyone on this machine can read. Never use in production.
+
+Get a user token and an agent SVID from the demo identities:
+  USER_TOKEN=$(deputy dev user-token alice)
+  SVID=$(deputy dev svid {AGENT})
+Exchange them for a token to the demo resource:
+  curl -s {settings.issuer}/token \\
+    -d grant_type=urn:ietf:params:oauth:grant-type:token-exchange \\
+    -d subject_token="$USER_TOKEN" -d subject_token_type=urn:ietf:params:oauth:token-type:access_token \\
+    -d actor_token="$SVID" -d actor_token_type=urn:ietf:params:oauth:token-type:jwt \\
+    -d resource={MAIL} -d scope=mail.read
+""", flush=True)
+
+
+def _dev_identities(args: argparse.Namespace) -> Any:
+    from deputy_examples.demo_identities import DemoIdentities
+
+    return DemoIdentities(args.dir)
+
+
+def _dev_user_token(args: argparse.Namespace) -> int:
+    try:
+        print(_dev_identities(args).user_token(args.user))
+    except FileNotFoundError as exc:
+        raise ConfigError(str(exc)) from exc
+    return 0
+
+
+def _dev_svid(args: argparse.Namespace) -> int:
+    try:
+        print(_dev_identities(args).svid(args.spiffe_id))
+    except FileNotFoundError as exc:
+        raise ConfigError(str(exc)) from exc
+    return 0
 
 
 def _rotate(args: argparse.Namespace) -> int:

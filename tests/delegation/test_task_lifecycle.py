@@ -5,6 +5,8 @@ RFC 7009, RFC 7662)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ class Env:
     issuer: str
     idp: UserIdp
     domain: TrustDomain
+    config: Path
 
     def svid(self, spiffe_id: str) -> str:
         return self.domain.svid(sub=spiffe_id, audience=self.issuer)
@@ -107,7 +110,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         scopes = ["docs.read"]
     """))
     with gateway_process(config) as url, httpx.Client(base_url=url, timeout=10) as client:
-        yield Env(client, f"http://127.0.0.1:{port}", idp, domain)
+        yield Env(client, f"http://127.0.0.1:{port}", idp, domain, config)
 
 
 def _ok(response: httpx.Response) -> dict[str, Any]:
@@ -245,3 +248,36 @@ def test_one_shot_exchange_returns_implicit_task_id(env: Env) -> None:
     body = _ok(env.post(subject_token=env.user(), subject_token_type=ACCESS_TOKEN, actor_token=env.svid(AGENT),
                         actor_token_type=JWT, scope="mail.read", resource=MAIL))
     assert body["task_id"] and body["token_type"] == "Bearer"
+
+
+def _deputy(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway.cli", *args, "--config", str(env.config)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_cli_lists_shows_and_completes_tasks_with_readable_tables(env: Env) -> None:
+    task = _ok(env.open_task(purpose="cli check"))
+    token = _ok(env.within(task["access_token"]))["access_token"]
+    listing = _deputy(env, "tasks", "list", "--agent", AGENT, "--state", "open")
+    assert listing.returncode == 0, listing.stderr
+    assert listing.stdout.splitlines()[0].split()[:3] == ["TASK", "STATE", "AGENT"]
+    assert task["task_id"][:12] in listing.stdout
+    shown = _deputy(env, "tasks", "show", task["task_id"])
+    assert shown.returncode == 0 and "cli check" in shown.stdout and "JTI" in shown.stdout
+    done = _deputy(env, "tasks", "complete", task["task_id"])
+    assert done.returncode == 0 and "completed" in done.stdout
+    assert env.introspect(token) == {"active": False}
+    missing = _deputy(env, "tasks", "show", "no-such-task")
+    assert missing.returncode == 2 and "not found" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_cli_revokes_a_user_and_shows_the_audit_trail(env: Env) -> None:
+    token = _ok(env.within(_ok(env.open_task())["access_token"]))["access_token"]
+    revoked = _deputy(env, "revoke", "--user", "alice", "--issuer", env.idp.name)
+    assert revoked.returncode == 0 and "revoked" in revoked.stdout
+    assert env.introspect(token) == {"active": False}
+    audit = _deputy(env, "audit", "--user", "alice", "--json", "--limit", "500")
+    actions = {json.loads(line)["action"] for line in audit.stdout.splitlines()}
+    assert {"open_task", "exchange"} <= actions
+    bad = _deputy(env, "revoke", "--agent", "SPIFFE://Example.org/x")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr

@@ -1,0 +1,178 @@
+"""`deputy tasks|revoke|audit`: the admin operations from the command line, on the configured store.
+
+The operator's authority is access to the gateway's state (the config and its 0600 database); every
+action is audited as `cli:<user>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from delegation.lifecycle import NotFound, TaskAdmin
+from delegation.stores.sqlite import SqliteStore, sqlite_path
+from delegation.tasks import COMPLETED, REVOKED
+from token_exchange.spiffe import SpiffeId, SpiffeIdError
+
+from .admin_routes import task_view
+from .settings import ConfigError, load_settings
+
+T = TypeVar("T")
+
+
+def add_commands(commands: Any, config_option: Callable[[argparse.ArgumentParser], None]) -> None:
+    tasks = commands.add_parser("tasks", help="list, inspect, complete or revoke tasks")
+    actions = tasks.add_subparsers(required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="tasks, newest first")
+    listing.add_argument("--agent", help="only tasks of this agent (SPIFFE ID)")
+    listing.add_argument("--user", help="only tasks of this user (sub)")
+    listing.add_argument("--state", choices=["open", "completed", "revoked", "expired"])
+    listing.add_argument("--limit", type=int, default=50)
+    listing.set_defaults(run=_list)
+    for name, run, text in (("show", _show, "one task: its chain, children and tokens"),
+                            ("complete", _complete, "complete a task and everything derived from it"),
+                            ("revoke", _revoke_task, "revoke a task and everything derived from it")):
+        action = actions.add_parser(name, help=text)
+        action.add_argument("task_id")
+        action.set_defaults(run=run)
+        config_option(action)
+    config_option(listing)
+
+    revoke = commands.add_parser("revoke", help="revoke every open task of an agent, a trust domain or a user")
+    who = revoke.add_mutually_exclusive_group(required=True)
+    who.add_argument("--agent", help="an agent's SPIFFE ID")
+    who.add_argument("--trust-domain", help="every agent of a SPIFFE trust domain")
+    who.add_argument("--user", help="a user's sub (with --issuer)")
+    revoke.add_argument("--issuer", help="the subject issuer of --user")
+    revoke.set_defaults(run=_revoke_matching)
+    config_option(revoke)
+
+    audit = commands.add_parser("audit", help="the audit trail, newest first")
+    audit.add_argument("--task")
+    audit.add_argument("--agent")
+    audit.add_argument("--user")
+    audit.add_argument("--since", type=int, help="unix time")
+    audit.add_argument("--until", type=int, help="unix time")
+    audit.add_argument("--limit", type=int, default=50)
+    audit.add_argument("--json", action="store_true", help="one JSON object per line")
+    audit.set_defaults(run=_audit)
+    config_option(audit)
+
+
+def _with_store(args: argparse.Namespace, work: Callable[[SqliteStore], Awaitable[T]]) -> T:
+    settings = load_settings(args.config)
+
+    async def run() -> T:
+        store = await SqliteStore.open(sqlite_path(settings.store_url))
+        try:
+            return await work(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def _operator() -> str:
+    return f"cli:{getpass.getuser()}"
+
+
+def _list(args: argparse.Namespace) -> int:
+    tasks = _with_store(args, lambda s: s.tasks(agent=args.agent, user=args.user, state=args.state,
+                                                limit=args.limit))
+    rows = [(t.id[:12], t.state, t.agent, t.user_subject, str(t.scope), _when(t.deadline), len(t.chain) - 1)
+            for t in tasks]
+    print(table(("TASK", "STATE", "AGENT", "USER", "SCOPE", "DEADLINE", "DEPTH"), rows))
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    async def work(store: SqliteStore) -> tuple[Any, list[dict[str, Any]]]:
+        return await store.task(args.task_id), await store.task_tokens(args.task_id)
+
+    task, tokens = _with_store(args, work)
+    if task is None:
+        raise ConfigError(f"task {args.task_id}: not found")
+    view = task_view(task)
+    for key in ("id", "state", "agent", "purpose", "scope", "audiences", "parent_id", "root_id"):
+        print(f"{key:<10} {view[key]}")
+    print(f"{'user':<10} {task.user_subject} ({task.user_issuer})")
+    print(f"{'chain':<10} {' -> '.join(task.chain)}")
+    print(f"{'deadline':<10} {_when(task.deadline)}")
+    print()
+    print(table(("JTI", "AUDIENCE", "SCOPE", "EXPIRES", "REVOKED"),
+                [(t["jti"][:12], t["audience"], t["scope"], _when(t["expires_at"]),
+                  "yes" if t["revoked_at"] else "") for t in tokens]))
+    return 0
+
+
+def _end(args: argparse.Namespace, state: str) -> int:
+    async def work(store: SqliteStore) -> dict[str, Any]:
+        return await TaskAdmin(store).revoke_task(args.task_id, admin=_operator(), now=int(time.time()),
+                                                   state=state)
+
+    try:
+        result = _with_store(args, work)
+    except NotFound as exc:
+        raise ConfigError(f"task {args.task_id}: not found") from exc
+    print(f"task {result['task_id']} {result['state']}: {len(result['ended_tasks'])} task(s) ended, "
+          f"{result['revoked_tokens']} token(s) revoked")
+    return 0
+
+
+def _complete(args: argparse.Namespace) -> int:
+    return _end(args, COMPLETED)
+
+
+def _revoke_task(args: argparse.Namespace) -> int:
+    return _end(args, REVOKED)
+
+
+def _revoke_matching(args: argparse.Namespace) -> int:
+    try:
+        if args.agent:
+            SpiffeId.parse(args.agent)
+        if args.trust_domain:
+            SpiffeId.check_trust_domain(args.trust_domain)
+    except SpiffeIdError as exc:
+        raise ConfigError(f"--agent/--trust-domain: {exc}") from exc
+    if args.user and not args.issuer:
+        raise ConfigError("--user: needs --issuer (the subject issuer of the user)")
+    user = (args.issuer, args.user) if args.user else None
+    result = _with_store(args, lambda s: TaskAdmin(s).revoke_matching(
+        admin=_operator(), now=int(time.time()), agent=args.agent, trust_domain=args.trust_domain, user=user))
+    print(f"revoked {len(result['revoked_tasks'])} task(s) and {result['revoked_tokens']} token(s)")
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    events = _with_store(args, lambda s: s.audit_events(task=args.task, agent=args.agent, user=args.user,
+                                                        since=args.since, until=args.until, limit=args.limit))
+    if args.json:
+        for event in events:
+            print(json.dumps(event))
+        return 0
+    rows = [(_when(e["at"]), e["action"], e["outcome"], e["error"] or "", e["agent"] or "", e["user_subject"] or "",
+             e["granted_scope"] or e["requested_scope"] or "", "; ".join(e["reasons"])[:60]) for e in events]
+    print(table(("AT", "ACTION", "OUTCOME", "ERROR", "AGENT", "USER", "SCOPE", "REASONS"), rows))
+    return 0
+
+
+def _when(timestamp: int | None) -> str:
+    if timestamp is None:
+        return ""
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain text table with aligned columns; '(none)' when there are no rows."""
+    if not rows:
+        return "(none)"
+    cells = [[str(c) for c in headers], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
