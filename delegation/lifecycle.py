@@ -4,7 +4,8 @@ the revocation feed, and the admin operations. Callers arrive already authentica
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from token_exchange.errors import InvalidRequest, OAuthError, UnauthorizedClient
 from token_exchange.jws import TokenError
@@ -12,8 +13,8 @@ from token_exchange.rfc9068 import ACCESS_TOKEN_JWT_TYPE, new_id
 from token_exchange.txn_tokens import TASK_TOKEN_JWT_TYPE, OwnToken, OwnTokenVerifier
 
 from .audit import AuditEvent
+from .records import IssuedTokenRecord
 from .resources import Resources
-from .stores.sqlite import SqliteStore
 from .tasks import COMPLETED, REVOKED, Revocation, Task
 
 log = logging.getLogger(__name__)
@@ -27,10 +28,28 @@ class NotFound(OAuthError):
     status = 404
 
 
+class TaskStore(Protocol):
+    """The slice of the store that ending tasks and answering resource servers use."""
+
+    async def task(self, task_id: str) -> Task | None: ...
+
+    async def token(self, jti: str) -> tuple[IssuedTokenRecord, bool, Task | None] | None: ...
+
+    async def end_tasks(self, roots: Sequence[str], *, state: str, reason: str, now: int,
+                        event: AuditEvent | None = None) -> Revocation | None: ...
+
+    async def end_matching(self, *, agent: str | None = None, trust_domain: str | None = None,
+                           user: tuple[str, str] | None = None, reason: str, now: int,
+                           event: AuditEvent | None = None) -> Revocation | None: ...
+
+    async def revoke_token(self, jti: str, *, reason: str, now: int, event: AuditEvent | None = None
+                           ) -> Revocation | None: ...
+
+
 class TaskAdmin:
     """Ending tasks with their descendants and tokens: by their agent, an admin, or the command line."""
 
-    def __init__(self, store: SqliteStore) -> None:
+    def __init__(self, store: TaskStore) -> None:
         self.store = store
 
     async def revoke_task(self, task_id: str, *, admin: str, now: int, state: str = REVOKED) -> dict[str, Any]:
@@ -64,7 +83,7 @@ class TaskAdmin:
 class TaskLifecycle:
     """What agents and resource servers do once tasks exist: complete, revoke, introspect."""
 
-    def __init__(self, *, store: SqliteStore, own_tokens: OwnTokenVerifier, resources: Resources) -> None:
+    def __init__(self, *, store: TaskStore, own_tokens: OwnTokenVerifier, resources: Resources) -> None:
         self.store = store
         self.own_tokens = own_tokens
         self.resources = resources

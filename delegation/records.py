@@ -1,11 +1,8 @@
-"""What the store keeps about issued tokens, and the store slices the exchange depends on."""
+"""What the store keeps about issued tokens, and how the store fails."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
-
-from .audit import AuditEvent
 
 
 class StoreError(Exception):
@@ -23,11 +20,3 @@ class IssuedTokenRecord:
     issued_at: int
     expires_at: int
     task_id: str | None = None
-
-
-class ExchangeRecords(Protocol):
-    """The slice of the store the exchange uses: a grant and its audit event commit together."""
-
-    async def record_grant(self, token: IssuedTokenRecord, event: AuditEvent) -> None: ...
-
-    async def append_audit(self, event: AuditEvent) -> None: ...
