@@ -1,0 +1,38 @@
+"""RFC 6750 for FastAPI resource servers: a dependency that admits a request only with a valid Deputy
+access token carrying the scope it needs."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from fastapi import HTTPException, Request
+
+from token_exchange.resource_server import (
+    AccessTokenVerifier,
+    BearerTokenError,
+    InsufficientScope,
+    VerifiedAccess,
+)
+from token_exchange.scope import Scope
+
+
+def require_scope(verifier: AccessTokenVerifier, scope: str) -> Callable[[Request], Awaitable[VerifiedAccess]]:
+    """`Depends(require_scope(verifier, "mail.read"))` gives the route the `VerifiedAccess`, or answers
+    401 `invalid_token` / 403 `insufficient_scope` with `WWW-Authenticate` (RFC 6750 §3)."""
+    required = Scope.from_claim(scope)
+
+    async def dependency(request: Request) -> VerifiedAccess:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            # RFC 6750 §3.1: a request without credentials gets no error code.
+            raise HTTPException(401, detail="a Bearer access token is required", headers={"WWW-Authenticate": "Bearer"})
+        try:
+            return await verifier.verify(token.strip(), required)
+        except BearerTokenError as exc:
+            challenge = f'Bearer error="{exc.error}", error_description="{exc.description}"'
+            if isinstance(exc, InsufficientScope):
+                challenge += f', scope="{exc.required}"'
+            raise HTTPException(exc.status, detail={"error": exc.error, "error_description": exc.description},
+                                headers={"WWW-Authenticate": challenge}) from exc
+
+    return dependency

@@ -1,0 +1,275 @@
+"""The resource-server verifier against a real gateway: RFC 9068 §4 checks, RFC 6750 §3.1 errors, and
+revocation learned from the feed, failing closed when the feed is gone."""
+
+import asyncio
+import base64
+import contextlib
+import json
+import textwrap
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import jwt
+import pytest
+from fastapi import Depends, FastAPI
+
+from gateway.resource_server import require_scope
+from tests.support import ACCESS_TOKEN, GRANT, JWT, TrustDomain, UserIdp, free_port, gateway_process
+from token_exchange.resource_server import (
+    AccessTokenVerifier,
+    FeedStale,
+    InsufficientScope,
+    InvalidToken,
+    VerifiedAccess,
+)
+
+TXN = "urn:ietf:params:oauth:token-type:txn_token"
+MAIL, DOCS = "https://mail.example.com", "https://docs.example.com"
+AGENT = "spiffe://example.org/agents/mail"
+WATCHER = "spiffe://example.org/rs/mail"
+
+
+@dataclass
+class Env:
+    client: httpx.Client
+    issuer: str
+    port: int
+    idp: UserIdp
+    domain: TrustDomain
+
+    def svid(self, spiffe_id: str = AGENT) -> str:
+        return self.domain.svid(sub=spiffe_id, audience=self.issuer)
+
+    def open_task(self, scope: str = "mail.read mail.send") -> dict[str, Any]:
+        user = self.idp.token("alice", audience=self.issuer, scope="mail.read mail.send docs.read")
+        return _ok(self.client.post("/token", data={
+            "grant_type": GRANT, "subject_token": user, "subject_token_type": ACCESS_TOKEN,
+            "actor_token": self.svid(), "actor_token_type": JWT, "requested_token_type": TXN,
+            "scope": scope, "audience": [MAIL, DOCS]}))
+
+    def mint(self, task_token: str, scope: str = "mail.read", resource: str = MAIL) -> str:
+        return str(_ok(self.client.post("/token", data={
+            "grant_type": GRANT, "subject_token": task_token, "subject_token_type": TXN,
+            "actor_token": self.svid(), "actor_token_type": JWT, "scope": scope, "resource": resource,
+            "requested_token_type": ACCESS_TOKEN}))["access_token"])
+
+    def complete(self, task_id: str) -> None:
+        response = self.client.post(f"/tasks/{task_id}/complete", headers={"Authorization": f"Bearer {self.svid()}"})
+        assert response.status_code == 200, response.text
+
+
+def _ok(response: httpx.Response) -> dict[str, Any]:
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    directory = tmp_path_factory.mktemp("rs")
+    idp, domain = UserIdp("https://idp.example.com"), TrustDomain("example.org")
+    (directory / "idp.jwks").write_text(json.dumps(idp.jwks()))
+    (directory / "bundle.jwks").write_text(json.dumps(domain.jwks()))
+    (directory / "policies" / "deputy").mkdir(parents=True)
+    packaged = Path(__file__).resolve().parents[2] / "policies" / "deputy" / "exchange.rego"
+    (directory / "policies" / "deputy" / "exchange.rego").write_text(packaged.read_text())
+    (directory / "policies" / "data.json").write_text(json.dumps({"access": {
+        "grants": {AGENT: {MAIL: ["mail.read", "mail.send"], DOCS: ["docs.read"]}},
+        "delegations": [{"issuer": idp.name, "user": "alice", "agent": AGENT}],
+        "subagents": {}, "max_delegation_depth": 2,
+    }}))
+    port = free_port()
+    config = directory / "deputy.toml"
+    config.write_text(textwrap.dedent(f"""
+        issuer = "http://127.0.0.1:{port}"
+        listen = "127.0.0.1:{port}"
+        state_dir = "state"
+        [policy]
+        dir = "policies"
+        [[subject_issuers]]
+        issuer = "{idp.name}"
+        jwks_file = "idp.jwks"
+        [[trust_domains]]
+        name = "example.org"
+        bundle_file = "bundle.jwks"
+        [[resources]]
+        audience = "{MAIL}"
+        scopes = ["mail.read", "mail.send"]
+        clients = ["{WATCHER}"]
+        [[resources]]
+        audience = "{DOCS}"
+        scopes = ["docs.read"]
+    """))
+    with gateway_process(config) as url, httpx.Client(base_url=url, timeout=10) as client:
+        yield Env(client, f"http://127.0.0.1:{port}", port, idp, domain)
+
+
+@contextlib.asynccontextmanager
+async def running(env: Env, *, audience: str = MAIL, **kw: Any) -> AsyncIterator[AccessTokenVerifier]:
+    async with httpx.AsyncClient(timeout=5) as client, AccessTokenVerifier(
+        issuer=env.issuer, audience=audience, client=client, svid=lambda: env.svid(WATCHER), **kw
+    ) as verifier:
+        yield verifier
+
+
+@pytest.fixture
+async def verifier(env: Env) -> AsyncIterator[AccessTokenVerifier]:
+    async with running(env) as v:
+        yield v
+
+
+async def test_rfc9068_4_valid_token_passes(env: Env, verifier: AccessTokenVerifier) -> None:
+    task = env.open_task()
+    access = await verifier.verify(env.mint(task["access_token"], scope="mail.read mail.send"), "mail.read")
+    assert isinstance(access, VerifiedAccess)
+    assert (access.subject, access.agent, access.task_id) == ("alice", AGENT, task["task_id"])
+    assert access.scope.values == {"mail.read", "mail.send"} and access.claims["aud"] == MAIL
+
+
+async def test_rfc9068_4_aud_must_contain_this_resource(env: Env) -> None:
+    token = env.mint(env.open_task()["access_token"])
+    async with running(env, audience=DOCS) as docs:
+        with pytest.raises(InvalidToken, match="aud"):
+            await docs.verify(token, "mail.read")
+
+
+async def test_rfc9068_4_task_token_is_not_an_access_token(env: Env, verifier: AccessTokenVerifier) -> None:
+    with pytest.raises(InvalidToken, match="typ"):
+        await verifier.verify(env.open_task()["access_token"], "mail.read")
+
+
+async def test_rfc9068_4_expired_beyond_leeway(env: Env, verifier: AccessTokenVerifier) -> None:
+    token = env.mint(env.open_task()["access_token"])
+    exp = jwt.decode(token, options={"verify_signature": False})["exp"]
+    await verifier.verify(token, "mail.read", now=exp + 29)
+    with pytest.raises(InvalidToken, match="expired"):
+        await verifier.verify(token, "mail.read", now=exp + 30)
+
+
+def _tamper(token: str) -> str:
+    header, payload, signature = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["scope"] = "mail.read mail.send"
+    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    return f"{header}.{forged}.{signature}"
+
+
+@pytest.mark.parametrize("mangle", [_tamper, lambda t: t[:-4] + ("AAAA" if t[-4:] != "AAAA" else "BBBB"),
+                                    lambda t: "not-a-jwt"])
+async def test_rfc9068_4_tampered_or_malformed_rejected(env: Env, verifier: AccessTokenVerifier, mangle: Any) -> None:
+    token = env.mint(env.open_task()["access_token"])
+    with pytest.raises(InvalidToken):
+        await verifier.verify(mangle(token), "mail.read")
+
+
+async def test_rfc6750_3_1_insufficient_scope_is_distinct(env: Env, verifier: AccessTokenVerifier) -> None:
+    token = env.mint(env.open_task()["access_token"], scope="mail.read")
+    with pytest.raises(InsufficientScope) as caught:
+        await verifier.verify(token, "mail.send")
+    assert (caught.value.status, caught.value.error) == (403, "insufficient_scope")
+    assert not isinstance(caught.value, InvalidToken)
+
+
+async def test_completed_task_rejected_within_one_second(env: Env, verifier: AccessTokenVerifier) -> None:
+    task = env.open_task()
+    token = env.mint(task["access_token"])
+    other = env.mint(env.open_task()["access_token"])
+    await verifier.verify(token, "mail.read")
+    await asyncio.to_thread(env.complete, task["task_id"])
+    started = time.monotonic()
+    while time.monotonic() - started < 1.0:
+        try:
+            await verifier.verify(token, "mail.read")
+        except InvalidToken as exc:
+            assert "revoked" in str(exc)
+            break
+        await asyncio.sleep(0.005)
+    else:
+        pytest.fail("completed task's token still accepted after 1 s")
+    await verifier.verify(other, "mail.read")  # other tasks unaffected
+
+
+class Proxy:
+    """A loopback TCP forwarder to the gateway that can be cut, to make the feed unreachable."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self.writers += [writer, upstream_writer]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError, OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+
+    async def cut(self) -> None:
+        self.server.close()
+        for writer in self.writers:
+            writer.transport.abort()
+        await self.server.wait_closed()
+
+
+async def test_fails_closed_when_feed_unreachable_past_bound(env: Env) -> None:
+    token = env.mint(env.open_task()["access_token"])
+    proxy = Proxy(env.port)
+    feed = await proxy.start() + "/revocations"
+    async with running(env, feed_uri=feed, max_feed_staleness=1.0) as verifier:
+        await verifier.verify(token, "mail.read")
+        await proxy.cut()
+        await asyncio.sleep(0.3)
+        await verifier.verify(token, "mail.read")  # within the bound: still trusted
+        await asyncio.sleep(1.0)
+        with pytest.raises(FeedStale):
+            await verifier.verify(token, "mail.read")
+
+
+async def test_fails_closed_when_feed_never_reached(env: Env) -> None:
+    token = env.mint(env.open_task()["access_token"])
+    async with running(env, feed_uri=f"http://127.0.0.1:{free_port()}/revocations") as verifier:
+        with pytest.raises(FeedStale) as caught:
+            await verifier.verify(token, "mail.read")
+    assert (caught.value.status, caught.value.error) == (401, "invalid_token")
+
+
+async def test_rfc6750_3_fastapi_dependency(env: Env, verifier: AccessTokenVerifier) -> None:
+    app = FastAPI()
+
+    # No `from __future__ import annotations` in this module: FastAPI must see these local dependencies.
+    reading, sending = require_scope(verifier, "mail.read"), require_scope(verifier, "mail.send")
+
+    @app.get("/mail")
+    async def mail(access: Annotated[VerifiedAccess, Depends(reading)]) -> dict[str, str]:
+        return {"user": access.subject}
+
+    @app.post("/mail")
+    async def send(access: Annotated[VerifiedAccess, Depends(sending)]) -> dict[str, str]:
+        return {"user": access.subject}
+
+    token = env.mint(env.open_task()["access_token"], scope="mail.read")
+    auth = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://rs") as client:
+        ok = await client.get("/mail", headers=auth)
+        assert (ok.status_code, ok.json()) == (200, {"user": "alice"})
+        forbidden = await client.post("/mail", headers=auth)
+        assert forbidden.status_code == 403
+        assert forbidden.headers["www-authenticate"].startswith('Bearer error="insufficient_scope"')
+        assert 'scope="mail.send"' in forbidden.headers["www-authenticate"]
+        bad = await client.get("/mail", headers={"Authorization": "Bearer " + token[:-4] + "AAAA"})
+        assert bad.status_code == 401
+        assert bad.headers["www-authenticate"].startswith('Bearer error="invalid_token"')
+        missing = await client.get("/mail")
+        assert (missing.status_code, missing.headers["www-authenticate"]) == (401, "Bearer")
