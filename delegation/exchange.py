@@ -150,7 +150,8 @@ class TokenExchange:
         facts.update(audience=resource.audience, task_id=task.id)
         wanted = req.scope & task.scope & resource.scopes
         if not wanted:  # RFC 8693 §2.2.2: checked before the policy is asked
-            raise InvalidScope("none of the requested scopes is held by the user and offered by the resource")
+            holder = "held by the user" if new_task else "within the task"
+            raise InvalidScope(f"none of the requested scopes is {holder} and offered by the resource")
         query = _policy_input("exchange", task, new_task, actor, req, [resource.audience], now)
         decision = await self._decide(query, facts)
         scope = _granted(decision, wanted)

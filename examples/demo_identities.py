@@ -99,7 +99,7 @@ clients = ["{MAIL_API}"]
         try:
             return str(json.loads((self.directory / "demo.json").read_text())["issuer"])
         except (OSError, ValueError, KeyError) as exc:
-            raise FileNotFoundError(f"no demo identities in {self.directory}: start `deputy serve --dev` first") from exc
+            raise FileNotFoundError(self._missing()) from exc
 
     def user_token(self, user: str, *, scope: str = "mail.read mail.send", ttl: int = 600) -> str:
         """A user token from the demo IdP; `may_act` is left out: the demo policy data lists alice's agent."""
@@ -117,8 +117,11 @@ clients = ["{MAIL_API}"]
         try:
             pem = (self.directory / f"{name}.pem").read_bytes()
         except OSError as exc:
-            raise FileNotFoundError(f"no demo identities in {self.directory}: start `deputy serve --dev` first") from exc
+            raise FileNotFoundError(self._missing()) from exc
         return SigningKey.from_pem("ES256", pem)
+
+    def _missing(self) -> str:
+        return f"no demo identities in {self.directory}: start `deputy serve --dev` first"
 
     def _write(self, name: str, document: Any) -> None:
         path = self.directory / name

@@ -71,6 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     _config_option(check)
     check.set_defaults(run=_check)
     admin_cli.add_commands(commands, _config_option)
+    demo = commands.add_parser("demo", help="DEMO ONLY: run the whole story (task, delegation, revocation) locally")
+    demo.set_defaults(run=_demo)
     return parser
 
 
@@ -192,6 +194,12 @@ def _dev_svid(args: argparse.Namespace) -> int:
     except FileNotFoundError as exc:
         raise ConfigError(str(exc)) from exc
     return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from deputy_examples.demo import main as run_demo
+
+    return run_demo()
 
 
 def _rotate(args: argparse.Namespace) -> int:
