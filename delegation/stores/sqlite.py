@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from token_exchange.rfc9068 import new_id
 from token_exchange.scope import Scope
 
 from ..audit import AuditEvent
@@ -349,10 +350,16 @@ class SqliteStore:
         """Mark tasks past their deadline expired (a feed event); delete what ended over `retention` ago."""
 
         def work(connection: sqlite3.Connection) -> tuple[int, int]:
-            expired = [r[0] for r in connection.execute(
-                "SELECT id FROM tasks WHERE state = ? AND deadline <= ?", (OPEN, now))]
+            expired = connection.execute(
+                "SELECT id, agent, user_issuer, user_subject FROM tasks WHERE state = ? AND deadline <= ?", (OPEN, now)
+            ).fetchall()
+            for row in expired:
+                connection.execute(_INSERT_AUDIT, _audit_row(AuditEvent(
+                    decision_id=new_id(), at=now, action="expire", outcome="granted", agent=row["agent"],
+                    user_issuer=row["user_issuer"], user_subject=row["user_subject"], task_id=row["id"],
+                    reasons=("task deadline passed",))))
             if expired:
-                _end_tasks(connection, expired, EXPIRED_STATE, "deadline passed", now, None)
+                _end_tasks(connection, [r["id"] for r in expired], EXPIRED_STATE, "deadline passed", now, None)
             cutoff = now - retention
             purged = connection.execute(
                 "DELETE FROM tasks WHERE state != ? AND ended_at < ? AND parent_id IS NULL", (OPEN, cutoff)
