@@ -99,7 +99,7 @@ async def test_tasks_past_deadline_expire_with_an_audit_event_and_are_purged_aft
     expired, purged = await store.expire_and_purge(now=NOW + 11, retention=100)
     assert (expired, purged) == (1, 0)
     assert (await store.task("late")).state == "expired"  # type: ignore[union-attr]
-    assert [e["action"] for e in await store.audit_events(task="late")][0] == "expire"
+    assert (await store.audit_events(task="late"))[0]["action"] == "expire"
     expired, purged = await store.expire_and_purge(now=NOW + 500, retention=100)
     assert (expired, purged) == (0, 1)
     assert await store.task("late") is None
