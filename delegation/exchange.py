@@ -8,6 +8,7 @@ fits; one audit event is written for either outcome.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
@@ -42,6 +43,7 @@ from .tasks import Task
 
 log = logging.getLogger(__name__)
 V_co = TypeVar("V_co", covariant=True)
+T = TypeVar("T")
 
 
 class IdentityVerifier(Protocol[V_co]):
@@ -131,12 +133,9 @@ class TokenExchange:
         if opening:
             facts["action"] = "open_task"
             return await self._open(subject, actor, req, now, facts)
-        task = Task(
-            id=new_id(), parent_id=None, root_id="", chain=(agent,), user_issuer=subject.issuer,
-            user_subject=subject.subject, scope=subject.scope, audiences=(), purpose=None, created_at=now,
-            deadline=subject.expires_at, implicit=True,
-        )
-        task = _rooted(task)
+        task = Task.new_root(agent=agent, user_issuer=subject.issuer, user_subject=subject.subject,
+                             scope=subject.scope, audiences=(), purpose=None, created_at=now,
+                             deadline=subject.expires_at, implicit=True)
         return await self._mint(task, subject.subject, actor, req, now, facts, new_task=subject)
 
     async def _mint(
@@ -173,7 +172,7 @@ class TokenExchange:
             task_id=task.id,
         )
         if new_task is not None:  # the implicit task ends with its token
-            task = _with(task, scope=scope, audiences=(resource.audience,), deadline=token.expires_at)
+            task = replace(task, scope=scope, audiences=(resource.audience,), deadline=token.expires_at)
         await self._store(self.records.record_grant(record, AuditEvent(**facts), task if new_task else None))
         log.info("exchange.granted", extra={"event": facts})
         return TokenResponse(token.token, ACCESS_TOKEN_TYPE, "Bearer", ttl, scope, (("task_id", task.id),))
@@ -188,11 +187,9 @@ class TokenExchange:
         if not wanted:
             raise InvalidScope("none of the requested scopes is held by the user and offered by the resources")
         deadline = now + min(req.task_ttl or self.lifetimes.task_default_ttl, self.lifetimes.task_max_ttl)
-        draft = _rooted(Task(
-            id=new_id(), parent_id=None, root_id="", chain=(str(actor.spiffe_id),), user_issuer=subject.issuer,
-            user_subject=subject.subject, scope=wanted, audiences=tuple(r.audience for r in resources),
-            purpose=req.purpose, created_at=now, deadline=deadline,
-        ))
+        draft = Task.new_root(agent=str(actor.spiffe_id), user_issuer=subject.issuer, user_subject=subject.subject,
+                              scope=wanted, audiences=tuple(r.audience for r in resources), purpose=req.purpose,
+                              created_at=now, deadline=deadline)
         query = _policy_input("open_task", draft, subject, actor, req, list(draft.audiences), now)
         return await self._issue_task(draft, query, wanted, now, facts)
 
@@ -210,11 +207,8 @@ class TokenExchange:
         if not wanted:
             raise InvalidScope("none of the requested scopes is within the parent task")
         requested = now + req.task_ttl if req.task_ttl else parent.deadline
-        child = Task(
-            id=new_id(), parent_id=parent.id, root_id=parent.root_id, chain=(*parent.chain, agent),
-            user_issuer=parent.user_issuer, user_subject=parent.user_subject, scope=wanted, audiences=audiences,
-            purpose=req.purpose or parent.purpose, created_at=now, deadline=min(requested, parent.deadline),
-        )
+        child = parent.child(agent=agent, scope=wanted, audiences=audiences, purpose=req.purpose or parent.purpose,
+                             created_at=now, deadline=min(requested, parent.deadline))
         query = _policy_input("delegate", child, None, actor, req, list(audiences), now, parent=parent)
         return await self._issue_task(child, query, wanted, now, facts)
 
@@ -224,8 +218,8 @@ class TokenExchange:
         decision = await self._decide(query, facts)
         scope = _granted(decision, wanted)
         if decision.ttl is not None:
-            task = _with(task, deadline=min(task.deadline, now + decision.ttl))
-        task = _with(task, scope=scope)
+            task = replace(task, deadline=min(task.deadline, now + decision.ttl))
+        task = replace(task, scope=scope)
         token = self.signer.sign(
             task_token_claims(task_id=task.id, user=task.user_subject, chain=task.chain, scope=scope,
                               audience=self.signer.issuer, purpose=task.purpose, now=now, deadline=task.deadline),
@@ -269,7 +263,7 @@ class TokenExchange:
         return decision
 
     @staticmethod
-    async def _store(awaitable: Any) -> Any:
+    async def _store(awaitable: Awaitable[T]) -> T:
         try:
             return await awaitable
         except StoreError as exc:
@@ -298,14 +292,6 @@ def _granted(decision: Decision, wanted: Scope) -> Scope:
         reason = decision.reasons[0] if decision.reasons else "no reason given"
         raise InvalidScope(f"policy grants none of the requested scopes: {reason}")
     return scope
-
-
-def _rooted(task: Task) -> Task:
-    return _with(task, root_id=task.id)
-
-
-def _with(task: Task, **changes: Any) -> Task:
-    return replace(task, **changes)
 
 
 def _policy_input(

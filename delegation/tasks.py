@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from token_exchange.rfc9068 import new_id
 from token_exchange.scope import Scope
 
 OPEN, COMPLETED, REVOKED, EXPIRED = "open", "completed", "revoked", "expired"
@@ -25,6 +26,22 @@ class Task:
     implicit: bool = False
     state: str = OPEN
     ended_at: int | None = None
+
+    @classmethod
+    def new_root(
+        cls, *, agent: str, user_issuer: str, user_subject: str, scope: Scope, audiences: tuple[str, ...],
+        purpose: str | None, created_at: int, deadline: int, implicit: bool = False,
+    ) -> Task:
+        """A task opened with a user's token: its own root, its agent the whole chain."""
+        task_id = new_id()
+        return cls(task_id, None, task_id, (agent,), user_issuer, user_subject, scope, audiences, purpose,
+                   created_at, deadline, implicit)
+
+    def child(self, *, agent: str, scope: Scope, audiences: tuple[str, ...], purpose: str | None, created_at: int,
+              deadline: int) -> Task:
+        """A sub-agent's task under this one; the caller has narrowed scope, audiences and deadline."""
+        return Task(new_id(), self.id, self.root_id, (*self.chain, agent), self.user_issuer, self.user_subject,
+                    scope, audiences, purpose, created_at, deadline)
 
     @property
     def agent(self) -> str:

@@ -328,12 +328,12 @@ class AccessTokenVerifier:
 
     async def _read_events(self, response: httpx.Response) -> None:
         """Server-Sent Events (WHATWG HTML §9.2): `event: revocation` blocks with JSON `data`."""
-        kind, data = "message", []
+        kind, data = "message", list[str]()
         async for line in response.aiter_lines():
             if line == "":
                 if kind == "revocation" and data:
                     self.revocations.apply([json.loads("\n".join(data))])
-                kind, data = "message", []
+                kind, data = "message", list[str]()
             elif line.startswith("data:"):
                 data.append(line[5:].removeprefix(" "))
             elif line.startswith("event:"):

@@ -14,7 +14,9 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm, RSAPSSAlgorithm
 
 SIGNING_ALGORITHMS = ("ES256", "EdDSA", "PS256", "RS256")
-_JWK_WRITERS = {"ES256": ECAlgorithm, "EdDSA": OKPAlgorithm, "PS256": RSAPSSAlgorithm, "RS256": RSAAlgorithm}
+_JWK_WRITERS: dict[str, Any] = {
+    "ES256": ECAlgorithm, "EdDSA": OKPAlgorithm, "PS256": RSAPSSAlgorithm, "RS256": RSAAlgorithm
+}
 _THUMBPRINT_MEMBERS = {"EC": ("crv", "kty", "x", "y"), "OKP": ("crv", "kty", "x"), "RSA": ("e", "kty", "n")}
 
 
@@ -45,9 +47,9 @@ class SigningKey:
         return cls.of(algorithm, serialization.load_pem_private_key(pem, password=None))
 
     def to_pem(self) -> bytes:
-        return self.private_key.private_bytes(
+        return bytes(self.private_key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        ))
 
 
 def thumbprint(jwk: dict[str, Any]) -> str:

@@ -101,12 +101,12 @@ class JwtSvidVerifier:
         digest = SignatureCache.digest(token)
         signed = self._cache.get(digest, now=now)
         if signed is None:
-            header, claims = unverified_parts(token)
+            header, unverified = unverified_parts(token)
             if header.keys() - {"alg", "kid", "typ"}:
                 raise SvidError("header parameters other than alg, kid and typ are not allowed (JWT-SVID §2)")
             if header.get("typ", "JWT") not in ("JWT", "JOSE"):
                 raise SvidError("typ must be JWT or JOSE (JWT-SVID §2.3)")
-            bundle = self._bundles.get(self._trust_domain_of(claims))
+            bundle = self._bundles.get(self._trust_domain_of(unverified))
             if bundle is None:
                 raise SvidError("trust domain of sub is not trusted")
             signed = await verify_signature(token, header, bundle, allowed=SVID_ALGORITHMS)

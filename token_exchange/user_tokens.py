@@ -68,11 +68,11 @@ class UserTokenVerifier:
         digest = SignatureCache.digest(token)
         signed = self._cache.get(digest, now=now)
         if signed is None:
-            header, claims = unverified_parts(token)
+            header, unverified = unverified_parts(token)
             typ = header.get("typ")
             if isinstance(typ, str) and typ.lower() in _FOREIGN_TYPES:
                 raise TokenError(f"a {typ} token is not a user token")
-            issuer = self._issuers.get(string_claim(claims, "iss"))
+            issuer = self._issuers.get(string_claim(unverified, "iss"))
             if issuer is None:
                 raise TokenError("issuer is not a configured subject issuer")
             signed = await verify_signature(token, header, issuer.keys, allowed=ASYMMETRIC_ALGORITHMS)

@@ -194,13 +194,14 @@ class SqliteStore:
 
         return await self._call(run)
 
-    async def write(self, work: Work) -> Any:
+    async def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work(connection)` in a transaction, grouped with concurrent writers; raises StoreError."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append((work, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
-        return await future
+        result: T = await future
+        return result
 
     async def _flush(self) -> None:
         while self._pending:
