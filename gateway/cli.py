@@ -199,7 +199,7 @@ def _dev_svid(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from deputy_examples.demo import main as run_demo
 
-    return run_demo()
+    return int(run_demo())
 
 
 def _rotate(args: argparse.Namespace) -> int:
