@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from regopy import Interpreter
+from regopy import Interpreter, LogLevel
 
 log = logging.getLogger(__name__)
 
@@ -129,13 +130,14 @@ class EmbeddedRego:
     def __init__(self, source: PolicySource) -> None:
         self.revision = source.revision
         builder = Interpreter()
+        builder.log_level = LogLevel.NONE  # errors come back in the exception, not printed on stdout
         try:
             builder.add_data(dict(source.data))
             for name, text in source.modules.items():
                 builder.add_module(name, text)
             self._bundle = builder.build(None, [ENTRYPOINT])
         except Exception as exc:  # regopy raises RegoError, and ValueError/TypeError for bad data
-            raise PolicyError(f"policy does not compile: {exc}") from exc
+            raise PolicyError(f"policy does not compile: {_compiler_message(str(exc), source.modules)}") from exc
         self._runner = Interpreter()
 
     async def decide(self, query: PolicyInput) -> Decision:
@@ -149,3 +151,17 @@ class EmbeddedRego:
         if not results or not results[0].expressions:
             return Decision.deny("policy decision is undefined")
         return Decision.from_document(results[0].expressions[0])
+
+
+_REGO_ERROR = re.compile(r"\(error \d+:(?P<module>[^|\n]*)\|(?P<offset>\d+)\|\d+\s*\(errormsg (?P<length>\d+):")
+
+
+def _compiler_message(text: str, modules: Mapping[str, str]) -> str:
+    """regopy's error s-expression as one line: `module:line:column: message; ...`."""
+    found = []
+    for match in _REGO_ERROR.finditer(text):
+        source, offset = modules.get(match["module"], ""), int(match["offset"])
+        line = source.count("\n", 0, offset) + 1
+        column = offset - source.rfind("\n", 0, offset)
+        found.append(f"{match['module']}:{line}:{column}: {text[match.end():match.end() + int(match['length'])]}")
+    return "; ".join(found) if found else " ".join(text.split())

@@ -11,7 +11,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from token_exchange.scope import Scope
 from token_exchange.signing import SIGNING_ALGORITHMS
@@ -109,7 +109,7 @@ def load_settings(path: Path | None) -> Settings:
             document = tomllib.load(f)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:  # TOML is UTF-8 (tomllib decodes strictly)
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     return parse_settings(document, base=path.resolve().parent)
 
@@ -210,7 +210,7 @@ def _is_loopback(host: str) -> bool:
 
 def _issuer(issuer: str) -> str:
     """RFC 8414 §2: https, no query or fragment; plain http only on loopback (development)."""
-    parts = urlsplit(issuer)
+    parts = _split(issuer, "issuer")
     if parts.scheme not in ("https", "http") or not parts.hostname or parts.query or parts.fragment:
         raise ConfigError("issuer: must be an https URL without query or fragment")
     if parts.scheme == "http" and not _is_loopback(parts.hostname):
@@ -220,12 +220,19 @@ def _issuer(issuer: str) -> str:
 
 def _url(t: _Table, name: str) -> str:
     value = t.take(name, str)
-    parts = urlsplit(value)
+    parts = _split(value, t.key(name))
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise ConfigError(f"{t.key(name)}: must be an http(s) URL")
     if parts.scheme == "http" and not _is_loopback(parts.hostname):
         raise ConfigError(f"{t.key(name)}: must use https (plain http is allowed on loopback only)")
     return value
+
+
+def _split(url: str, key: str) -> SplitResult:
+    try:
+        return urlsplit(url)
+    except ValueError as exc:  # e.g. "Invalid IPv6 URL"
+        raise ConfigError(f"{key}: not a URL: {exc}") from exc
 
 
 def _tokens(t: _Table) -> TokenSettings:

@@ -1,32 +1,191 @@
-"""Fixtures: one gateway process per test module, configured with real keys and loopback JWKS."""
+"""Fixtures: one gateway process per test module, configured with real keys and loopback JWKS.
+
+A deployment trusts two identity providers (JWKS from a file, JWKS from a loopback server), two SPIFFE
+trust domains (bundle from a file, bundle from a loopback server), and, to prove that a fetch failure
+denies, one IdP and one trust domain whose key sets cannot be fetched.
+"""
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import tempfile
 import textwrap
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.support import (
     ACCESS_TOKEN,
     GRANT,
     JWT,
+    RFC6749_CHARSET,
     JwksServer,
     TrustDomain,
     UserIdp,
     free_port,
+    gateway_log,
     gateway_process,
 )
+from token_exchange.signing import SigningKey
 
+ROOT = Path(__file__).resolve().parent.parent
 MAIL = "https://mail.example.com"
 CALENDAR = "https://calendar.example.com"
+FILES = "https://files.example.com"  # max_ttl above the policy's ttl: the policy's lifetime binds
 MAIL_AGENT = "spiffe://example.org/agents/mail"
+HELPER_AGENT = "spiffe://example.org/agents/helper"  # has grants, but no user delegates to it in data
+REMOTE_AGENT = "spiffe://remote.example/agents/mail"
+IDP, REMOTE_IDP = "https://idp.example.com", "https://idp2.example.com"
+DOWN_IDP, MISSING_IDP, GARBAGE_IDP = (f"https://idp-{n}.example.com" for n in ("down", "404", "garbage"))
+DOWN_DOMAIN = "down.example"
+AUDIENCE_IDP, AUDIENCE = "https://idp3.example.com", "https://deputy.example.com"  # `audience` configured
+POLICY_TTL = 600
+
+
+def _policy_namespace() -> str:
+    """The data document the packaged policy reads (`data.<namespace>.grants`), taken from its data.json."""
+    return next(iter(json.loads((ROOT / "policies" / "data.json").read_text())))
+
+
+POLICY_DATA = {
+    _policy_namespace(): {
+        "ttl": POLICY_TTL,
+        "grants": {
+            MAIL_AGENT: {MAIL: ["mail.read", "mail.send"], FILES: ["files.read"]},
+            HELPER_AGENT: {MAIL: ["mail.read"]},
+            REMOTE_AGENT: {MAIL: ["mail.read"]},
+        },
+        "delegations": [
+            {"issuer": IDP, "user": "alice", "agent": MAIL_AGENT},
+            {"issuer": IDP, "user": "alice", "agent": REMOTE_AGENT},
+            {"issuer": REMOTE_IDP, "user": "bob", "agent": MAIL_AGENT},
+        ],
+    }
+}
+
+
+@dataclass
+class Setup:
+    """Everything a gateway needs on disk and on loopback, before its process starts."""
+
+    directory: Path
+    config: Path
+    port: int
+    idp: UserIdp  # JWKS from a file; also holds an RS256 key (`rsa_key`)
+    remote_idp: UserIdp  # JWKS from jwks_uri on loopback
+    domain: TrustDomain  # bundle from a file; also holds an x509-svid key (`x509_key`)
+    remote_domain: TrustDomain  # bundle from bundle_uri on loopback
+    jwks_server: JwksServer
+    rsa_key: SigningKey
+    x509_key: SigningKey
+
+    @property
+    def issuer(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def write_config(directory: Path, *, port: int, idp: UserIdp, remote_idp: UserIdp, domain: TrustDomain,
+                 remote_domain: TrustDomain, jwks_url: str, extra: str = "", dead_url: str | None = None) -> Path:
+    (directory / "idp.jwks.json").write_text(json.dumps(idp.jwks()))
+    (directory / "example.org.jwks").write_text(json.dumps(domain.jwks()))
+    unreachable = ""
+    if dead_url is not None:
+        unreachable = f"""
+        [[subject_issuers]]
+        issuer = "{DOWN_IDP}"
+        jwks_uri = "{dead_url}/jwks"
+
+        [[subject_issuers]]
+        issuer = "{MISSING_IDP}"
+        jwks_uri = "{jwks_url}/missing"
+
+        [[subject_issuers]]
+        issuer = "{GARBAGE_IDP}"
+        jwks_uri = "{jwks_url}/garbage"
+
+        [[trust_domains]]
+        name = "{DOWN_DOMAIN}"
+        bundle_uri = "{dead_url}/bundle"
+        """
+    config = directory / "deputy.toml"
+    config.write_text(textwrap.dedent(f"""
+        issuer = "http://127.0.0.1:{port}"
+        listen = "127.0.0.1:{port}"
+        state_dir = "state"
+
+        [[subject_issuers]]
+        issuer = "{idp.name}"
+        jwks_file = "idp.jwks.json"
+
+        [[subject_issuers]]
+        issuer = "{remote_idp.name}"
+        jwks_uri = "{jwks_url}/idp"
+
+        [[subject_issuers]]
+        issuer = "{AUDIENCE_IDP}"
+        jwks_file = "idp.jwks.json"
+        audience = "{AUDIENCE}"
+
+        [[trust_domains]]
+        name = "{domain.name}"
+        bundle_file = "example.org.jwks"
+
+        [[trust_domains]]
+        name = "{remote_domain.name}"
+        bundle_uri = "{jwks_url}/bundle"
+        {unreachable}
+        [[resources]]
+        audience = "{MAIL}"
+        scopes = ["mail.read", "mail.send"]
+        max_ttl = 300
+
+        [[resources]]
+        audience = "{CALENDAR}"
+        scopes = ["calendar.read"]
+        max_ttl = 120
+
+        [[resources]]
+        audience = "{FILES}"
+        scopes = ["files.read"]
+        max_ttl = 3600
+    """) + extra)
+    return config
+
+
+def make_setup(directory: Path, *, extra: str = "") -> Setup:
+    """Keys, JWKS files and server, packaged Rego with test data, and a deputy.toml in `directory`.
+
+    `extra` is appended to the TOML (tables only, e.g. `[tokens]`)."""
+    policy_dir = directory / "policies"
+    (policy_dir / "deputy").mkdir(parents=True)
+    for rego in (ROOT / "policies" / "deputy").glob("*.rego"):
+        (policy_dir / "deputy" / rego.name).write_text(rego.read_text())
+    (policy_dir / "data.json").write_text(json.dumps(POLICY_DATA))
+    rsa_key = SigningKey.of("RS256", rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    x509_key = SigningKey.generate("ES256")
+    x509_jwk = {k: v for k, v in x509_key.public_jwk.items() if k != "alg"} | {"use": "x509-svid"}
+    idp = UserIdp(IDP, extra_jwks=[rsa_key.public_jwk])
+    remote_idp = UserIdp(REMOTE_IDP)
+    domain = TrustDomain("example.org", extra_jwks=[x509_jwk])
+    remote_domain = TrustDomain("remote.example")
+    server = JwksServer()
+    server.documents["/idp"] = remote_idp.jwks()
+    server.documents["/bundle"] = remote_domain.jwks()
+    server.documents["/garbage"] = "this is not a JWK Set"
+    port = free_port()
+    config = write_config(directory, port=port, idp=idp, remote_idp=remote_idp, domain=domain,
+                          remote_domain=remote_domain, jwks_url=server.url,
+                          dead_url=f"http://127.0.0.1:{free_port()}",
+                          extra='\n[policy]\ndir = "policies"\n' + extra)
+    return Setup(directory, config, port, idp, remote_idp, domain, remote_domain, server, rsa_key, x509_key)
 
 
 @dataclass
@@ -42,6 +201,7 @@ class Deployment:
     remote_domain: TrustDomain  # bundle from bundle_uri on loopback
     jwks_server: JwksServer
     client: httpx.Client
+    setup: Setup | None = field(default=None, repr=False)
 
     def user_token(self, sub: str = "alice", **kw: Any) -> str:
         kw.setdefault("audience", self.issuer)
@@ -76,83 +236,119 @@ class Deployment:
             db.row_factory = sqlite3.Row
             return [dict(r) for r in db.execute("SELECT * FROM audit_events ORDER BY id")]
 
-
-def write_config(directory: Path, *, port: int, idp: UserIdp, remote_idp: UserIdp, domain: TrustDomain,
-                 remote_domain: TrustDomain, jwks_url: str, extra: str = "") -> Path:
-    (directory / "idp.jwks.json").write_text(json.dumps(idp.jwks()))
-    (directory / "example.org.jwks").write_text(json.dumps(domain.jwks()))
-    config = directory / "deputy.toml"
-    config.write_text(textwrap.dedent(f"""
-        issuer = "http://127.0.0.1:{port}"
-        listen = "127.0.0.1:{port}"
-        state_dir = "state"
-
-        [[subject_issuers]]
-        issuer = "{idp.name}"
-        jwks_file = "idp.jwks.json"
-
-        [[subject_issuers]]
-        issuer = "{remote_idp.name}"
-        jwks_uri = "{jwks_url}/idp"
-
-        [[trust_domains]]
-        name = "{domain.name}"
-        bundle_file = "example.org.jwks"
-
-        [[trust_domains]]
-        name = "{remote_domain.name}"
-        bundle_uri = "{jwks_url}/bundle"
-
-        [[resources]]
-        audience = "{MAIL}"
-        scopes = ["mail.read", "mail.send"]
-        max_ttl = 300
-
-        [[resources]]
-        audience = "{CALENDAR}"
-        scopes = ["calendar.read"]
-        max_ttl = 120
-    """) + extra)
-    return config
+    def log(self) -> str:
+        """What the gateway process wrote to stdout and stderr so far."""
+        return gateway_log(self.setup.config).read_text(errors="replace") if self.setup else ""
 
 
-POLICY_DATA = {
-    "deputy": {
-        "ttl": 600,
-        "grants": {
-            MAIL_AGENT: {MAIL: ["mail.read", "mail.send"]},
-            "spiffe://remote.example/agents/mail": {MAIL: ["mail.read"]},
-        },
-        "delegations": [
-            {"issuer": "https://idp.example.com", "user": "alice", "agent": MAIL_AGENT},
-            {"issuer": "https://idp.example.com", "user": "alice", "agent": "spiffe://remote.example/agents/mail"},
-            {"issuer": "https://idp2.example.com", "user": "bob", "agent": MAIL_AGENT},
-        ],
-    }
-}
+@contextmanager
+def running(setup: Setup) -> Iterator[Deployment]:
+    """Start `deputy serve` for `setup`; stop it on exit (the JWKS server keeps running)."""
+    with gateway_process(setup.config) as url, httpx.Client(base_url=url, timeout=10) as client:
+        yield Deployment(url, setup.issuer, setup.directory / "state", setup.idp, setup.remote_idp, setup.domain,
+                         setup.remote_domain, setup.jwks_server, client, setup)
+
+
+@contextmanager
+def deployed(directory: Path, *, extra: str = "", check_log: bool = True) -> Iterator[Deployment]:
+    setup = make_setup(directory, extra=extra)
+    try:
+        with running(setup) as deployment:
+            yield deployment
+        if check_log:  # no input ever yields a server error
+            assert "Traceback" not in deployment.log() and "server_error" not in deployment.log(), deployment.log()
+    finally:
+        setup.jwks_server.close()
 
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    directory = tmp_path_factory.mktemp("deputy")
-    policy_dir = directory / "policies"
-    (policy_dir / "deputy").mkdir(parents=True)
-    packaged = Path(__file__).resolve().parent.parent / "policies"
-    for rego in (packaged / "deputy").glob("*.rego"):
-        (policy_dir / "deputy" / rego.name).write_text(rego.read_text())
-    (policy_dir / "data.json").write_text(json.dumps(POLICY_DATA))
-    idp, remote_idp = UserIdp("https://idp.example.com"), UserIdp("https://idp2.example.com")
-    domain, remote_domain = TrustDomain("example.org"), TrustDomain("remote.example")
-    server = JwksServer()
-    server.documents["/idp"] = remote_idp.jwks()
-    server.documents["/bundle"] = remote_domain.jwks()
-    port = free_port()
-    config = write_config(directory, port=port, idp=idp, remote_idp=remote_idp, domain=domain,
-                          remote_domain=remote_domain, jwks_url=server.url,
-                          extra='\n[policy]\ndir = "policies"\n')
+    with deployed(tmp_path_factory.mktemp("deputy")) as running_deployment:
+        yield running_deployment
+
+
+@dataclass
+class Probe:
+    """A deployment seen from one test: what was issued and audited before it, and the refusal checks."""
+
+    deployment: Deployment
+    issued_before: int
+    audited_before: int
+
+    def refused(self, response: httpx.Response, status: int, error: str, *, names: str | None = None) -> str:
+        """RFC 6749 §5.2: JSON error, the expected code and status, no-store, and nothing issued.
+
+        Returns the error_description; `names` must appear in it (e.g. which token was rejected)."""
+        assert response.status_code == status, response.text
+        assert response.headers["content-type"].startswith("application/json")
+        assert response.headers.get("cache-control") == "no-store"  # RFC 6749 §5.2 example
+        body = response.json()
+        assert body["error"] == error, body
+        description = body.get("error_description", "")
+        assert RFC6749_CHARSET.fullmatch(description), description
+        assert "access_token" not in body
+        if names is not None:
+            assert names in description, description
+        assert self.deployment.issued_count() == self.issued_before
+        return str(description)
+
+    def granted(self, response: httpx.Response) -> dict[str, Any]:
+        assert response.status_code == 200, response.text
+        assert self.deployment.issued_count() == self.issued_before + 1
+        return dict(response.json())
+
+    def new_audit(self) -> list[dict[str, Any]]:
+        return self.deployment.audit()[self.audited_before:]
+
+
+@pytest.fixture
+def probe(deployment: Deployment) -> Probe:
+    return Probe(deployment, deployment.issued_count(), len(deployment.audit()))
+
+
+# A remote SPIFFE bundle refetches an unknown kid at most once per 30 s, so proving that a rotated
+# bundle is picked up needs a gateway whose first fetch happened 30 s earlier. It is started when
+# collection finishes and its test runs last, so the wait overlaps the rest of the suite.
+ROTATION_TEST = "test_jwt_svid_6_remote_bundle_rotated_to_a_new_key_is_refetched_on_unknown_kid"
+_EARLY = pytest.StashKey[dict[str, Any]]()
+
+
+@dataclass
+class EarlyGateway:
+    deployment: Deployment
+    first_fetch_at: float
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.name == ROTATION_TEST)  # stable: only moves that test to the end
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if session.config.option.collectonly or not any(item.name == ROTATION_TEST for item in session.items):
+        return
+    stack = ExitStack()
+    state: dict[str, Any] = {"stack": stack}
+    session.config.stash[_EARLY] = state
     try:
-        with gateway_process(config) as url, httpx.Client(base_url=url, timeout=10) as client:
-            yield Deployment(url, f"http://127.0.0.1:{port}", directory / "state", idp, remote_idp, domain,
-                             remote_domain, server, client)
-    finally:
-        server.close()
+        directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="deputy-rotation-")))
+        deployment = stack.enter_context(deployed(directory, check_log=False))
+        response = deployment.exchange(actor_token=deployment.remote_domain.svid(audience=deployment.issuer))
+        assert response.status_code == 200, response.text
+        state["gateway"] = EarlyGateway(deployment, time.monotonic())
+    except Exception as exc:  # reported by the test that needs it, not by the whole session
+        state["error"] = exc
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    state = session.config.stash.get(_EARLY, None)
+    if state is not None:
+        state["stack"].close()
+
+
+@pytest.fixture
+def early_gateway(request: pytest.FixtureRequest) -> EarlyGateway:
+    state = request.config.stash.get(_EARLY, None)
+    assert state is not None, "the early gateway starts only when its test is collected"
+    if "error" in state:
+        raise state["error"]
+    return state["gateway"]  # type: ignore[no-any-return]

@@ -1,16 +1,20 @@
 """Real parts for tests: identity providers and SPIFFE trust domains with generated keys, a JWKS server
-on loopback, and a gateway process started from a deputy.toml."""
+on loopback, a gateway process started from a deputy.toml, and a hand-rolled JWS builder for attacks."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,12 +31,45 @@ GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
 JWT = "urn:ietf:params:oauth:token-type:jwt"
 ID_TOKEN = "urn:ietf:params:oauth:token-type:id_token"
+REFRESH_TOKEN = "urn:ietf:params:oauth:token-type:refresh_token"
+
+# RFC 6749 §5.2: error and error_description stay within %x20-21 / %x23-5B / %x5D-7E.
+RFC6749_CHARSET = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*")
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def b64url(data: bytes | str | dict[str, Any]) -> str:
+    if isinstance(data, dict):
+        data = json.dumps(data)
+    if isinstance(data, str):
+        data = data.encode()
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+Signer = Callable[[bytes], bytes]
+
+
+def compact(header: dict[str, Any], claims: dict[str, Any], signer: Signer | bytes = b"not-a-signature") -> str:
+    """A compact JWS built by hand, so headers and algorithms can be anything an attacker likes."""
+    signing_input = f"{b64url(header)}.{b64url(claims)}".encode()
+    signature = signer(signing_input) if callable(signer) else signer
+    return f"{signing_input.decode()}.{b64url(signature)}"
+
+
+def signer_for(algorithm: str, private_key: Any) -> Signer:
+    """A JWS signer for any pyjwt algorithm, whatever the header will claim."""
+    implementation = jwt.get_algorithm_by_name(algorithm)
+    return lambda message: implementation.sign(message, private_key)
+
+
+def hmac_signer(secret: bytes) -> Signer:
+    """HS256 keyed with `secret` (the classic attack: the verifier's public key as HMAC secret)."""
+    return lambda message: hmac.new(secret, message, hashlib.sha256).digest()
 
 
 @dataclass
@@ -42,13 +79,14 @@ class Issuer:
     name: str
     key: SigningKey = field(default_factory=lambda: SigningKey.generate("ES256"))
     use: str | None = None
+    extra_jwks: list[dict[str, Any]] = field(default_factory=list)
 
     def jwks(self) -> dict[str, Any]:
         jwk = dict(self.key.public_jwk)
         if self.use:
             jwk["use"] = self.use
             jwk.pop("alg", None)
-        return {"keys": [jwk]}
+        return {"keys": [jwk, *self.extra_jwks]}
 
     def sign(self, claims: dict[str, Any], headers: dict[str, Any] | None = None, key: Any = None) -> str:
         return jwt.encode(
@@ -61,22 +99,30 @@ class Issuer:
 
 @dataclass
 class UserIdp(Issuer):
-    def token(self, sub: str = "alice", *, audience: str, scope: str = "mail.read mail.send", ttl: int = 600,
-              **claims: Any) -> str:
+    def claims(self, sub: str = "alice", *, audience: str, scope: str = "mail.read mail.send", ttl: int = 600,
+               **claims: Any) -> dict[str, Any]:
         now = int(time.time())
         body = {"iss": self.name, "sub": sub, "aud": audience, "scope": scope, "iat": now, "exp": now + ttl}
-        return self.sign({**body, **claims})
+        return {k: v for k, v in {**body, **claims}.items() if v is not None}
+
+    def token(self, sub: str = "alice", *, audience: str, scope: str = "mail.read mail.send", ttl: int = 600,
+              **claims: Any) -> str:
+        return self.sign(self.claims(sub, audience=audience, scope=scope, ttl=ttl, **claims))
 
 
 @dataclass
 class TrustDomain(Issuer):
     use: str | None = "jwt-svid"
 
-    def svid(self, path: str = "/agents/mail", *, audience: str, ttl: int = 300, sub: str | None = None,
-             **claims: Any) -> str:
+    def claims(self, path: str = "/agents/mail", *, audience: str, ttl: int = 300, sub: str | None = None,
+               **claims: Any) -> dict[str, Any]:
         now = int(time.time())
         body = {"sub": sub or f"spiffe://{self.name}{path}", "aud": [audience], "iat": now, "exp": now + ttl}
-        return self.sign({**body, **claims}, headers={"typ": "JWT"})
+        return {k: v for k, v in {**body, **claims}.items() if v is not None}
+
+    def svid(self, path: str = "/agents/mail", *, audience: str, ttl: int = 300, sub: str | None = None,
+             **claims: Any) -> str:
+        return self.sign(self.claims(path, audience=audience, ttl=ttl, sub=sub, **claims), headers={"typ": "JWT"})
 
 
 class JwksServer:
@@ -88,7 +134,7 @@ class JwksServer:
         documents, hits = self.documents, self.hits
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 hits[self.path] = hits.get(self.path, 0) + 1
                 if self.path not in documents:
                     self.send_error(404)
@@ -109,25 +155,39 @@ class JwksServer:
 
     def close(self) -> None:
         self.server.shutdown()
+        self.server.server_close()
+
+
+def deputy_command(*args: str) -> list[str]:
+    """The `deputy` console command of this interpreter's environment."""
+    return [sys.executable, "-m", "gateway.cli", *args]
+
+
+def gateway_log(config: Path) -> Path:
+    """Where `gateway_process` writes the gateway's stdout and stderr."""
+    return config.with_suffix(".log")
 
 
 @contextmanager
 def gateway_process(config: Path, *, workers: int = 1, timeout: float = 20.0) -> Iterator[str]:
-    """Run `deputy serve --config` as a real process; yield its base URL once /healthz answers."""
+    """Run `deputy serve --config` as a real process; yield its base URL once /healthz answers.
+
+    Output goes to a file beside the config (`gateway_log`), never to a pipe nobody reads."""
     text = config.read_text()
     listen = next(line.split("=")[1].strip().strip('"') for line in text.splitlines() if line.startswith("listen"))
     url = f"http://{listen}"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config), "--workers", str(workers)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    with open(gateway_log(config), "ab") as log:
+        process = subprocess.Popen(
+            deputy_command("serve", "--config", str(config), "--workers", str(workers)),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
     try:
         deadline = time.monotonic() + timeout
         while True:
             if process.poll() is not None:
-                output = process.stdout.read().decode() if process.stdout else ""
+                output = gateway_log(config).read_text(errors="replace")
                 raise RuntimeError(f"gateway exited with {process.returncode}:\n{output}")
             try:
                 if httpx.get(url + "/healthz", timeout=0.5).status_code == 200:
@@ -136,7 +196,7 @@ def gateway_process(config: Path, *, workers: int = 1, timeout: float = 20.0) ->
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError("gateway did not start in time")
-            time.sleep(0.1)
+            time.sleep(0.05)
         yield url
     finally:
         process.terminate()
@@ -144,6 +204,7 @@ def gateway_process(config: Path, *, workers: int = 1, timeout: float = 20.0) ->
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
+            process.wait()
 
 
 def new_ec_key() -> ec.EllipticCurvePrivateKey:

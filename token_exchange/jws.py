@@ -59,7 +59,7 @@ async def verify_signature(
     if forbidden := sorted(_FORBIDDEN_HEADERS & header.keys()):
         raise TokenError(f"header parameter {forbidden[0]} is not accepted")
     alg = header.get("alg")
-    if alg not in allowed:
+    if not isinstance(alg, str) or alg not in allowed:  # a list or object `alg` is unhashable
         raise TokenError(f"algorithm {str(alg)[:16]!r} is not allowed")
     try:
         key = await keys.key_for(kid)
@@ -117,6 +117,10 @@ def string_claim(claims: Mapping[str, Any], name: str) -> str:
     value = claims.get(name)
     if not isinstance(value, str) or not value:
         raise TokenError(f"{name} claim missing or not a string")
+    try:
+        value.encode("utf-8")  # RFC 8725 §3.7: a JSON escape such as \ud800 decodes to no Unicode text
+    except UnicodeEncodeError as exc:
+        raise TokenError(f"{name} claim is not valid Unicode") from exc
     return value
 
 

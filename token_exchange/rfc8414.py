@@ -10,7 +10,8 @@ from .rfc8693 import GRANT_TYPE
 def metadata(issuer: str, *, endpoints: dict[str, str], scopes: list[str]) -> dict[str, Any]:
     """The metadata document (§2). Empty arrays are omitted (§3.2), so `response_types_supported`,
     REQUIRED by §2 but empty for a server with no authorization endpoint, is left out."""
-    base = issuer.rstrip("/")
+    scheme, _, rest = issuer.partition("://")
+    base = f"{scheme}://{rest.partition('/')[0]}"  # served at the origin's root, as the metadata is (§3.1)
     document: dict[str, Any] = {
         "issuer": issuer,
         "token_endpoint": base + "/token",

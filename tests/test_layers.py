@@ -1,0 +1,52 @@
+"""Style §1: three layers, imports point one way (token_exchange < delegation < gateway)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BANNED = {
+    "token_exchange": {"fastapi", "starlette", "sqlite3", "aiosqlite", "delegation", "gateway"},
+    "delegation": {"fastapi", "starlette", "gateway"},
+}
+
+
+def top_level_imports(source: str, depth: int) -> set[str]:
+    """First components of every module imported anywhere in the source (inside functions too).
+
+    `depth` is how deep the file sits in its package (1 for `package/x.py`); a relative import that
+    climbs above the package counts as an import of what it reaches."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.level == 0 or node.level > depth):
+            names.update([node.module.split(".")[0]] if node.module else [a.name for a in node.names])
+    return names
+
+
+@pytest.mark.parametrize("package", BANNED)
+def test_style_1_package_imports_point_down(package: str) -> None:
+    modules = sorted((ROOT / package).rglob("*.py"))
+    assert modules
+    for module in modules:
+        depth = len(module.relative_to(ROOT / package).parts)
+        assert not top_level_imports(module.read_text(), depth) & BANNED[package], module
+
+
+@pytest.mark.parametrize(("source", "depth", "found"), [
+    ("def f():\n    import fastapi.responses\n", 1, "fastapi"),
+    ("from starlette.requests import Request\n", 1, "starlette"),
+    ("from .. import gateway\n", 1, "gateway"),
+    ("from ..delegation.audit import AuditEvent\n", 1, "delegation"),
+    ("if True:\n    import sqlite3 as db\n", 2, "sqlite3"),
+])
+def test_style_1_the_checker_sees_each_kind_of_import(source: str, depth: int, found: str) -> None:
+    assert found in top_level_imports(source, depth)
+
+
+def test_style_1_relative_imports_within_the_package_are_allowed() -> None:
+    assert top_level_imports("from .jws import TokenError\nfrom ..audit import AuditEvent\n", 2) == set()

@@ -1,0 +1,74 @@
+"""`pip install .` (not only editable) ships the Rego policies and their data (issue 2, What to build).
+
+The wheel is built from a copy of the sources, so the build leaves nothing in the working tree."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NOT_SOURCES = (".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".deputy", ".pytest_cache",
+               ".ruff_cache")
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    source = tmp_path_factory.mktemp("checkout") / "deputy"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*NOT_SOURCES))
+    out = tmp_path_factory.mktemp("wheel")
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(source)],
+                           capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stdout + build.stderr
+    (built,) = out.glob("deputy_gateway-*.whl")
+    return built
+
+
+def names_in(wheel: Path) -> set[str]:
+    with zipfile.ZipFile(wheel) as archive:
+        return set(archive.namelist())
+
+
+def test_issue2_wheel_ships_every_packaged_policy_and_its_data(wheel: Path) -> None:
+    packaged = {p.relative_to(ROOT).as_posix() for p in (ROOT / "policies").rglob("*")
+                if p.suffix in (".rego", ".json")}
+    assert {"policies/deputy/exchange.rego", "policies/data.json"} <= packaged
+    assert packaged <= names_in(wheel)
+
+
+def test_issue2_wheel_ships_the_packages_and_their_type_markers(wheel: Path) -> None:
+    names = names_in(wheel)
+    for package in ("token_exchange", "delegation", "delegation/stores", "gateway", "policies"):
+        assert f"{package}/__init__.py" in names, package
+    for package in ("token_exchange", "delegation", "gateway"):
+        assert f"{package}/py.typed" in names, package
+    assert not any(name.startswith("tests/") for name in names)
+
+
+def test_issue2_wheel_declares_the_deputy_command_and_python_3_11(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as archive:
+        dist_info = next(n.split("/")[0] for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+        metadata = archive.read(f"{dist_info}/METADATA").decode()
+        entry_points = archive.read(f"{dist_info}/entry_points.txt").decode()
+    assert "Name: deputy-gateway" in metadata
+    assert "Requires-Python: >=3.11" in metadata
+    assert "deputy = gateway.cli:main" in entry_points
+
+
+def test_issue2_installed_policies_package_finds_its_rego_files(wheel: Path, tmp_path: Path) -> None:
+    """Unpacked as pip installs it, `policies.PACKAGED_POLICIES` points at files that are there."""
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(tmp_path)
+    script = ("import policies, pathlib; p = pathlib.Path(policies.PACKAGED_POLICIES); "
+              "print(p); print(sorted(x.relative_to(p).as_posix() for x in p.rglob('*.rego')))")
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    location, regos = result.stdout.splitlines()
+    assert Path(location) == tmp_path / "policies"  # the unpacked copy, not the source tree
+    assert "deputy/exchange.rego" in regos
