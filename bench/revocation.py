@@ -68,13 +68,21 @@ class Deployment:
         (policy_dir / "deputy").mkdir(parents=True)
         for rego in (PACKAGED_POLICIES / "deputy").glob("*.rego"):
             shutil.copyfile(rego, policy_dir / "deputy" / rego.name)
-        (policy_dir / "data.json").write_text(json.dumps({"access": {
-            "grants": {AGENT: {RESOURCE: ["mail.read", "mail.send"]}},
-            "delegations": [{"issuer": IDP, "user": "alice", "agent": AGENT}],
-            "subagents": {}, "max_delegation_depth": 2,
-        }}))
+        (policy_dir / "data.json").write_text(
+            json.dumps(
+                {
+                    "access": {
+                        "grants": {AGENT: {RESOURCE: ["mail.read", "mail.send"]}},
+                        "delegations": [{"issuer": IDP, "user": "alice", "agent": AGENT}],
+                        "subagents": {},
+                        "max_delegation_depth": 2,
+                    }
+                }
+            )
+        )
         self.config = directory / "deputy.toml"
-        self.config.write_text(textwrap.dedent(f"""\
+        self.config.write_text(
+            textwrap.dedent(f"""\
             issuer = "{self.issuer}"
             listen = "127.0.0.1:{port}"
             state_dir = "state"
@@ -94,18 +102,33 @@ class Deployment:
             audience = "{RESOURCE}"
             scopes = ["mail.read", "mail.send"]
             clients = ["{WATCHER}"]
-        """))
+        """)
+        )
 
     def svid(self, spiffe_id: str) -> str:
         now = int(time.time())
-        return jwt.encode({"sub": spiffe_id, "aud": [self.issuer], "iat": now, "exp": now + 300},
-                          self.domain.private_key, algorithm="ES256", headers={"kid": self.domain.kid, "typ": "JWT"})
+        return jwt.encode(
+            {"sub": spiffe_id, "aud": [self.issuer], "iat": now, "exp": now + 300},
+            self.domain.private_key,
+            algorithm="ES256",
+            headers={"kid": self.domain.kid, "typ": "JWT"},
+        )
 
     def user_token(self) -> str:
         now = int(time.time())
-        return jwt.encode({"iss": IDP, "sub": "alice", "aud": self.issuer, "scope": "mail.read mail.send",
-                           "iat": now, "exp": now + 600}, self.idp.private_key, algorithm="ES256",
-                          headers={"kid": self.idp.kid})
+        return jwt.encode(
+            {
+                "iss": IDP,
+                "sub": "alice",
+                "aud": self.issuer,
+                "scope": "mail.read mail.send",
+                "iat": now,
+                "exp": now + 600,
+            },
+            self.idp.private_key,
+            algorithm="ES256",
+            headers={"kid": self.idp.kid},
+        )
 
 
 def free_port() -> int:
@@ -119,15 +142,21 @@ def gateway(config: Path, url: str) -> Iterator[None]:
     """`deputy serve --config` as a child process, output to a log beside the config."""
     log = config.parent / "gateway.log"
     with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
-                                   stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
     try:
         deadline = time.monotonic() + 30
         while True:
             if process.poll() is not None:
                 raise SystemExit(f"bench: gateway exited with {process.returncode}:\n{log.read_text()}")
-            with (contextlib.suppress(urllib.error.URLError, OSError),
-                  urllib.request.urlopen(url + "/healthz", timeout=1) as response):
+            with (
+                contextlib.suppress(urllib.error.URLError, OSError),
+                urllib.request.urlopen(url + "/healthz", timeout=1) as response,
+            ):
                 if response.status == 200:
                     break
             if time.monotonic() > deadline:
@@ -145,16 +174,34 @@ def gateway(config: Path, url: str) -> Iterator[None]:
 async def one_task(client: httpx.AsyncClient, deployment: Deployment, verifier: AccessTokenVerifier) -> float:
     """Open, mint, verify, complete; seconds from sending `complete` until the verifier refuses the token."""
     agent = deployment.svid(AGENT)
-    opened = await client.post("/token", data={
-        "grant_type": GRANT, "subject_token": deployment.user_token(), "subject_token_type": ACCESS_TOKEN,
-        "actor_token": agent, "actor_token_type": JWT_TYPE, "requested_token_type": TXN,
-        "scope": "mail.read", "audience": RESOURCE})
+    opened = await client.post(
+        "/token",
+        data={
+            "grant_type": GRANT,
+            "subject_token": deployment.user_token(),
+            "subject_token_type": ACCESS_TOKEN,
+            "actor_token": agent,
+            "actor_token_type": JWT_TYPE,
+            "requested_token_type": TXN,
+            "scope": "mail.read",
+            "audience": RESOURCE,
+        },
+    )
     opened.raise_for_status()
     task = opened.json()
-    minted = await client.post("/token", data={
-        "grant_type": GRANT, "subject_token": task["access_token"], "subject_token_type": TXN,
-        "actor_token": agent, "actor_token_type": JWT_TYPE, "scope": "mail.read", "resource": RESOURCE,
-        "requested_token_type": ACCESS_TOKEN})
+    minted = await client.post(
+        "/token",
+        data={
+            "grant_type": GRANT,
+            "subject_token": task["access_token"],
+            "subject_token_type": TXN,
+            "actor_token": agent,
+            "actor_token_type": JWT_TYPE,
+            "scope": "mail.read",
+            "resource": RESOURCE,
+            "requested_token_type": ACCESS_TOKEN,
+        },
+    )
     minted.raise_for_status()
     token = minted.json()["access_token"]
     await verifier.verify(token, "mail.read")
@@ -182,8 +229,9 @@ async def run(tasks: int, log: Any) -> dict[str, Any]:
             async with (
                 httpx.AsyncClient(base_url=url, timeout=10) as client,
                 httpx.AsyncClient(timeout=10) as rs_client,
-                AccessTokenVerifier(issuer=url, audience=RESOURCE, client=rs_client,
-                                    svid=lambda: deployment.svid(WATCHER)) as verifier,
+                AccessTokenVerifier(
+                    issuer=url, audience=RESOURCE, client=rs_client, svid=lambda: deployment.svid(WATCHER)
+                ) as verifier,
             ):
                 staleness = verifier.max_feed_staleness
                 latencies: list[float] = []
@@ -225,16 +273,20 @@ def print_table(result: dict[str, Any]) -> None:
     def ms(value: float | None) -> str:
         return "-" if value is None else f"{value:.1f}"
 
-    print(f"Deputy revocation bench: complete -> verifier rejects, {result['tasks']} tasks, "
-          f"one verifier on loopback, {result['cpu_count']} CPUs")
+    print(
+        f"Deputy revocation bench: complete -> verifier rejects, {result['tasks']} tasks, "
+        f"one verifier on loopback, {result['cpu_count']} CPUs"
+    )
     print()
     columns = ("p50 ms", "p90 ms", "p99 ms", "max ms", "mean ms")
     header = f"{'tasks':>7}{'rejected':>10}{'failed':>8}" + "".join(f"{c:>9}" for c in columns)
     print(header)
     print("-" * len(header))
-    print(f"{result['tasks']:>7}{result['rejected']:>10}{sum(result['failures'].values()):>8}"
-          f"{ms(result['p50_ms']):>9}{ms(result['p90_ms']):>9}{ms(result['p99_ms']):>9}"
-          f"{ms(result['max_ms']):>9}{ms(result['mean_ms']):>9}")
+    print(
+        f"{result['tasks']:>7}{result['rejected']:>10}{sum(result['failures'].values()):>8}"
+        f"{ms(result['p50_ms']):>9}{ms(result['p90_ms']):>9}{ms(result['p99_ms']):>9}"
+        f"{ms(result['max_ms']):>9}{ms(result['mean_ms']):>9}"
+    )
     if result["failures"]:
         print("failures: " + ", ".join(f"{k}: {v}" for k, v in sorted(result["failures"].items())))
     print()
