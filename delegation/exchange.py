@@ -12,6 +12,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
+from token_exchange import rfc8693
 from token_exchange.errors import (
     POLICY_ERRORS,
     InvalidRequest,
@@ -94,23 +95,25 @@ class TokenExchange:
         self.records = records
         self.lifetimes = lifetimes
 
-    async def exchange(self, req: ExchangeRequest, *, now: int) -> TokenResponse:
-        """Run the exchange and audit it, granted or refused."""
-        facts: dict[str, Any] = {
-            "decision_id": new_id(),
-            "at": now,
-            "action": "exchange",
-            "outcome": "refused",
-            "requested_scope": str(req.scope),
-            "audience": " ".join(t.value for t in req.targets)[:2048] or None,
-            "policy_revision": self.policy.revision,
-        }
+    async def token_endpoint(self, pairs: list[tuple[str, str]], *, now: int) -> TokenResponse:
+        """Parse the form (RFC 8693 §2.1) and run the exchange; every outcome is audited."""
+        facts = self._facts(now)
         try:
+            req = rfc8693.parse(pairs)
+            facts["requested_scope"] = str(req.scope)
+            facts["audience"] = " ".join(t.value for t in req.targets)[:2048] or None
             return await self._exchange(req, now, facts)
         except OAuthError as exc:
-            facts.update(error=exc.error, reasons=facts.get("reasons") or (exc.description,))
-            await self._audit_refusal(AuditEvent(**facts))
+            await self._audit_refusal(exc, facts)
             raise
+
+    async def refuse(self, exc: OAuthError, *, now: int) -> None:
+        """Audit a refusal that happened before the form could be parsed (size, type, client auth)."""
+        await self._audit_refusal(exc, self._facts(now))
+
+    def _facts(self, now: int) -> dict[str, Any]:
+        return {"decision_id": new_id(), "at": now, "action": "exchange", "outcome": "refused",
+                "policy_revision": self.policy.revision}
 
     async def _exchange(self, req: ExchangeRequest, now: int, facts: dict[str, Any]) -> TokenResponse:
         actor = await _verified(self.actors, req.actor.token, "actor_token", now)
@@ -270,8 +273,9 @@ class TokenExchange:
             log.error("exchange.store_failed", extra={"error": str(exc)})
             raise TemporarilyUnavailable("the gateway could not reach its store; nothing was issued") from exc
 
-    async def _audit_refusal(self, event: AuditEvent) -> None:
-        log.info("exchange.refused", extra={"event": event.as_dict()})
+    async def _audit_refusal(self, exc: OAuthError, facts: dict[str, Any]) -> None:
+        event = AuditEvent(**{**facts, "error": exc.error, "reasons": facts.get("reasons") or (exc.description,)})
+        log.info("exchange.refused", extra={"event": facts})
         try:
             await self.records.append_audit(event)
         except StoreError as exc:

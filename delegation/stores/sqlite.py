@@ -137,9 +137,7 @@ def migrate(connection: sqlite3.Connection) -> None:
 
 
 def _audit_row(event: AuditEvent) -> tuple[Any, ...]:
-    values = event.as_dict()
-    values["reasons"] = json.dumps(values["reasons"])
-    return tuple(values[c] for c in _AUDIT_COLUMNS)
+    return tuple(json.dumps(list(event.reasons)) if c == "reasons" else getattr(event, c) for c in _AUDIT_COLUMNS)
 
 
 def _token_row(token: IssuedTokenRecord) -> tuple[Any, ...]:
