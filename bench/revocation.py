@@ -73,7 +73,7 @@ class Deployment:
                 {
                     "access": {
                         "grants": {AGENT: {RESOURCE: ["mail.read", "mail.send"]}},
-                        "delegations": [{"issuer": IDP, "user": "alice", "agent": AGENT}],
+                        "delegations": {IDP: {"alice": [AGENT]}},
                         "subagents": {},
                         "max_delegation_depth": 2,
                     }

@@ -39,7 +39,7 @@ POLICY_DATA = {
         "task_ttl": 900,
         "max_delegation_depth": 2,
         "grants": {AGENT: {MAIL: ["mail.read", "mail.send"]}, SUBAGENT: {MAIL: ["mail.read"]}},
-        "delegations": [{"issuer": IDP, "user": "alice", "agent": AGENT}],
+        "delegations": {IDP: {"alice": [AGENT]}},
         "subagents": {AGENT: [SUBAGENT]},
     }
 }

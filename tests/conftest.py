@@ -63,11 +63,10 @@ POLICY_DATA = {
             HELPER_AGENT: {MAIL: ["mail.read"]},
             REMOTE_AGENT: {MAIL: ["mail.read"]},
         },
-        "delegations": [
-            {"issuer": IDP, "user": "alice", "agent": MAIL_AGENT},
-            {"issuer": IDP, "user": "alice", "agent": REMOTE_AGENT},
-            {"issuer": REMOTE_IDP, "user": "bob", "agent": MAIL_AGENT},
-        ],
+        "delegations": {
+            IDP: {"alice": [MAIL_AGENT, REMOTE_AGENT]},
+            REMOTE_IDP: {"bob": [MAIL_AGENT]},
+        },
     }
 }
 

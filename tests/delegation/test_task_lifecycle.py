@@ -81,7 +81,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     (directory / "policies" / "data.json").write_text(json.dumps({"access": {
         "grants": {AGENT: grants, SUB: {MAIL: ["mail.read"], DOCS: ["docs.read"]}, OTHER: grants,
                    DEEP1: {MAIL: ["mail.read"]}, DEEP2: {MAIL: ["mail.read"]}},
-        "delegations": [{"issuer": idp.name, "user": "alice", "agent": a} for a in (AGENT, OTHER)],
+        "delegations": {idp.name: {"alice": [AGENT, OTHER]}},
         "subagents": {AGENT: [SUB], SUB: [DEEP1], DEEP1: [DEEP2]},
         "max_delegation_depth": 2,
     }}))

@@ -78,7 +78,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     (directory / "policies" / "deputy" / "exchange.rego").write_text(packaged.read_text())
     (directory / "policies" / "data.json").write_text(json.dumps({"access": {
         "grants": {AGENT: {MAIL: ["mail.read", "mail.send"], DOCS: ["docs.read"]}},
-        "delegations": [{"issuer": idp.name, "user": "alice", "agent": AGENT}],
+        "delegations": {idp.name: {"alice": [AGENT]}},
         "subagents": {}, "max_delegation_depth": 2,
     }}))
     port = free_port()
