@@ -11,7 +11,7 @@ from typing import Any
 
 from delegation.stores.sqlite import SqliteStore, sqlite_path
 
-from . import admin_cli, keystore, logs
+from . import admin_cli, keystore, logs, workers
 from .settings import ConfigError, Settings, load_settings
 from .wiring import Prepared, prepare
 
@@ -128,13 +128,13 @@ def _serve(args: argparse.Namespace) -> int:
     _banner(settings, prepared, keys, args.workers)
     if args.dev:
         _dev_banner(settings)
-    common = {"host": settings.host, "port": settings.port, "log_level": args.log_level, "access_log": False}
-    if args.workers == 1:
-        uvicorn.run(build_app(prepared, keys), **common)
-    else:
-        if args.config is not None:
-            os.environ["DEPUTY_CONFIG"] = str(args.config.resolve())
-        uvicorn.run("gateway.app:create_app", factory=True, workers=args.workers, **common)
+    if args.workers > 1:
+        config = args.config.resolve() if args.config is not None else None
+        return workers.run(args.workers, config=config, host=settings.host, port=settings.port,
+                           log_level=args.log_level)
+    workers.check_port_free(settings.host, settings.port)
+    uvicorn.run(build_app(prepared, keys), host=settings.host, port=settings.port, log_level=args.log_level,
+                access_log=False)
     return 0
 
 

@@ -1,15 +1,21 @@
-"""SQLite store (WAL): one connection on one thread, writes grouped into shared transactions.
+"""SQLite store (WAL), shared by every gateway worker process.
 
-Every write waits for its commit. Concurrent writes queue up and are committed together, so one fsync
-serves many exchanges; if a grouped transaction fails, each write is retried alone so only the faulty
-one fails. The event loop never touches sqlite3.
+Small hot-path writes (a grant, a task, an audit event) run on the event loop: the writes that arrive in
+one loop iteration commit together, in one transaction, if the write lock is free at once. On this
+class of machine a hop to a thread costs about 300 µs of CPU and 350 µs of latency, more than such a
+commit (about 150-200 µs), so the loop only blocks for work cheaper than the hop (style §8). When the
+lock is held by another process, or the transaction fails, the batch goes to the store's own thread,
+which waits for the lock in short naps and retries each write alone so only a faulty one fails.
+Maintenance writes (revocation cascades, expiry) always run on that thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,6 +29,7 @@ from ..records import IssuedTokenRecord, StoreError
 from ..tasks import OPEN, Revocation, Task
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 Work = Callable[[sqlite3.Connection], Any]
 
 MIGRATIONS: tuple[str, ...] = (
@@ -94,6 +101,8 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+LOCK_WAIT_S = 5.0
+CHECKPOINT_EVERY = 200  # inline commits between WAL checkpoints run on the store's thread
 
 _AUDIT_COLUMNS = tuple(AuditEvent.__dataclass_fields__)
 _INSERT_AUDIT = (
@@ -150,33 +159,60 @@ class SqliteStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deputy-sqlite")
-        self._connection: sqlite3.Connection | None = None
+        self._connection: sqlite3.Connection | None = None  # the thread's writer: waits for the lock
+        self._reader: sqlite3.Connection | None = None  # the thread's reader
+        self._loop_writer: sqlite3.Connection | None = None  # the event loop's: never waits
+        self._loop_reader: sqlite3.Connection | None = None
         self._pending: list[tuple[Work, asyncio.Future[Any]]] = []
+        self._inline: list[tuple[Work, asyncio.Future[Any]]] = []
+        self._inline_commits = 0
+        self._checkpointer: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, path: Path) -> SqliteStore:
         store = cls(path)
         await store._call(store._connect)
+        try:
+            store._loop_writer = store._open_connection(busy_timeout_ms=0)
+            # Checkpoints copy the WAL into the database; the thread does them (see _checkpoint_soon),
+            # never a commit on the loop.
+            store._loop_writer.execute("PRAGMA wal_autocheckpoint = 0")
+            store._loop_reader = store._open_connection(busy_timeout_ms=100)  # WAL readers wait only in recovery
+        except sqlite3.Error as exc:
+            await store.close()
+            raise StoreError(f"sqlite: {exc}") from exc
         return store
 
     def _connect(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._connection = self._open_connection()
+        self._connection.execute("PRAGMA journal_mode = WAL")
+        migrate(self._connection)
+        # The writer waits for the lock in _begin, in short naps: SQLite's own busy handler sleeps in
+        # steps of up to 100 ms, which serializes the gateway's worker processes behind one another.
+        self._connection.execute("PRAGMA busy_timeout = 0")
+        self._reader = self._open_connection()
+        self.path.chmod(0o600)
+
+    def _open_connection(self, busy_timeout_ms: int = int(LOCK_WAIT_S * 1000)) -> sqlite3.Connection:
         connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         connection.row_factory = sqlite3.Row
-        connection.execute("PRAGMA busy_timeout = 5000")
-        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
         connection.execute("PRAGMA synchronous = NORMAL")
         connection.execute("PRAGMA foreign_keys = ON")
-        migrate(connection)
-        self.path.chmod(0o600)
-        self._connection = connection
+        return connection
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            await asyncio.gather(self._flusher, return_exceptions=True)
-        if self._connection is not None:
-            await self._call(self._connection.close)
+        for task in (self._flusher, self._checkpointer):
+            if task is not None:
+                await asyncio.gather(task, return_exceptions=True)
+        for connection in (self._loop_writer, self._loop_reader):
+            if connection is not None:
+                connection.close()
+        for connection in (self._connection, self._reader):
+            if connection is not None:
+                await self._call(connection.close)
         self._executor.shutdown(wait=True)
 
     async def _call(self, fn: Callable[[], T]) -> T:
@@ -186,20 +222,63 @@ class SqliteStore:
             raise StoreError(f"sqlite: {exc}") from exc
 
     async def read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """A read on the store's thread (for lists that may be long)."""
+
         def run() -> list[sqlite3.Row]:
-            assert self._connection is not None
-            return self._connection.execute(sql, tuple(params)).fetchall()
+            assert self._reader is not None
+            return self._reader.execute(sql, tuple(params)).fetchall()
 
         return await self._call(run)
 
-    async def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `work(connection)` in a transaction, grouped with concurrent writers; raises StoreError."""
+    def _lookup(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
+        """An indexed point read on the loop: WAL readers never wait for writers."""
+        assert self._loop_reader is not None
+        try:
+            return self._loop_reader.execute(sql, tuple(params)).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite: {exc}") from exc
+
+    async def write(self, work: Callable[[sqlite3.Connection], T], *, small: bool = False) -> T:
+        """Run `work(connection)` in a transaction, grouped with concurrent writers; raises StoreError.
+
+        `small` writes try the event loop first (see the module docstring); the others go to the thread.
+        """
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((work, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
+        if small:
+            if not self._inline:
+                asyncio.get_running_loop().call_soon(self._flush_inline)
+            self._inline.append((work, future))
+        else:
+            self._to_thread([(work, future)])
         result: T = await future
         return result
+
+    def _flush_inline(self) -> None:
+        batch, self._inline = self._inline, []
+        assert self._loop_writer is not None
+        try:
+            outcomes = _transaction(self._loop_writer, [work for work, _ in batch], wait=False)
+        except Exception:  # lock busy or a failing write: the thread retries, each write alone if needed
+            self._to_thread(batch)
+            return
+        _settle(batch, outcomes)
+        self._inline_commits += 1
+        if self._inline_commits % CHECKPOINT_EVERY == 0 and (self._checkpointer is None or self._checkpointer.done()):
+            self._checkpointer = asyncio.create_task(self._checkpoint())
+
+    async def _checkpoint(self) -> None:
+        """A passive WAL checkpoint on the thread: it copies what no reader needs and never waits."""
+        assert self._connection is not None
+        connection = self._connection
+        try:
+            await self._call(lambda: connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
+        except StoreError as exc:
+            log.warning("sqlite.checkpoint_failed", extra={"error": str(exc)})
+
+    def _to_thread(self, batch: list[tuple[Work, asyncio.Future[Any]]]) -> None:
+        self._pending.extend(batch)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
 
     async def _flush(self) -> None:
         while self._pending:
@@ -210,42 +289,25 @@ class SqliteStore:
                 )
             except Exception as exc:  # the thread itself failed: every writer in the batch fails closed
                 outcomes = [StoreError(f"{type(exc).__name__}: {exc}")] * len(batch)
-            for (_, future), outcome in zip(batch, outcomes, strict=True):
-                if future.done():
-                    continue
-                if isinstance(outcome, StoreError):
-                    future.set_exception(outcome)
-                else:
-                    future.set_result(outcome)
+            _settle(batch, outcomes)
 
     def _commit(self, works: list[Work]) -> list[Any]:
         """All works in one transaction; if that fails, each alone, so only the faulty one fails."""
+        assert self._connection is not None
         try:
-            return self._transaction(works)
+            return _transaction(self._connection, works, wait=True)
         except (sqlite3.Error, StoreError) as exc:
             if len(works) == 1:
                 return [exc if isinstance(exc, StoreError) else StoreError(f"sqlite: {exc}")]
         outcomes: list[Any] = []
         for work in works:
             try:
-                outcomes.extend(self._transaction([work]))
+                outcomes.extend(_transaction(self._connection, [work], wait=True))
             except sqlite3.Error as exc:
                 outcomes.append(StoreError(f"sqlite: {exc}"))
             except StoreError as exc:
                 outcomes.append(exc)
         return outcomes
-
-    def _transaction(self, works: list[Work]) -> list[Any]:
-        assert self._connection is not None
-        connection = self._connection
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            results = [work(connection) for work in works]
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-        return results
 
     # Exchange records
     async def record_grant(self, token: IssuedTokenRecord, event: AuditEvent, task: Task | None = None) -> None:
@@ -257,24 +319,24 @@ class SqliteStore:
             connection.execute(_INSERT_TOKEN, _token_row(token))
             connection.execute(_INSERT_AUDIT, _audit_row(event))
 
-        await self.write(work)
+        await self.write(work, small=True)
 
     async def record_task(self, task: Task, event: AuditEvent) -> None:
         def work(connection: sqlite3.Connection) -> None:
             connection.execute(_INSERT_TASK, _task_row(task))
             connection.execute(_INSERT_AUDIT, _audit_row(event))
 
-        await self.write(work)
+        await self.write(work, small=True)
 
     async def append_audit(self, event: AuditEvent) -> None:
-        await self.write(lambda connection: connection.execute(_INSERT_AUDIT, _audit_row(event)))
+        await self.write(lambda connection: connection.execute(_INSERT_AUDIT, _audit_row(event)), small=True)
 
     async def issued_count(self) -> int:
         return int((await self.read("SELECT count(*) FROM issued_tokens"))[0][0])
 
     # Tasks
     async def task(self, task_id: str) -> Task | None:
-        rows = await self.read("SELECT * FROM tasks WHERE id = ?", (task_id,))
+        rows = self._lookup("SELECT * FROM tasks WHERE id = ?", (task_id,))
         return _task(rows[0]) if rows else None
 
     async def tasks(self, *, agent: str | None = None, user: str | None = None, state: str | None = None,
@@ -291,7 +353,7 @@ class SqliteStore:
 
     async def token(self, jti: str) -> tuple[IssuedTokenRecord, bool, Task | None] | None:
         """A token's record, whether it was revoked on its own, and its task."""
-        rows = await self.read("SELECT * FROM issued_tokens WHERE jti = ?", (jti,))
+        rows = self._lookup("SELECT * FROM issued_tokens WHERE jti = ?", (jti,))
         if not rows:
             return None
         row = rows[0]
@@ -387,6 +449,49 @@ class SqliteStore:
             clauses = (clauses + " AND " if clauses else "WHERE ") + " AND ".join(extra)
         rows = await self.read(f"SELECT * FROM audit_events {clauses} ORDER BY id DESC LIMIT ?", (*params, limit))
         return [{**dict(r), "reasons": json.loads(r["reasons"])} for r in rows]
+
+
+class _LockBusy(Exception):
+    """Another connection holds the write lock and this caller will not wait."""
+
+
+def _begin(connection: sqlite3.Connection, *, wait: bool) -> None:
+    """BEGIN IMMEDIATE; when waiting, nap 0.1-2 ms while another process holds the lock (up to LOCK_WAIT_S)."""
+    deadline, nap = time.monotonic() + LOCK_WAIT_S, 0.0001
+    while True:
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                raise
+            if not wait:
+                raise _LockBusy() from exc
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(nap)
+        nap = min(nap * 2, 0.002)
+
+
+def _transaction(connection: sqlite3.Connection, works: list[Work], *, wait: bool) -> list[Any]:
+    _begin(connection, wait=wait)
+    try:
+        results = [work(connection) for work in works]
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    return results
+
+
+def _settle(batch: list[tuple[Work, asyncio.Future[Any]]], outcomes: list[Any]) -> None:
+    for (_, future), outcome in zip(batch, outcomes, strict=True):
+        if future.done():
+            continue
+        if isinstance(outcome, StoreError):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
 
 
 REVOKED_STATE, EXPIRED_STATE = "revoked", "expired"
