@@ -33,22 +33,20 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import socket
-import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import jwt
+from deputy_examples.demo_identities import DemoIdentities, DemoResource
+from deputy_examples.gateway_process import gateway_process
 
 from token_exchange.signing import SigningKey
 
@@ -60,6 +58,7 @@ TRUST_DOMAIN = "example.org"
 AGENT = f"spiffe://{TRUST_DOMAIN}/agents/mail"
 RESOURCE = "https://mail.example.com"
 TOKEN_TTL = 3600  # the pre-minted user tokens and SVIDs outlive any run
+POLICY_DATA = {"access": {"grants": {AGENT: {RESOURCE: ["mail.read", "mail.send"]}}}}  # users consent by may_act
 TARGET_RATE = 1000.0  # issue #2: at least 1,000 exchanges/s on 2 cores
 TARGET_P99_MS = 25.0  # issue #2: p99 under 25 ms at half that load
 
@@ -74,82 +73,18 @@ def free_port() -> int:
 
 
 def write_deployment(directory: Path, listen: str, tokens: int) -> tuple[Path, list[bytes]]:
-    """deputy.toml, key files, a policy directory and `tokens` distinct pre-minted exchange forms."""
-    from policies import PACKAGED_POLICIES
-
-    directory.mkdir(parents=True, exist_ok=True)
-    issuer = f"http://{listen}"
-    idp, domain = SigningKey.generate("ES256"), SigningKey.generate("ES256")
-    (directory / "idp.jwks.json").write_text(json.dumps({"keys": [idp.public_jwk]}))
-    svid_jwk = {k: v for k, v in domain.public_jwk.items() if k != "alg"} | {"use": "jwt-svid"}
-    (directory / "example.org.jwks").write_text(json.dumps({"keys": [svid_jwk]}))
-
-    # The packaged policy and data, with the bench agent's grant made sure of (users allow it via may_act).
-    policy_dir = directory / "policies"
-    shutil.copytree(PACKAGED_POLICIES, policy_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.py", "__*"))
-    data_file = policy_dir / "data.json"
-    data = json.loads(data_file.read_text()) if data_file.exists() else {}
-    for namespace in data.values():
-        if isinstance(namespace, dict) and isinstance(namespace.get("grants"), dict):
-            namespace["grants"].setdefault(AGENT, {})[RESOURCE] = ["mail.read", "mail.send"]
-    data_file.write_text(json.dumps(data))
-
-    config = directory / "deputy.toml"
-    config.write_text(
-        textwrap.dedent(f"""\
-        issuer = "{issuer}"
-        listen = "{listen}"
-        state_dir = "state"
-
-        [policy]
-        dir = "policies"
-
-        [[subject_issuers]]
-        issuer = "{IDP}"
-        jwks_file = "idp.jwks.json"
-
-        [[trust_domains]]
-        name = "{TRUST_DOMAIN}"
-        bundle_file = "example.org.jwks"
-
-        [[resources]]
-        audience = "{RESOURCE}"
-        scopes = ["mail.read", "mail.send"]
-        max_ttl = 300
-    """)
-    )
-
+    """deputy.toml, key files, the packaged policy and `tokens` distinct pre-minted exchange forms."""
+    ids = DemoIdentities(directory)
+    config = ids.create(listen=listen, idp=IDP, trust_domain=TRUST_DOMAIN, data=POLICY_DATA,
+                        resources=(DemoResource(RESOURCE, ("mail.read", "mail.send")),))
     # Each form: a distinct user (may_act names the agent, RFC 8693 §4.4) and one of a few SVIDs of the
     # same agent, as an agent reuses its SVID until it rotates.
-    now = int(time.time())
-    svids = [
-        jwt.encode(
-            {"sub": AGENT, "aud": [issuer], "iat": now, "exp": now + TOKEN_TTL, "jti": f"svid-{i}"},
-            domain.private_key,
-            algorithm="ES256",
-            headers={"kid": domain.kid, "typ": "JWT"},
-        )
-        for i in range(max(1, tokens // 16))
-    ]
+    svids = [ids.svid(AGENT, ttl=TOKEN_TTL, jti=f"svid-{i}") for i in range(max(1, tokens // 16))]
     forms = []
     for i in range(tokens):
-        user = jwt.encode(
-            {
-                "iss": IDP,
-                "sub": f"user-{i}",
-                "aud": issuer,
-                "scope": "mail.read mail.send",
-                "may_act": {"sub": AGENT},
-                "iat": now,
-                "exp": now + TOKEN_TTL,
-            },
-            idp.private_key,
-            algorithm="ES256",
-            headers={"kid": idp.kid},
-        )
         form = {
             "grant_type": GRANT,
-            "subject_token": user,
+            "subject_token": ids.user_token(f"user-{i}", ttl=TOKEN_TTL, may_act={"sub": AGENT}),
             "subject_token_type": ACCESS_TOKEN,
             "actor_token": svids[i % len(svids)],
             "actor_token_type": JWT_TYPE,
@@ -161,20 +96,10 @@ def write_deployment(directory: Path, listen: str, tokens: int) -> tuple[Path, l
     return config, forms
 
 
-def deputy_command() -> list[str]:
-    script = Path(sys.executable).parent / "deputy"
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("deputy")
-    return [found] if found else [sys.executable, "-m", "gateway.cli"]
-
-
-def wait_healthy(url: str, process: subprocess.Popen[bytes] | None, log: Path | None, timeout: float) -> None:
+def wait_healthy(url: str, timeout: float) -> None:
+    """For --url: wait until an already running gateway answers /healthz."""
     deadline = time.monotonic() + timeout
     while True:
-        if process is not None and process.poll() is not None:
-            output = log.read_text() if log else ""
-            raise SystemExit(f"bench: the gateway exited with {process.returncode}:\n{output}")
         try:
             with urllib.request.urlopen(url + "/healthz", timeout=1) as response:
                 if response.status == 200:
@@ -184,28 +109,6 @@ def wait_healthy(url: str, process: subprocess.Popen[bytes] | None, log: Path | 
         if time.monotonic() > deadline:
             raise SystemExit(f"bench: {url}/healthz did not answer within {timeout:.0f} s")
         time.sleep(0.1)
-
-
-@contextlib.contextmanager
-def gateway(config: Path, workers: int, url: str) -> Iterator[subprocess.Popen[bytes]]:
-    log = config.parent / "gateway.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [*deputy_command(), "serve", "--config", str(config), "--workers", str(workers)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=config.parent,
-        )
-    try:
-        wait_healthy(url, process, log, timeout=60)
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 # ---------------------------------------------------------------- load generator
@@ -734,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.setup:
         config, _ = write_deployment(args.setup.resolve(), args.listen, args.tokens)
         print(f"wrote {config} and {config.parent / 'forms.txt'} (tokens valid {TOKEN_TTL // 60} min)")
-        print(f"  {' '.join(deputy_command())} serve --config {config} --workers {args.workers} &")
+        print(f"  deputy serve --config {config} --workers {args.workers} &")
         print(f"  {sys.argv[0]} --url http://{args.listen} --forms {config.parent / 'forms.txt'}")
         return 0
     if args.url and not args.forms:
@@ -753,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.url:
         forms = [line for line in args.forms.read_bytes().splitlines() if line.strip()]
-        wait_healthy(args.url.rstrip("/"), None, None, timeout=10)
+        wait_healthy(args.url.rstrip("/"), timeout=10)
         log(f"driving {args.url}...")
         phases = run(drive(args.url.rstrip("/"), forms, args, None))
         result = report(phases, crypto, args, f"gateway at {args.url}")
@@ -763,7 +666,7 @@ def main(argv: list[str] | None = None) -> int:
             config, forms = write_deployment(Path(tmp), listen, args.tokens)
             url = f"http://{listen}"
             log(f"starting deputy serve --workers {args.workers} on {url}...")
-            with gateway(config, args.workers, url) as process:
+            with gateway_process(config, url, workers=args.workers, timeout=60) as process:
                 log(f"warm-up {args.warmup:.0f} s, then 2 phases of {args.seconds:.0f} s each...")
                 phases = run(drive(url, forms, args, process.pid))
         result = report(phases, crypto, args, f"deputy serve --workers {args.workers} (embedded Rego, SQLite, ES256)")

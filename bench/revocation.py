@@ -16,29 +16,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import math
 import os
-import shutil
 import socket
-import subprocess
 import sys
 import tempfile
-import textwrap
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import jwt
+from deputy_examples.demo_identities import DemoIdentities, DemoResource
+from deputy_examples.gateway_process import gateway_process
 
-from policies import PACKAGED_POLICIES
 from token_exchange.resource_server import AccessTokenVerifier, FeedStale, InvalidToken
-from token_exchange.signing import SigningKey
 
 GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
@@ -53,82 +45,8 @@ MAX_TASKS = 10_000
 POLL_S = 0.001
 GIVE_UP_S = 5.0
 TARGET_P99_MS = 1000.0  # issue #3: p99 under 1 s with embedded defaults
-
-
-class Deployment:
-    """Keys, policy and deputy.toml in `directory`; signs user tokens and SVIDs for the bench."""
-
-    def __init__(self, directory: Path, port: int) -> None:
-        self.issuer = f"http://127.0.0.1:{port}"
-        self.idp, self.domain = SigningKey.generate("ES256"), SigningKey.generate("ES256")
-        (directory / "idp.jwks.json").write_text(json.dumps({"keys": [self.idp.public_jwk]}))
-        svid_jwk = {k: v for k, v in self.domain.public_jwk.items() if k != "alg"} | {"use": "jwt-svid"}
-        (directory / "bundle.jwks").write_text(json.dumps({"keys": [svid_jwk]}))
-        policy_dir = directory / "policies"
-        (policy_dir / "deputy").mkdir(parents=True)
-        for rego in (PACKAGED_POLICIES / "deputy").glob("*.rego"):
-            shutil.copyfile(rego, policy_dir / "deputy" / rego.name)
-        (policy_dir / "data.json").write_text(
-            json.dumps(
-                {
-                    "access": {
-                        "grants": {AGENT: {RESOURCE: ["mail.read", "mail.send"]}},
-                        "delegations": {IDP: {"alice": [AGENT]}},
-                        "subagents": {},
-                        "max_delegation_depth": 2,
-                    }
-                }
-            )
-        )
-        self.config = directory / "deputy.toml"
-        self.config.write_text(
-            textwrap.dedent(f"""\
-            issuer = "{self.issuer}"
-            listen = "127.0.0.1:{port}"
-            state_dir = "state"
-
-            [policy]
-            dir = "policies"
-
-            [[subject_issuers]]
-            issuer = "{IDP}"
-            jwks_file = "idp.jwks.json"
-
-            [[trust_domains]]
-            name = "{TRUST_DOMAIN}"
-            bundle_file = "bundle.jwks"
-
-            [[resources]]
-            audience = "{RESOURCE}"
-            scopes = ["mail.read", "mail.send"]
-            clients = ["{WATCHER}"]
-        """)
-        )
-
-    def svid(self, spiffe_id: str) -> str:
-        now = int(time.time())
-        return jwt.encode(
-            {"sub": spiffe_id, "aud": [self.issuer], "iat": now, "exp": now + 300},
-            self.domain.private_key,
-            algorithm="ES256",
-            headers={"kid": self.domain.kid, "typ": "JWT"},
-        )
-
-    def user_token(self) -> str:
-        now = int(time.time())
-        return jwt.encode(
-            {
-                "iss": IDP,
-                "sub": "alice",
-                "aud": self.issuer,
-                "scope": "mail.read mail.send",
-                "iat": now,
-                "exp": now + 600,
-            },
-            self.idp.private_key,
-            algorithm="ES256",
-            headers={"kid": self.idp.kid},
-        )
+POLICY_DATA = {"access": {"grants": {AGENT: {RESOURCE: ["mail.read", "mail.send"]}},
+                          "delegations": {IDP: {"alice": [AGENT]}}}}
 
 
 def free_port() -> int:
@@ -137,48 +55,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@contextlib.contextmanager
-def gateway(config: Path, url: str) -> Iterator[None]:
-    """`deputy serve --config` as a child process, output to a log beside the config."""
-    log = config.parent / "gateway.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise SystemExit(f"bench: gateway exited with {process.returncode}:\n{log.read_text()}")
-            with (
-                contextlib.suppress(urllib.error.URLError, OSError),
-                urllib.request.urlopen(url + "/healthz", timeout=1) as response,
-            ):
-                if response.status == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise SystemExit(f"bench: {url}/healthz did not answer within 30 s")
-            time.sleep(0.1)
-        yield
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
-async def one_task(client: httpx.AsyncClient, deployment: Deployment, verifier: AccessTokenVerifier) -> float:
+async def one_task(client: httpx.AsyncClient, deployment: DemoIdentities, verifier: AccessTokenVerifier) -> float:
     """Open, mint, verify, complete; seconds from sending `complete` until the verifier refuses the token."""
     agent = deployment.svid(AGENT)
     opened = await client.post(
         "/token",
         data={
             "grant_type": GRANT,
-            "subject_token": deployment.user_token(),
+            "subject_token": deployment.user_token("alice"),
             "subject_token_type": ACCESS_TOKEN,
             "actor_token": agent,
             "actor_token_type": JWT_TYPE,
@@ -222,10 +106,12 @@ async def one_task(client: httpx.AsyncClient, deployment: Deployment, verifier: 
 async def run(tasks: int, log: Any) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="deputy-revocation-bench-") as tmp:
         port = free_port()
-        deployment = Deployment(Path(tmp), port)
+        deployment = DemoIdentities(Path(tmp) / "deployment")
+        config = deployment.create(listen=f"127.0.0.1:{port}", idp=IDP, trust_domain=TRUST_DOMAIN, data=POLICY_DATA,
+                                   resources=(DemoResource(RESOURCE, ("mail.read", "mail.send"), (WATCHER,)),))
         url = deployment.issuer
         log(f"starting deputy serve on {url} ...")
-        with gateway(deployment.config, url):
+        with gateway_process(config, url):
             async with (
                 httpx.AsyncClient(base_url=url, timeout=10) as client,
                 httpx.AsyncClient(timeout=10) as rs_client,

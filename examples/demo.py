@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ import uvicorn
 from token_exchange.resource_server import AccessTokenVerifier
 
 from .demo_identities import AGENT, LABEL, MAIL, MAIL_API, SUBAGENT, DemoIdentities
+from .gateway_process import gateway_process
 from .mail_api import mail_api
 
 GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -52,28 +52,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def _gateway(config: Path, url: str) -> Any:
-    process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the gateway exited: {process.stderr.read().decode() if process.stderr else ''}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/healthz", timeout=0.5).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("the gateway did not start within 20 s")
-            time.sleep(0.1)
-        yield process
-    finally:
-        process.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=10)
 
 
 @contextlib.asynccontextmanager
@@ -169,7 +147,7 @@ def main() -> int:
         port = _free_port()
         config = ids.create(listen=f"127.0.0.1:{port}")
         gateway = f"http://127.0.0.1:{port}"
-        with _gateway(config, gateway):
+        with gateway_process(config, gateway, log=Path(directory) / "gateway.log"):
             return asyncio.run(_story(ids, gateway))
 
 

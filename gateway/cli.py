@@ -7,7 +7,6 @@ import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 from delegation.stores.sqlite import SqliteStore, sqlite_path
 
@@ -52,10 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     dev_commands = dev.add_subparsers(required=True, metavar="ACTION")
     user_token = dev_commands.add_parser("user-token", help="print a demo user token for USER")
     user_token.add_argument("user")
-    user_token.set_defaults(run=_dev_user_token)
+    user_token.set_defaults(run=_dev_token)
     svid = dev_commands.add_parser("svid", help="print a demo JWT-SVID for SPIFFE_ID")
     svid.add_argument("spiffe_id")
-    svid.set_defaults(run=_dev_svid)
+    svid.set_defaults(run=_dev_token)
     for command in (user_token, svid):
         command.add_argument("--dir", type=Path, default=DEV_DIR, help=f"demo state (default {DEV_DIR})")
 
@@ -174,23 +173,13 @@ Exchange them for a token to the demo resource:
 """, flush=True)
 
 
-def _dev_identities(args: argparse.Namespace) -> Any:
+def _dev_token(args: argparse.Namespace) -> int:
+    """`deputy dev user-token USER` or `deputy dev svid SPIFFE_ID`, from the dev mode's demo identities."""
     from deputy_examples.demo_identities import DemoIdentities
 
-    return DemoIdentities(args.dir)
-
-
-def _dev_user_token(args: argparse.Namespace) -> int:
+    identities = DemoIdentities(args.dir)
     try:
-        print(_dev_identities(args).user_token(args.user))
-    except FileNotFoundError as exc:
-        raise ConfigError(str(exc)) from exc
-    return 0
-
-
-def _dev_svid(args: argparse.Namespace) -> int:
-    try:
-        print(_dev_identities(args).svid(args.spiffe_id))
+        print(identities.user_token(args.user) if "user" in args else identities.svid(args.spiffe_id))
     except FileNotFoundError as exc:
         raise ConfigError(str(exc)) from exc
     return 0

@@ -7,10 +7,8 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import re
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -21,9 +19,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
+from deputy_examples.gateway_process import gateway_process as shared_gateway_process
 
 from token_exchange.signing import SigningKey
 
@@ -176,35 +174,8 @@ def gateway_process(config: Path, *, workers: int = 1, timeout: float = 20.0) ->
     text = config.read_text()
     listen = next(line.split("=")[1].strip().strip('"') for line in text.splitlines() if line.startswith("listen"))
     url = f"http://{listen}"
-    with open(gateway_log(config), "ab") as log:
-        process = subprocess.Popen(
-            deputy_command("serve", "--config", str(config), "--workers", str(workers)),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                output = gateway_log(config).read_text(errors="replace")
-                raise RuntimeError(f"gateway exited with {process.returncode}:\n{output}")
-            try:
-                if httpx.get(url + "/healthz", timeout=0.5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("gateway did not start in time")
-            time.sleep(0.05)
+    with shared_gateway_process(config, url, workers=workers, log=gateway_log(config), timeout=timeout):
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def new_ec_key() -> ec.EllipticCurvePrivateKey:

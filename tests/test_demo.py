@@ -2,6 +2,12 @@
 
 import subprocess
 import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.support import deputy_command, free_port
 
 
 def test_deputy_demo_runs_the_whole_story() -> None:
@@ -16,3 +22,43 @@ def test_deputy_demo_runs_the_whole_story() -> None:
     assert "GET /inbox     401" in out  # rejected after the task completed
     assert "the task has ended" in out
     assert out.rstrip().splitlines()[-1].startswith("Done in")
+
+
+def test_serve_dev_prints_commands_that_work(tmp_path: Path) -> None:
+    """`deputy serve --dev`, then the printed `deputy dev ...` commands and exchange, as the README says."""
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([*deputy_command("serve", "--dev", "--listen", f"127.0.0.1:{port}")],
+                                   cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(url + "/healthz", timeout=0.5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+
+        def dev(*args: str) -> str:
+            result = subprocess.run(deputy_command("dev", *args), cwd=tmp_path, capture_output=True, text=True,
+                                    timeout=60)
+            assert result.returncode == 0, result.stderr
+            return result.stdout.strip()
+
+        banner = log.read_text()
+        assert "DEMO ONLY" in banner and "deputy dev user-token alice" in banner
+        response = httpx.post(url + "/token", data={
+            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+            "subject_token": dev("user-token", "alice"),
+            "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+            "actor_token": dev("svid", "spiffe://demo.test/agent/mail"),
+            "actor_token_type": "urn:ietf:params:oauth:token-type:jwt",
+            "resource": "https://mail.demo.test", "scope": "mail.read"})
+        assert response.status_code == 200, response.text
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

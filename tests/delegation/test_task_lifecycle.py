@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
+from deputy_examples.demo_identities import DemoIdentities, DemoResource
 
-from tests.support import ACCESS_TOKEN, GRANT, JWT, TrustDomain, UserIdp, free_port, gateway_process
+from tests.support import ACCESS_TOKEN, GRANT, JWT, free_port, gateway_process
 
 TXN = "urn:ietf:params:oauth:token-type:txn_token"
 MAIL, DOCS = "https://mail.example.com", "https://docs.example.com"
@@ -24,21 +24,21 @@ AGENT, SUB, OTHER = (f"spiffe://example.org/agents/{n}" for n in ("mail", "summa
 DEEP1, DEEP2 = "spiffe://example.org/agents/deep1", "spiffe://example.org/agents/deep2"
 WATCHER = "spiffe://example.org/rs/mail"
 ADMIN = "spiffe://example.org/ops/admin"
+IDP = "https://idp.example.com"
 
 
 @dataclass
 class Env:
     client: httpx.Client
     issuer: str
-    idp: UserIdp
-    domain: TrustDomain
+    ids: DemoIdentities
     config: Path
 
     def svid(self, spiffe_id: str) -> str:
-        return self.domain.svid(sub=spiffe_id, audience=self.issuer)
+        return self.ids.svid(spiffe_id)
 
     def user(self, **claims: Any) -> str:
-        return self.idp.token("alice", audience=self.issuer, scope="mail.read mail.send docs.read", **claims)
+        return self.ids.user_token("alice", scope="mail.read mail.send docs.read", **claims)
 
     def post(self, **form: Any) -> httpx.Response:
         return self.client.post("/token", data={"grant_type": GRANT, **form})
@@ -70,47 +70,20 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    directory = tmp_path_factory.mktemp("tasks")
-    idp, domain = UserIdp("https://idp.example.com"), TrustDomain("example.org")
-    (directory / "idp.jwks").write_text(json.dumps(idp.jwks()))
-    (directory / "bundle.jwks").write_text(json.dumps(domain.jwks()))
-    (directory / "policies" / "deputy").mkdir(parents=True)
-    packaged = Path(__file__).resolve().parents[2] / "policies" / "deputy" / "exchange.rego"
-    (directory / "policies" / "deputy" / "exchange.rego").write_text(packaged.read_text())
+    ids = DemoIdentities(tmp_path_factory.mktemp("tasks") / "deployment")
     grants = {MAIL: ["mail.read", "mail.send"], DOCS: ["docs.read"]}
-    (directory / "policies" / "data.json").write_text(json.dumps({"access": {
+    data = {"access": {
         "grants": {AGENT: grants, SUB: {MAIL: ["mail.read"], DOCS: ["docs.read"]}, OTHER: grants,
                    DEEP1: {MAIL: ["mail.read"]}, DEEP2: {MAIL: ["mail.read"]}},
-        "delegations": {idp.name: {"alice": [AGENT, OTHER]}},
+        "delegations": {IDP: {"alice": [AGENT, OTHER]}},
         "subagents": {AGENT: [SUB], SUB: [DEEP1], DEEP1: [DEEP2]},
         "max_delegation_depth": 2,
-    }}))
-    port = free_port()
-    config = directory / "deputy.toml"
-    config.write_text(textwrap.dedent(f"""
-        issuer = "http://127.0.0.1:{port}"
-        listen = "127.0.0.1:{port}"
-        state_dir = "state"
-        [policy]
-        dir = "policies"
-        [admin]
-        spiffe_ids = ["{ADMIN}"]
-        [[subject_issuers]]
-        issuer = "{idp.name}"
-        jwks_file = "idp.jwks"
-        [[trust_domains]]
-        name = "example.org"
-        bundle_file = "bundle.jwks"
-        [[resources]]
-        audience = "{MAIL}"
-        scopes = ["mail.read", "mail.send"]
-        clients = ["{WATCHER}"]
-        [[resources]]
-        audience = "{DOCS}"
-        scopes = ["docs.read"]
-    """))
+    }}
+    resources = (DemoResource(MAIL, ("mail.read", "mail.send"), (WATCHER,)), DemoResource(DOCS, ("docs.read",)))
+    config = ids.create(listen=f"127.0.0.1:{free_port()}", idp=IDP, trust_domain="example.org", data=data,
+                        resources=resources, admins=(ADMIN,))
     with gateway_process(config) as url, httpx.Client(base_url=url, timeout=10) as client:
-        yield Env(client, f"http://127.0.0.1:{port}", idp, domain, config)
+        yield Env(client, ids.issuer, ids, config)
 
 
 def _ok(response: httpx.Response) -> dict[str, Any]:
@@ -273,7 +246,7 @@ def test_cli_lists_shows_and_completes_tasks_with_readable_tables(env: Env) -> N
 
 def test_cli_revokes_a_user_and_shows_the_audit_trail(env: Env) -> None:
     token = _ok(env.within(_ok(env.open_task())["access_token"]))["access_token"]
-    revoked = _deputy(env, "revoke", "--user", "alice", "--issuer", env.idp.name)
+    revoked = _deputy(env, "revoke", "--user", "alice", "--issuer", IDP)
     assert revoked.returncode == 0 and "revoked" in revoked.stdout
     assert env.introspect(token) == {"active": False}
     audit = _deputy(env, "audit", "--user", "alice", "--json", "--limit", "500")

@@ -5,20 +5,19 @@ import asyncio
 import base64
 import contextlib
 import json
-import textwrap
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
 import jwt
 import pytest
+from deputy_examples.demo_identities import DemoIdentities, DemoResource
 from fastapi import Depends, FastAPI
 
 from gateway.resource_server import require_scope
-from tests.support import ACCESS_TOKEN, GRANT, JWT, TrustDomain, UserIdp, free_port, gateway_process
+from tests.support import ACCESS_TOKEN, GRANT, JWT, free_port, gateway_process
 from token_exchange.resource_server import (
     AccessTokenVerifier,
     FeedStale,
@@ -31,6 +30,7 @@ TXN = "urn:ietf:params:oauth:token-type:txn_token"
 MAIL, DOCS = "https://mail.example.com", "https://docs.example.com"
 AGENT = "spiffe://example.org/agents/mail"
 WATCHER = "spiffe://example.org/rs/mail"
+IDP = "https://idp.example.com"
 
 
 @dataclass
@@ -38,14 +38,13 @@ class Env:
     client: httpx.Client
     issuer: str
     port: int
-    idp: UserIdp
-    domain: TrustDomain
+    ids: DemoIdentities
 
     def svid(self, spiffe_id: str = AGENT) -> str:
-        return self.domain.svid(sub=spiffe_id, audience=self.issuer)
+        return self.ids.svid(spiffe_id)
 
     def open_task(self, scope: str = "mail.read mail.send") -> dict[str, Any]:
-        user = self.idp.token("alice", audience=self.issuer, scope="mail.read mail.send docs.read")
+        user = self.ids.user_token("alice", scope="mail.read mail.send docs.read")
         return _ok(self.client.post("/token", data={
             "grant_type": GRANT, "subject_token": user, "subject_token_type": ACCESS_TOKEN,
             "actor_token": self.svid(), "actor_token_type": JWT, "requested_token_type": TXN,
@@ -69,42 +68,15 @@ def _ok(response: httpx.Response) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    directory = tmp_path_factory.mktemp("rs")
-    idp, domain = UserIdp("https://idp.example.com"), TrustDomain("example.org")
-    (directory / "idp.jwks").write_text(json.dumps(idp.jwks()))
-    (directory / "bundle.jwks").write_text(json.dumps(domain.jwks()))
-    (directory / "policies" / "deputy").mkdir(parents=True)
-    packaged = Path(__file__).resolve().parents[2] / "policies" / "deputy" / "exchange.rego"
-    (directory / "policies" / "deputy" / "exchange.rego").write_text(packaged.read_text())
-    (directory / "policies" / "data.json").write_text(json.dumps({"access": {
-        "grants": {AGENT: {MAIL: ["mail.read", "mail.send"], DOCS: ["docs.read"]}},
-        "delegations": {idp.name: {"alice": [AGENT]}},
-        "subagents": {}, "max_delegation_depth": 2,
-    }}))
+    ids = DemoIdentities(tmp_path_factory.mktemp("rs") / "deployment")
+    data = {"access": {"grants": {AGENT: {MAIL: ["mail.read", "mail.send"], DOCS: ["docs.read"]}},
+                       "delegations": {IDP: {"alice": [AGENT]}}}}
     port = free_port()
-    config = directory / "deputy.toml"
-    config.write_text(textwrap.dedent(f"""
-        issuer = "http://127.0.0.1:{port}"
-        listen = "127.0.0.1:{port}"
-        state_dir = "state"
-        [policy]
-        dir = "policies"
-        [[subject_issuers]]
-        issuer = "{idp.name}"
-        jwks_file = "idp.jwks"
-        [[trust_domains]]
-        name = "example.org"
-        bundle_file = "bundle.jwks"
-        [[resources]]
-        audience = "{MAIL}"
-        scopes = ["mail.read", "mail.send"]
-        clients = ["{WATCHER}"]
-        [[resources]]
-        audience = "{DOCS}"
-        scopes = ["docs.read"]
-    """))
+    config = ids.create(listen=f"127.0.0.1:{port}", idp=IDP, trust_domain="example.org", data=data,
+                        resources=(DemoResource(MAIL, ("mail.read", "mail.send"), (WATCHER,)),
+                                   DemoResource(DOCS, ("docs.read",))))
     with gateway_process(config) as url, httpx.Client(base_url=url, timeout=10) as client:
-        yield Env(client, f"http://127.0.0.1:{port}", port, idp, domain)
+        yield Env(client, ids.issuer, port, ids)
 
 
 @contextlib.asynccontextmanager
