@@ -209,9 +209,11 @@ class TokenExchange:
         wanted = req.scope & parent.scope
         if not wanted:
             raise InvalidScope("none of the requested scopes is within the parent task")
-        requested = now + req.task_ttl if req.task_ttl else parent.deadline
+        deadline = now + req.task_ttl if req.task_ttl else parent.deadline
+        if deadline > parent.deadline:
+            raise InvalidRequest("task_ttl would outlive the parent task; a delegated task only narrows")
         child = parent.child(agent=agent, scope=wanted, audiences=audiences, purpose=req.purpose or parent.purpose,
-                             created_at=now, deadline=min(requested, parent.deadline))
+                             created_at=now, deadline=deadline)
         query = _policy_input("delegate", child, None, actor, req, list(audiences), now, parent=parent)
         return await self._issue_task(child, query, wanted, now, facts)
 

@@ -39,7 +39,7 @@ class TaskStore(Protocol):
                         event: AuditEvent | None = None) -> Revocation | None: ...
 
     async def end_matching(self, *, agent: str | None = None, trust_domain: str | None = None,
-                           user: tuple[str, str] | None = None, reason: str, now: int,
+                           user: tuple[str | None, str] | None = None, reason: str, now: int,
                            event: AuditEvent | None = None) -> Revocation | None: ...
 
     async def revoke_token(self, jti: str, *, reason: str, now: int, event: AuditEvent | None = None
@@ -62,7 +62,7 @@ class TaskAdmin:
         return _task_state(await self.store.task(task_id) or task, revocation)
 
     async def revoke_matching(self, *, admin: str, now: int, agent: str | None = None,
-                              trust_domain: str | None = None, user: tuple[str, str] | None = None
+                              trust_domain: str | None = None, user: tuple[str | None, str] | None = None
                               ) -> dict[str, Any]:
         what = agent or (f"trust domain {trust_domain}" if trust_domain else f"user {user}")
         event = _event("admin_revoke", admin, None, now, reasons=(f"revoke everything of {what}",))

@@ -48,8 +48,8 @@ def add_commands(commands: Any, config_option: Callable[[argparse.ArgumentParser
     who = revoke.add_mutually_exclusive_group(required=True)
     who.add_argument("--agent", help="an agent's SPIFFE ID")
     who.add_argument("--trust-domain", help="every agent of a SPIFFE trust domain")
-    who.add_argument("--user", help="a user's sub (with --issuer)")
-    revoke.add_argument("--issuer", help="the subject issuer of --user")
+    who.add_argument("--user", help="a user's sub")
+    revoke.add_argument("--issuer", help="the subject issuer of --user (default: that sub at every subject issuer)")
     revoke.set_defaults(run=_revoke_matching)
     config_option(revoke)
 
@@ -141,8 +141,6 @@ def _revoke_matching(args: argparse.Namespace) -> int:
             SpiffeId.check_trust_domain(args.trust_domain)
     except SpiffeIdError as exc:
         raise ConfigError(f"--agent/--trust-domain: {exc}") from exc
-    if args.user and not args.issuer:
-        raise ConfigError("--user: needs --issuer (the subject issuer of the user)")
     user = (args.issuer, args.user) if args.user else None
     result = _with_store(args, lambda s: TaskAdmin(s).revoke_matching(
         admin=_operator(), now=int(time.time()), agent=args.agent, trust_domain=args.trust_domain, user=user))

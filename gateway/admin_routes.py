@@ -58,7 +58,8 @@ async def revoke_task(task_id: str, request: Request, who: str = Depends(admin))
 async def revoke_matching(request: Request, agent: str | None = None, trust_domain: str | None = None,
                           user: str | None = None, issuer: str | None = None,
                           who: str = Depends(admin)) -> JSONResponse:
-    """Revoke everything of one agent (`agent`), one trust domain, or one user (`user` + `issuer`)."""
+    """Revoke everything of one agent (`agent`), one trust domain, or one user (`user`, with `issuer` to
+    name one subject issuer; without it, that subject at every subject issuer)."""
     if sum(x is not None for x in (agent, trust_domain, user)) != 1:
         raise InvalidRequest("give exactly one of agent, trust_domain or user")
     try:
@@ -68,11 +69,9 @@ async def revoke_matching(request: Request, agent: str | None = None, trust_doma
             SpiffeId.check_trust_domain(trust_domain)
     except SpiffeIdError as exc:
         raise InvalidRequest(f"not a SPIFFE ID or trust domain: {exc}") from exc
-    if user is not None and issuer is None:
-        raise InvalidRequest("user needs issuer (the subject issuer of the user)")
     result = await deputy(request).lifecycle.admin.revoke_matching(
         admin=who, now=int(time.time()), agent=agent, trust_domain=trust_domain,
-        user=(issuer, user) if user is not None and issuer is not None else None,
+        user=(issuer, user) if user is not None else None,
     )
     return JSONResponse(result, headers=NO_STORE)
 

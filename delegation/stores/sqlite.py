@@ -367,9 +367,11 @@ class SqliteStore:
         return await self.write(lambda c: _end_tasks(c, list(roots), state, reason, now, event))
 
     async def end_matching(self, *, agent: str | None = None, trust_domain: str | None = None,
-                           user: tuple[str, str] | None = None, reason: str, now: int,
+                           user: tuple[str | None, str] | None = None, reason: str, now: int,
                            event: AuditEvent | None = None) -> Revocation | None:
-        """Revoke every open task of an agent, a trust domain or a user (with descendants and tokens)."""
+        """Revoke every open task of an agent, a trust domain or a user (with descendants and tokens).
+
+        `user` is (issuer, subject); with issuer None, that subject at every subject issuer."""
 
         def work(connection: sqlite3.Connection) -> Revocation | None:
             if agent is not None:
@@ -381,8 +383,11 @@ class SqliteStore:
                 )
             else:
                 assert user is not None
-                rows = connection.execute(
-                    "SELECT id FROM tasks WHERE state = ? AND user_issuer = ? AND user_subject = ?", (OPEN, *user)
+                issuer, subject = user
+                rows = connection.execute(  # no issuer: that subject at every subject issuer
+                    "SELECT id FROM tasks WHERE state = ? AND user_subject = ?"
+                    " AND coalesce(?, user_issuer) = user_issuer",
+                    (OPEN, subject, issuer),
                 )
             return _end_tasks(connection, [r[0] for r in rows], REVOKED_STATE, reason, now, event)
 

@@ -112,3 +112,15 @@ async def test_revoking_everything_of_a_trust_domain_spares_other_domains(store:
     revocation = await store.end_matching(trust_domain="example.org", reason="incident", now=NOW)
     assert revocation is not None and revocation.task_ids == ("mine",)
     assert (await store.task("theirs")).state == "open"  # type: ignore[union-attr]
+
+
+async def test_revoking_a_user_without_issuer_covers_every_issuer_and_with_one_only_that(store: SqliteStore) -> None:
+    other_idp = Task(id="elsewhere", parent_id=None, root_id="elsewhere", chain=("spiffe://example.org/a",),
+                     user_issuer="https://other-idp", user_subject="alice", scope=Scope(frozenset({"x"})),
+                     audiences=("https://mail",), purpose=None, created_at=NOW, deadline=NOW + 600)
+    for t in (task("here"), other_idp):
+        await store.record_task(t, event("open_task", t.id))
+    one = await store.end_matching(user=("https://idp", "alice"), reason="incident", now=NOW)
+    assert one is not None and one.task_ids == ("here",)
+    every = await store.end_matching(user=(None, "alice"), reason="incident", now=NOW)
+    assert every is not None and every.task_ids == ("elsewhere",)

@@ -81,7 +81,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     }}
     resources = (DemoResource(MAIL, ("mail.read", "mail.send"), (WATCHER,)), DemoResource(DOCS, ("docs.read",)))
     config = ids.create(listen=f"127.0.0.1:{free_port()}", idp=IDP, trust_domain="example.org", data=data,
-                        resources=resources, admins=(ADMIN,))
+                        resources=resources, admins=(ADMIN,), admin_group="deputy-admins")
     with gateway_process(config) as url, httpx.Client(base_url=url, timeout=10) as client:
         yield Env(client, ids.issuer, ids, config)
 
@@ -141,6 +141,9 @@ def test_rfc8693_4_1_delegation_nests_act_and_only_narrows(env: Env) -> None:
     _refused(env.delegate(parent["access_token"], SUB, scope="docs.read"), "invalid_scope")
     _refused(env.delegate(parent["access_token"], SUB, audience=DOCS), "invalid_target")
     _refused(env.delegate(parent["access_token"], OTHER), "unauthorized_client")
+    assert "outlive" in _refused(env.delegate(parent["access_token"], SUB, task_ttl="86400"), "invalid_request")
+    shorter = _ok(env.delegate(parent["access_token"], SUB, task_ttl="60"))
+    assert shorter["expires_in"] <= 60
     # the sub-agent mints within its own task only
     _ok(env.within(child["access_token"], agent=SUB))
     _refused(env.within(child["access_token"], agent=AGENT), "invalid_request")
@@ -254,3 +257,16 @@ def test_cli_revokes_a_user_and_shows_the_audit_trail(env: Env) -> None:
     assert {"open_task", "exchange"} <= actions
     bad = _deputy(env, "revoke", "--agent", "SPIFFE://Example.org/x")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_admins_are_a_user_group_or_listed_spiffe_ids_never_a_task_token(env: Env) -> None:
+    task = _ok(env.open_task())
+    admin_user = env.ids.user_token("carol", groups=["staff", "deputy-admins"])
+    plain_user = env.ids.user_token("dave", groups=["staff"])
+    assert env.client.get("/admin/tasks", headers={"Authorization": f"Bearer {admin_user}"}).status_code == 200
+    assert env.client.get("/admin/tasks", headers={"Authorization": f"Bearer {plain_user}"}).status_code == 403
+    response = env.client.get("/admin/tasks", headers={"Authorization": f"Bearer {task['access_token']}"})
+    assert response.status_code == 401 and response.headers["www-authenticate"].startswith("Bearer")
+    assert env.client.get("/admin/tasks").status_code == 401
+    shown = env.client.get(f"/admin/tasks/{task['task_id']}", headers={"Authorization": f"Bearer {admin_user}"})
+    assert shown.json()["chain"] == [AGENT] and shown.json()["state"] == "open"
