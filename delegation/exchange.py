@@ -130,7 +130,7 @@ class TokenExchange:
                 return await self._delegate(parent, actor, req, now, facts)
             if parent.agent != agent:
                 raise InvalidRequest("subject_token rejected: the task belongs to another agent")
-            return await self._mint(parent, parent.user_subject, actor, req, now, facts, new_task=None)
+            return await self._mint(parent, actor, req, now, facts, subject=None)
         subject = await _verified(self.subjects, req.subject.token, "subject_token", now)
         facts.update(user_issuer=subject.issuer, user_subject=subject.subject)
         if opening:
@@ -139,22 +139,24 @@ class TokenExchange:
         task = Task.new_root(agent=agent, user_issuer=subject.issuer, user_subject=subject.subject,
                              scope=subject.scope, audiences=(), purpose=None, created_at=now,
                              deadline=subject.expires_at, implicit=True)
-        return await self._mint(task, subject.subject, actor, req, now, facts, new_task=subject)
+        return await self._mint(task, actor, req, now, facts, subject=subject)
 
     async def _mint(
-        self, task: Task, user: str, actor: VerifiedActor, req: ExchangeRequest, now: int,
-        facts: dict[str, Any], *, new_task: VerifiedSubject | None,
+        self, task: Task, actor: VerifiedActor, req: ExchangeRequest, now: int, facts: dict[str, Any], *,
+        subject: VerifiedSubject | None,
     ) -> TokenResponse:
-        """An access token for one resource: within `task`, or with an implicit task for a user token."""
+        """An access token for one resource: within an open `task`, or, given the user's verified token
+        (`subject`), within an implicit task that ends with the token."""
+        implicit = subject is not None
         resource = self.resources.resolve(req.single_target())
-        if new_task is None and resource.audience not in task.audiences:
+        if not implicit and resource.audience not in task.audiences:
             raise InvalidTarget("the task does not include this resource")
         facts.update(audience=resource.audience, task_id=task.id)
         wanted = req.scope & task.scope & resource.scopes
         if not wanted:  # RFC 8693 §2.2.2: checked before the policy is asked
-            holder = "held by the user" if new_task else "within the task"
+            holder = "held by the user" if implicit else "within the task"
             raise InvalidScope(f"none of the requested scopes is {holder} and offered by the resource")
-        query = _policy_input("exchange", task, new_task, actor, req, [resource.audience], now)
+        query = _policy_input("exchange", task, subject, actor, req, [resource.audience], now)
         decision = await self._decide(query, facts)
         scope = _granted(decision, wanted)
         ttl = min(decision.ttl or self.lifetimes.default_ttl, resource.max_ttl, self.lifetimes.max_ttl,
@@ -162,21 +164,17 @@ class TokenExchange:
         if ttl <= 0:
             raise InvalidRequest("subject_token rejected: expired")
         grant = Grant(resource.audience, scope, ttl)
-        actor_chain = actor_claim(task.chain)
-        extra = {"txn": task.id}
-        token = self.signer.sign(
-            {**access_token_claims(grant, subject=user, actor=actor_chain, now=now), **extra},
-            typ=ACCESS_TOKEN_JWT_TYPE,
-        )
+        claims = access_token_claims(grant, subject=task.user_subject, actor=actor_claim(task.chain), now=now)
+        token = self.signer.sign({**claims, "txn": task.id}, typ=ACCESS_TOKEN_JWT_TYPE)
         facts.update(outcome="granted", granted_scope=str(scope), jti=token.jti)
         record = IssuedTokenRecord(
             jti=token.jti, user_issuer=task.user_issuer, user_subject=task.user_subject, agent=task.agent,
             audience=resource.audience, scope=str(scope), issued_at=now, expires_at=token.expires_at,
             task_id=task.id,
         )
-        if new_task is not None:  # the implicit task ends with its token
+        if implicit:  # the implicit task ends with its token
             task = replace(task, scope=scope, audiences=(resource.audience,), deadline=token.expires_at)
-        await self._store(self.records.record_grant(record, AuditEvent(**facts), task if new_task else None))
+        await self._store(self.records.record_grant(record, AuditEvent(**facts), task if implicit else None))
         log.info("exchange.granted", extra={"event": facts})
         return TokenResponse(token.token, ACCESS_TOKEN_TYPE, "Bearer", ttl, scope, (("task_id", task.id),))
 

@@ -30,10 +30,10 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 def build_app(prepared: Prepared, keys: keystore.KeyRing) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with running(prepared, keys) as deputy:
-            app.state.deputy = deputy
+        async with running(prepared, keys) as parts:
+            app.state.deputy = parts
             gc.freeze()  # start-up objects (compiled policy, keys, modules) leave the collector's scans
-            sweeper = asyncio.create_task(_expire_tasks(deputy))
+            sweeper = asyncio.create_task(_expire_tasks(parts))
             try:
                 yield
             finally:
@@ -84,11 +84,11 @@ async def token(request: Request) -> JSONResponse:
     return JSONResponse(response.body(), headers=NO_STORE)
 
 
-async def _expire_tasks(deputy: Deputy, every: float = 30.0) -> None:
+async def _expire_tasks(parts: Deputy, every: float = 30.0) -> None:
     """Mark tasks past their deadline expired and purge rows past retention, without manual work."""
     while True:
         try:
-            await deputy.store.expire_and_purge(now=int(time.time()), retention=deputy.settings.tasks.retention)
+            await parts.store.expire_and_purge(now=int(time.time()), retention=parts.settings.tasks.retention)
         except Exception:
             log.exception("tasks.sweep_failed")
         await asyncio.sleep(every)
@@ -108,12 +108,15 @@ async def _oauth_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own refusals (no such route, wrong method, ...) as OAuth-style JSON, never HTML."""
     assert isinstance(exc, HTTPException)
-    if exc.status_code == 405:
-        body = {"error": "invalid_request", "error_description": f"method {request.method} is not allowed here"}
-    else:
+    if exc.status_code == 404:
         body = {"error": "not_found", "error_description": "no such endpoint"}
-    body["error_description"] = rfc6749_charset(body["error_description"])[:200]
+    elif exc.status_code == 405:
+        body = {"error": "invalid_request", "error_description": f"method {request.method[:16]} is not allowed here"}
+    else:
+        body = {"error": "invalid_request", "error_description": f"request refused (HTTP {exc.status_code})"}
+    body["error_description"] = rfc6749_charset(body["error_description"])
     return JSONResponse(body, status_code=exc.status_code, headers={**NO_STORE, **(exc.headers or {})})
 
 
