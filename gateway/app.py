@@ -39,7 +39,10 @@ def build_app(prepared: Prepared, keys: keystore.KeyRing) -> FastAPI:
             finally:
                 sweeper.cancel()
 
-    app = FastAPI(title="Deputy", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="Deputy", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None,
+        telemetry={"tracing": False, "metrics": False, "logs": False},  # Deputy's record is its audit trail
+    )
     app.add_exception_handler(OAuthError, _oauth_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _server_error)

@@ -27,6 +27,8 @@ def check_port_free(host: str, port: int) -> None:
     """Fail start-up cleanly if another program (or another Deputy) already listens on the port."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # SO_REUSEADDR: connections of a gateway that just stopped (TIME_WAIT) do not count, a listener does.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
