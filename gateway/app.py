@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from token_exchange.errors import InvalidClient, OAuthError, rfc6749_charset
 from token_exchange.rfc8414 import well_known_path
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
-def build_app(prepared: Prepared, keys: keystore.KeyRing) -> FastAPI:
+def build_app(prepared: Prepared, keys: keystore.KeyRing) -> TokenFastPath:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with running(prepared, keys) as parts:
@@ -50,7 +51,7 @@ def build_app(prepared: Prepared, keys: keystore.KeyRing) -> FastAPI:
     app.include_router(task_routes.router)
     app.include_router(admin_routes.router)
 
-    app.router.routes.insert(0, Route("/token", token, methods=["POST"]))  # matched first: the hot path
+    app.router.routes.insert(0, Route("/token", token, methods=["POST"]))  # reached only without the fast path
 
     @app.get(well_known_path(prepared.settings.issuer))
     async def authorization_server_metadata(request: Request) -> JSONResponse:
@@ -66,7 +67,30 @@ def build_app(prepared: Prepared, keys: keystore.KeyRing) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    return app
+    return TokenFastPath(app)
+
+
+class TokenFastPath:
+    """The ASGI app served: `POST /token`, the hot path, goes straight to its handler; everything else,
+    lifespan included, to FastAPI. This skips FastAPI's middleware and router for the one route that
+    must be fast (≈0.15 ms of a ≈1.5 ms exchange here); its errors are rendered as FastAPI would."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/token" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        scope["app"] = self.app
+        request = Request(scope, receive)
+        try:
+            response = await token(request)
+        except OAuthError as exc:
+            response = await _oauth_error(request, exc)
+        except Exception as exc:
+            response = await _server_error(request, exc)
+        await response(scope, receive, send)
 
 
 async def token(request: Request) -> JSONResponse:
