@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -18,7 +17,7 @@ from .http_forms import read_form
 router = APIRouter()
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 FEED_PAGE = 500
-FEED_POLL_S = 0.05
+FEED_POLL_S = 0.05  # other workers' revocations; this process's own wake the stream at once
 
 
 @router.post("/tasks/{task_id}/complete")
@@ -73,7 +72,7 @@ async def revocation_stream(request: Request, since: int = 0,
             if batch:
                 quiet = 0.0
                 continue
-            await asyncio.sleep(FEED_POLL_S)
+            await store.wait_for_revocation(FEED_POLL_S)
             quiet += FEED_POLL_S
             if quiet >= 15:
                 quiet = 0.0

@@ -12,6 +12,7 @@ Maintenance writes (revocation cascades, expiry) always run on that thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sqlite3
@@ -169,6 +170,7 @@ class SqliteStore:
         self._inline: list[tuple[Work, asyncio.Future[Any]]] = []
         self._inline_flush: asyncio.Handle | None = None
         self._busy_streak = 0
+        self._revoked = asyncio.Event()
         self._inline_commits = 0
         self._checkpointer: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
@@ -385,7 +387,7 @@ class SqliteStore:
     async def end_tasks(self, roots: Sequence[str], *, state: str, reason: str, now: int,
                         event: AuditEvent | None = None) -> Revocation | None:
         """End open tasks, all their descendants and every token minted under them, atomically."""
-        return await self.write(lambda c: _end_tasks(c, list(roots), state, reason, now, event))
+        return self._announce(await self.write(lambda c: _end_tasks(c, list(roots), state, reason, now, event)))
 
     async def end_matching(self, *, agent: str | None = None, trust_domain: str | None = None,
                            user: tuple[str | None, str] | None = None, reason: str, now: int,
@@ -412,7 +414,7 @@ class SqliteStore:
                 )
             return _end_tasks(connection, [r[0] for r in rows], REVOKED_STATE, reason, now, event)
 
-        return await self.write(work)
+        return self._announce(await self.write(work))
 
     async def revoke_token(self, jti: str, *, reason: str, now: int, event: AuditEvent | None = None
                            ) -> Revocation | None:
@@ -424,7 +426,19 @@ class SqliteStore:
                 connection.execute(_INSERT_AUDIT, _audit_row(event))
             return _revocation(connection, now, reason, [], [jti]) if changed else None
 
-        return await self.write(work)
+        return self._announce(await self.write(work))
+
+    def _announce(self, revocation: Revocation | None) -> Revocation | None:
+        """Wake this process's feed readers at once; other workers' readers find it at their next poll."""
+        if revocation is not None:
+            self._revoked.set()
+            self._revoked = asyncio.Event()
+        return revocation
+
+    async def wait_for_revocation(self, timeout: float) -> None:
+        """Return when this process records a revocation, or after `timeout` seconds."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._revoked.wait(), timeout)
 
     async def revocations(self, since: int, limit: int) -> list[Revocation]:
         rows = await self.read("SELECT * FROM revocations WHERE seq > ? ORDER BY seq LIMIT ?", (since, limit))
