@@ -498,7 +498,7 @@ def print_table(result: dict[str, Any]) -> None:
         f"{'gateway CPU':>13}{'generator CPU':>15}"
     )
     print(header)
-    print(f"{'':<86}{'µs/exchange':>13}{'µs/exchange':>15}")
+    print(f"{'':<92}{'µs/exchange':>13}{'µs/exchange':>15}")
     print("-" * len(header))
     for p in result["phases"]:
         print(
