@@ -72,3 +72,8 @@ def test_issue2_installed_policies_package_finds_its_rego_files(wheel: Path, tmp
     location, regos = result.stdout.splitlines()
     assert Path(location) == tmp_path / "policies"  # the unpacked copy, not the source tree
     assert "deputy/exchange.rego" in regos
+
+
+def test_issue3_wheel_ships_the_demo_for_serve_dev_and_deputy_demo(wheel: Path) -> None:
+    demo = {f"deputy_examples/{name}.py" for name in ("demo", "demo_identities", "mail_api", "gateway_process")}
+    assert demo <= names_in(wheel)
