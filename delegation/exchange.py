@@ -38,7 +38,7 @@ from token_exchange.user_tokens import VerifiedSubject
 
 from .audit import AuditEvent
 from .policy import Decision, PolicyEngine, PolicyInput
-from .records import IssuedTokenRecord, StoreError
+from .records import IssuedTokenRecord, StoreError, TaskEnded
 from .resources import Resource, Resources
 from .tasks import Task
 
@@ -182,6 +182,8 @@ class TokenExchange:
         self, subject: VerifiedSubject, actor: VerifiedActor, req: ExchangeRequest, now: int, facts: dict[str, Any]
     ) -> TokenResponse:
         """A task token for one user, one agent, a set of resources and a scope ceiling."""
+        if subject.expires_at <= now:  # within the clock-skew leeway, but no task starts from it
+            raise InvalidRequest("subject_token rejected: expired")
         resources = self._resources(req)
         offered = Scope(frozenset().union(*(r.scopes.values for r in resources)))
         wanted = req.scope & subject.scope & offered
@@ -269,6 +271,8 @@ class TokenExchange:
     async def _store(awaitable: Awaitable[T]) -> T:
         try:
             return await awaitable
+        except TaskEnded as exc:  # ended while this request was being decided: nothing was written
+            raise InvalidRequest("subject_token rejected: the task has ended") from exc
         except StoreError as exc:
             log.error("exchange.store_failed", extra={"error": str(exc)})
             raise TemporarilyUnavailable("the gateway could not reach its store; nothing was issued") from exc

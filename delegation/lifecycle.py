@@ -131,12 +131,14 @@ class TaskLifecycle:
             return INACTIVE
         if caller not in resource.clients:
             return INACTIVE  # a caller learns nothing about tokens for other audiences
+        if claims["exp"] <= now:  # §2.2: expired is inactive, without the verifiers' clock-skew leeway
+            return INACTIVE
         found = await self.store.token(verified.jti)
         if found is None:
             return INACTIVE
-        _, revoked, task = found
-        if revoked or (task is not None and task.ended(now)):
-            return INACTIVE
+        record, revoked, task = found
+        if revoked or (record.task_id is not None and (task is None or task.ended(now))):
+            return INACTIVE  # a task purged after it ended counts as ended
         keep = ("scope", "client_id", "sub", "aud", "iss", "exp", "iat", "jti", "act", "txn")
         return {"active": True, "token_type": "Bearer", **{k: claims[k] for k in keep if k in claims}}
 

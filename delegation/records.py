@@ -9,6 +9,10 @@ class StoreError(Exception):
     """The store could not read or write: callers fail closed."""
 
 
+class TaskEnded(StoreError):
+    """A write under a task found it no longer open (ended meanwhile by its agent, an admin or expiry)."""
+
+
 @dataclass(frozen=True, slots=True)
 class IssuedTokenRecord:
     jti: str

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from delegation.lifecycle import NotFound
@@ -17,6 +17,7 @@ from .auth import admin, deputy
 
 router = APIRouter(prefix="/admin")
 NO_STORE = {"Cache-Control": "no-store"}
+MAX_TIME = 2**63 - 1  # SQLite integers
 
 
 def task_view(task: Task) -> dict[str, Any]:
@@ -31,8 +32,9 @@ def task_view(task: Task) -> dict[str, Any]:
 
 @router.get("/tasks")
 async def list_tasks(request: Request, agent: str | None = None, user: str | None = None,
-                     state: str | None = None, limit: int = 100, _: str = Depends(admin)) -> JSONResponse:
-    tasks = await deputy(request).store.tasks(agent=agent, user=user, state=state, limit=min(max(limit, 1), 1000))
+                     state: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                     _: str = Depends(admin)) -> JSONResponse:
+    tasks = await deputy(request).store.tasks(agent=agent, user=user, state=state, limit=limit)
     return JSONResponse({"tasks": [task_view(t) for t in tasks]}, headers=NO_STORE)
 
 
@@ -42,9 +44,7 @@ async def show_task(task_id: str, request: Request, _: str = Depends(admin)) -> 
     task = await store.task(task_id)
     if task is None:
         raise NotFound("no such task")
-    children = [t for t in await store.tasks(limit=1000) if t.parent_id == task.id]
-    tokens = await store.task_tokens(task_id)
-    body = {**task_view(task), "children": [c.id for c in children], "tokens": tokens}
+    body = {**task_view(task), "children": await store.children(task_id), "tokens": await store.task_tokens(task_id)}
     return JSONResponse(body, headers=NO_STORE)
 
 
@@ -78,8 +78,9 @@ async def revoke_matching(request: Request, agent: str | None = None, trust_doma
 
 @router.get("/audit")
 async def audit(request: Request, task: str | None = None, agent: str | None = None, user: str | None = None,
-                since: int | None = None, until: int | None = None, limit: int = 100,
-                _: str = Depends(admin)) -> JSONResponse:
+                since: Annotated[int | None, Query(ge=0, le=MAX_TIME)] = None,
+                until: Annotated[int | None, Query(ge=0, le=MAX_TIME)] = None,
+                limit: Annotated[int, Query(ge=1, le=1000)] = 100, _: str = Depends(admin)) -> JSONResponse:
     events = await deputy(request).store.audit_events(task=task, agent=agent, user=user, since=since,
-                                                      until=until, limit=min(max(limit, 1), 1000))
+                                                      until=until, limit=limit)
     return JSONResponse({"events": events}, headers=NO_STORE)

@@ -16,7 +16,8 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from token_exchange.errors import InvalidClient, OAuthError, rfc6749_charset
+from delegation.records import StoreError
+from token_exchange.errors import InvalidClient, OAuthError, TemporarilyUnavailable, rfc6749_charset
 from token_exchange.rfc8414 import well_known_path
 
 from . import admin_routes, keystore, task_routes
@@ -45,6 +46,7 @@ def build_app(prepared: Prepared, keys: keystore.KeyRing) -> TokenFastPath:
         telemetry={"tracing": False, "metrics": False, "logs": False},  # Deputy's record is its audit trail
     )
     app.add_exception_handler(OAuthError, _oauth_error)
+    app.add_exception_handler(StoreError, _store_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _server_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -145,6 +147,12 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         body = {"error": "invalid_request", "error_description": f"request refused (HTTP {exc.status_code})"}
     body["error_description"] = rfc6749_charset(body["error_description"])
     return JSONResponse(body, status_code=exc.status_code, headers={**NO_STORE, **(exc.headers or {})})
+
+
+async def _store_error(request: Request, exc: Exception) -> JSONResponse:
+    """A store failure outside the exchange (which maps its own): nothing happened, try again later."""
+    log.error("store_error", extra={"path": request.url.path, "error": str(exc)})
+    return await _oauth_error(request, TemporarilyUnavailable("the gateway could not reach its store; try again"))
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -12,14 +12,14 @@ from token_exchange.resource_server import (
     BearerTokenError,
     InsufficientScope,
     VerifiedAccess,
+    required_scope_of,
 )
-from token_exchange.scope import Scope
 
 
 def require_scope(verifier: AccessTokenVerifier, scope: str) -> Callable[[Request], Awaitable[VerifiedAccess]]:
     """`Depends(require_scope(verifier, "mail.read"))` gives the route the `VerifiedAccess`, or answers
     401 `invalid_token` / 403 `insufficient_scope` with `WWW-Authenticate` (RFC 6750 §3)."""
-    required = Scope.from_claim(scope)
+    required = required_scope_of(scope)  # ValueError for an empty or malformed scope, at start-up
 
     async def dependency(request: Request) -> VerifiedAccess:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")

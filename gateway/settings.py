@@ -138,6 +138,9 @@ def parse_settings(document: dict[str, Any], *, base: Path) -> Settings:
     _unique("subject_issuers", [s.issuer for s in issuers], "issuer")
     _unique("trust_domains", [d.name for d in domains], "name")
     _unique("resources", [r.audience for r in resources], "audience")
+    longest = max([tokens.max_ttl, *(r.max_ttl for r in resources)])
+    if tasks.retention < max(longest, tasks.max_ttl):
+        raise ConfigError(f"tasks.retention: must be at least the longest token or task lifetime ({longest} s)")
     if any(r.audience == issuer for r in resources):
         raise ConfigError("resources: no resource audience may equal the gateway issuer (task tokens use it)")
     return Settings(issuer, host, port, state_dir, store_url, tokens, policy, issuers, domains, resources, tasks,

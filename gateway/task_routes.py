@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from token_exchange.errors import InvalidRequest
@@ -17,6 +18,7 @@ from .http_forms import read_form
 router = APIRouter()
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 FEED_PAGE = 500
+MAX_CURSOR = 2**63 - 1  # SQLite integers
 FEED_POLL_S = 0.05  # other workers' revocations; this process's own wake the stream at once
 
 
@@ -44,20 +46,21 @@ async def introspect(request: Request, caller: str = Depends(resource_client)) -
 
 
 @router.get("/revocations")
-async def revocations(request: Request, since: int = 0, limit: int = FEED_PAGE,
+async def revocations(request: Request, since: Annotated[int, Query(ge=0, le=MAX_CURSOR)] = 0,
+                      limit: Annotated[int, Query(ge=1, le=FEED_PAGE)] = FEED_PAGE,
                       caller: str = Depends(resource_client)) -> JSONResponse:
     """The revocation feed, paged: events after cursor `since`; `next` is the cursor to ask with next."""
-    events = await deputy(request).store.revocations(max(since, 0), min(max(limit, 1), FEED_PAGE))
-    cursor = events[-1].seq if events else max(since, 0)
+    events = await deputy(request).store.revocations(since, limit)
+    cursor = events[-1].seq if events else since
     return JSONResponse({"events": [e.as_dict() for e in events], "next": cursor}, headers=NO_STORE)
 
 
 @router.get("/revocations/stream")
-async def revocation_stream(request: Request, since: int = 0,
+async def revocation_stream(request: Request, since: Annotated[int, Query(ge=0, le=MAX_CURSOR)] = 0,
                             caller: str = Depends(resource_client)) -> StreamingResponse:
     """The same events as Server-Sent Events; `id` is the cursor (resume with Last-Event-ID)."""
     last = request.headers.get("last-event-id", "")
-    cursor = int(last) if last.isdigit() else max(since, 0)
+    cursor = int(last) if last.isascii() and last.isdigit() and len(last) < 19 else since
     store = deputy(request).store
 
     async def events() -> AsyncIterator[str]:

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import httpx
 
-from .errors import rfc6749_charset
+from .errors import OAuthError, rfc6749_charset
 from .jws import SignatureCache, TokenError, check_audience, string_claim, unverified_parts, verify_signature
 from .keys import ASYMMETRIC_ALGORITHMS, RemoteKeys, parse_key_set
 from .rfc8414 import well_known_path
@@ -111,6 +111,14 @@ class RevocationState:
 
     def confirm(self, at: float) -> None:
         self.confirmed_at = max(self.confirmed_at, at)
+
+
+def required_scope_of(text: str) -> Scope:
+    """The scope a route requires; an empty or malformed one is a programming error, never "nothing"."""
+    try:
+        return Scope.parse(text)
+    except OAuthError as exc:
+        raise ValueError(f"required scope {text!r}: {exc.description}") from exc
 
 
 class AccessTokenVerifier:
@@ -210,7 +218,7 @@ class AccessTokenVerifier:
     async def verify(self, token: str, required_scope: str | Scope, *, now: int | None = None) -> VerifiedAccess:
         """RFC 9068 §4, then revocation, then scope. Raises `InvalidToken` (401) or `InsufficientScope` (403)."""
         now = int(time.time()) if now is None else now
-        required = required_scope if isinstance(required_scope, Scope) else Scope.from_claim(required_scope)
+        required = required_scope if isinstance(required_scope, Scope) else required_scope_of(required_scope)
         if self._keys is None:
             raise RuntimeError("AccessTokenVerifier.start() has not been awaited")
         try:

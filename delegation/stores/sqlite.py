@@ -26,7 +26,7 @@ from token_exchange.rfc9068 import new_id
 from token_exchange.scope import Scope
 
 from ..audit import AuditEvent
-from ..records import IssuedTokenRecord, StoreError
+from ..records import IssuedTokenRecord, StoreError, TaskEnded
 from ..tasks import OPEN, Revocation, Task
 
 T = TypeVar("T")
@@ -229,7 +229,7 @@ class SqliteStore:
     async def _call(self, fn: Callable[[], T]) -> T:
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OverflowError) as exc:  # OverflowError: an integer beyond SQLite's 64 bits
             raise StoreError(f"sqlite: {exc}") from exc
 
     async def read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
@@ -246,7 +246,7 @@ class SqliteStore:
         assert self._loop_reader is not None
         try:
             return self._loop_reader.execute(sql, tuple(params)).fetchall()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OverflowError) as exc:
             raise StoreError(f"sqlite: {exc}") from exc
 
     async def write(self, work: Callable[[sqlite3.Connection], T], *, small: bool = False) -> T:
@@ -334,18 +334,26 @@ class SqliteStore:
 
     # Exchange records
     async def record_grant(self, token: IssuedTokenRecord, event: AuditEvent, task: Task | None = None) -> None:
-        """A minted token, its task when the exchange created one, and the audit event: all or nothing."""
+        """A minted token, its task when the exchange created one, and the audit event: all or nothing.
+
+        A token under an existing task is only recorded while that task is still open (TaskEnded)."""
 
         def work(connection: sqlite3.Connection) -> None:
             if task is not None:
                 connection.execute(_INSERT_TASK, _task_row(task))
+            elif token.task_id is not None:
+                _require_open(connection, token.task_id, token.issued_at)
             connection.execute(_INSERT_TOKEN, _token_row(token))
             connection.execute(_INSERT_AUDIT, _audit_row(event))
 
         await self.write(work, small=True)
 
     async def record_task(self, task: Task, event: AuditEvent) -> None:
+        """A task and its audit event; a delegated task only while its parent is still open (TaskEnded)."""
+
         def work(connection: sqlite3.Connection) -> None:
+            if task.parent_id is not None:
+                _require_open(connection, task.parent_id, task.created_at)
             connection.execute(_INSERT_TASK, _task_row(task))
             connection.execute(_INSERT_AUDIT, _audit_row(event))
 
@@ -369,6 +377,11 @@ class SqliteStore:
             f"SELECT * FROM tasks {clauses} ORDER BY created_at DESC, id LIMIT ?", (*params, limit)
         )
         return [_task(r) for r in rows]
+
+    async def children(self, task_id: str) -> list[str]:
+        """The ids of the tasks delegated directly from this one."""
+        rows = await self.read("SELECT id FROM tasks WHERE parent_id = ? ORDER BY created_at", (task_id,))
+        return [r["id"] for r in rows]
 
     async def task_tokens(self, task_id: str) -> list[dict[str, Any]]:
         rows = await self.read("SELECT * FROM issued_tokens WHERE task_id = ? ORDER BY issued_at", (task_id,))
@@ -524,6 +537,13 @@ def _transaction(connection: sqlite3.Connection, works: list[Work], *, wait: boo
     return results
 
 
+def _require_open(connection: sqlite3.Connection, task_id: str, now: int) -> None:
+    """Inside the writing transaction: the check and the write cannot be split by an ending task."""
+    row = connection.execute("SELECT state, deadline FROM tasks WHERE id = ?", (task_id,)).fetchone()
+    if row is None or row["state"] != OPEN or row["deadline"] <= now:
+        raise TaskEnded(f"task {task_id[:12]} has ended")
+
+
 def _settle(batch: list[tuple[Work, asyncio.Future[Any]]], outcomes: list[Any]) -> None:
     for (_, future), outcome in zip(batch, outcomes, strict=True):
         if future.done():
@@ -581,6 +601,9 @@ def _end_tasks(connection: sqlite3.Connection, roots: list[str], state: str, rea
     jtis = [r[0] for r in connection.execute(
         f"SELECT jti FROM issued_tokens WHERE task_id IN ({marks}) AND revoked_at IS NULL AND expires_at > ?",
         (*ids, now))]
+    # Each token carries its own revocation too, so it stays revoked after its task's row is purged.
+    connection.execute(f"UPDATE issued_tokens SET revoked_at = ? WHERE task_id IN ({marks}) AND revoked_at IS NULL",
+                       (now, *ids))
     return _revocation(connection, now, reason, ids, jtis)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from delegation.audit import AuditEvent
-from delegation.records import IssuedTokenRecord, StoreError
+from delegation.records import IssuedTokenRecord, StoreError, TaskEnded
 from delegation.stores.sqlite import SCHEMA_VERSION, SqliteStore
 from delegation.tasks import Task
 from token_exchange.scope import Scope
@@ -124,3 +124,25 @@ async def test_revoking_a_user_without_issuer_covers_every_issuer_and_with_one_o
     assert one is not None and one.task_ids == ("here",)
     every = await store.end_matching(user=(None, "alice"), reason="incident", now=NOW)
     assert every is not None and every.task_ids == ("elsewhere",)
+
+
+async def test_nothing_is_written_under_a_task_that_ended_meanwhile(store: SqliteStore) -> None:
+    parent = task("parent")
+    await store.record_task(parent, event("open_task", "parent"))
+    await store.end_tasks(["parent"], state="completed", reason="done", now=NOW + 1)
+    child = task("late-child", parent=parent, agent="spiffe://example.org/b")
+    with pytest.raises(TaskEnded):
+        await store.record_task(child, event("delegate", "late-child"))
+    with pytest.raises(TaskEnded):
+        await store.record_grant(token("late-jti", "parent", expires_at=NOW + 300), event("exchange", "late"))
+    assert await store.task("late-child") is None and await store.token("late-jti") is None
+
+
+async def test_tokens_of_an_ended_task_stay_revoked_after_the_task_is_purged(store: SqliteStore) -> None:
+    await store.record_task(task("short"), event("open_task", "short"))
+    await store.record_grant(token("long-lived", "short", expires_at=NOW + 10_000), event("exchange", "ll"))
+    await store.end_tasks(["short"], state="completed", reason="done", now=NOW + 1)
+    await store.expire_and_purge(now=NOW + 500, retention=100)
+    assert await store.task("short") is None
+    found = await store.token("long-lived")
+    assert found is not None and found[1] is True  # revoked on its own record

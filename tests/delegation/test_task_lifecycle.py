@@ -270,3 +270,26 @@ def test_admins_are_a_user_group_or_listed_spiffe_ids_never_a_task_token(env: En
     assert env.client.get("/admin/tasks").status_code == 401
     shown = env.client.get(f"/admin/tasks/{task['task_id']}", headers={"Authorization": f"Bearer {admin_user}"})
     assert shown.json()["chain"] == [AGENT] and shown.json()["state"] == "open"
+
+
+def test_txn_tokens_6_an_expired_user_token_opens_no_task(env: Env) -> None:
+    expired = env.ids.user_token("alice", scope="mail.read", ttl=-10)  # within the clock-skew leeway
+    response = env.post(subject_token=expired, subject_token_type=ACCESS_TOKEN, actor_token=env.svid(AGENT),
+                        actor_token_type=JWT, requested_token_type=TXN, scope="mail.read", audience=MAIL)
+    assert "expired" in _refused(response, "invalid_request")
+
+
+@pytest.mark.parametrize("path", ["/revocations?since=1000000000000000000000000000000",
+                                  "/revocations?limit=0", "/revocations?since=-1"])
+def test_feed_cursor_out_of_range_is_a_clean_400(env: Env, path: str) -> None:
+    response = env.client.get(path, headers=env.as_agent(WATCHER))
+    assert (response.status_code, response.json()["error"]) == (400, "invalid_request")
+
+
+def test_admin_audit_time_out_of_range_is_a_clean_400_and_children_are_listed(env: Env) -> None:
+    response = env.client.get("/admin/audit", params={"since": 10**30}, headers=env.as_agent(ADMIN))
+    assert (response.status_code, response.json()["error"]) == (400, "invalid_request")
+    parent = _ok(env.open_task())
+    child = _ok(env.delegate(parent["access_token"], SUB))
+    shown = env.client.get(f"/admin/tasks/{parent['task_id']}", headers=env.as_agent(ADMIN)).json()
+    assert shown["children"] == [child["task_id"]]

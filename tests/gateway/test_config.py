@@ -168,6 +168,11 @@ CASES = [
     Case("not_toml", _append("this is = = not toml\n"), "deputy.toml", "TOML"),
     Case("not_utf8", _whole(b'listen = "127.0.0.1:8600"\nissuer = "\xff"\n'), "deputy.toml"),
     Case("config_file_missing", lambda text, d: "\0missing", "nowhere.toml"),
+    Case("retention_shorter_than_a_token", _append("\n[tasks]\nretention = 60\n"), "tasks.retention", "longest"),
+    Case("task_default_over_max", _append("\n[tasks]\ndefault_ttl = 7200\nmax_ttl = 3600\n"), "tasks.default_ttl"),
+    Case("admin_spiffe_id_malformed", _append('\n[admin]\nspiffe_ids = ["SPIFFE://X/a"]\n'), "admin.spiffe_ids"),
+    Case("resource_audience_is_the_issuer", _replace('audience = "https://mail.example.com"',
+                                                     'audience = "http://127.0.0.1:{port}"'), "resources"),
 ]
 
 

@@ -245,3 +245,10 @@ async def test_rfc6750_3_fastapi_dependency(env: Env, verifier: AccessTokenVerif
         assert bad.headers["www-authenticate"].startswith('Bearer error="invalid_token"')
         missing = await client.get("/mail")
         assert (missing.status_code, missing.headers["www-authenticate"]) == (401, "Bearer")
+
+
+@pytest.mark.parametrize("scope", ["", " ", 'mail"read', "mail\\read"])
+async def test_rfc6750_a_route_cannot_require_an_empty_or_malformed_scope(env: Env, scope: str) -> None:
+    async with running(env) as v:
+        with pytest.raises(ValueError):
+            require_scope(v, scope)
