@@ -295,14 +295,9 @@ def _resource(t: _Table, tokens: TokenSettings) -> ResourceSettings:
     if not scopes or not all(isinstance(s, str) for s in scopes) or len(Scope.of(scopes).values) != len(scopes):
         raise ConfigError(f"{t.key('scopes')}: must be a non-empty list of distinct RFC 6749 scope tokens")
     max_ttl = t.positive("max_ttl", tokens.max_ttl)
-    clients = t.take("clients", list, [])
-    for client in clients:
-        try:
-            SpiffeId.parse(client)
-        except SpiffeIdError as exc:
-            raise ConfigError(f"{t.key('clients')}: {client!r} is not a SPIFFE ID: {exc}") from exc
+    clients = _spiffe_ids(t, "clients")
     t.done()
-    return ResourceSettings(audience, tuple(scopes), max_ttl, tuple(clients))
+    return ResourceSettings(audience, tuple(scopes), max_ttl, clients)
 
 
 def _tasks(t: _Table) -> TaskSettings:
@@ -317,14 +312,20 @@ def _tasks(t: _Table) -> TaskSettings:
 def _admin(t: _Table) -> AdminSettings:
     claim = t.take("claim", str, "groups")
     value = t.take("value", str) if "value" in t.data else None
-    spiffe_ids = t.take("spiffe_ids", list, [])
-    for spiffe_id in spiffe_ids:
-        try:
-            SpiffeId.parse(spiffe_id)
-        except SpiffeIdError as exc:
-            raise ConfigError(f"admin.spiffe_ids: {spiffe_id!r} is not a SPIFFE ID: {exc}") from exc
+    spiffe_ids = _spiffe_ids(t, "spiffe_ids")
     t.done()
-    return AdminSettings(claim, value, tuple(spiffe_ids))
+    return AdminSettings(claim, value, spiffe_ids)
+
+
+def _spiffe_ids(t: _Table, name: str) -> tuple[str, ...]:
+    """An optional list of SPIFFE IDs, each checked (SPIFFE-ID §2)."""
+    values = t.take(name, list, [])
+    for value in values:
+        try:
+            SpiffeId.parse(value)
+        except SpiffeIdError as exc:
+            raise ConfigError(f"{t.key(name)}: {value!r} is not a SPIFFE ID: {exc}") from exc
+    return tuple(values)
 
 
 def _unique(section: str, values: list[str], key: str) -> None:
