@@ -132,8 +132,9 @@ def _serve(args: argparse.Namespace) -> int:
         return workers.run(args.workers, config=config, host=settings.host, port=settings.port,
                            log_level=args.log_level)
     workers.check_port_free(settings.host, settings.port)
-    uvicorn.run(build_app(prepared, keys), host=settings.host, port=settings.port, log_level=args.log_level,
-                access_log=False)
+    config = workers.uvicorn_config(build_app(prepared, keys), log_level=args.log_level, host=settings.host,
+                                    port=settings.port)
+    uvicorn.Server(config).run()
     return 0
 
 

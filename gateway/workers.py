@@ -17,10 +17,20 @@ from collections.abc import Sequence
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import Any
+
+import uvicorn
+from starlette.types import ASGIApp
 
 from .settings import ConfigError
 
 BACKLOG = 2048
+
+
+def uvicorn_config(app: ASGIApp, *, log_level: str, **where: Any) -> uvicorn.Config:
+    """No access log (the audit trail is the record), X-Forwarded-* not trusted, no Server header."""
+    return uvicorn.Config(app, log_level=log_level, access_log=False, proxy_headers=False, server_header=False,
+                          **where)
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -71,8 +81,6 @@ def _wait_first(processes: Sequence[BaseProcess]) -> int:
 
 
 def _worker(config: Path | None, host: str, port: int, log_level: str) -> None:
-    import uvicorn
-
     from . import keystore, logs
     from .app import build_app
     from .settings import load_settings
@@ -87,6 +95,6 @@ def _worker(config: Path | None, host: str, port: int, log_level: str) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.listen(BACKLOG)
-    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False))
+    server = uvicorn.Server(uvicorn_config(app, log_level=log_level))
     server.run(sockets=[sock])
     sys.exit(0)
