@@ -8,7 +8,7 @@ fits; one audit event is written for either outcome.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
@@ -61,6 +61,9 @@ class TaskRecords(Protocol):
     async def append_audit(self, event: AuditEvent) -> None: ...
 
     async def task(self, task_id: str) -> Task | None: ...
+
+    async def cutoffs(self, *, agent: str, trust_domain: str, user: tuple[str, str] | None
+                      ) -> tuple[int | None, int | None]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +126,7 @@ class TokenExchange:
             raise UnauthorizedClient("client_id does not match the actor_token SPIFFE ID")
         opening = req.requested_token_type == TXN_TOKEN_TYPE
         if req.subject.token_type == TXN_TOKEN_TYPE:
+            await self._check_cutoffs(actor, None)
             parent = await self._live_task(req.subject.token, now)
             facts.update(user_issuer=parent.user_issuer, user_subject=parent.user_subject, task_id=parent.id)
             if opening:
@@ -133,6 +137,7 @@ class TokenExchange:
             return await self._mint(parent, actor, req, now, facts, subject=None)
         subject = await _verified(self.subjects, req.subject.token, "subject_token", now)
         facts.update(user_issuer=subject.issuer, user_subject=subject.subject)
+        await self._check_cutoffs(actor, subject)
         if opening:
             facts["action"] = "open_task"
             return await self._open(subject, actor, req, now, facts)
@@ -259,6 +264,16 @@ class TokenExchange:
             raise InvalidRequest(f"subject_token rejected: the task has ended ({ended})")
         return task
 
+    async def _check_cutoffs(self, actor: VerifiedActor, subject: VerifiedSubject | None) -> None:
+        """Credentials issued before an admin revoked their agent, trust domain or user are refused."""
+        user = (subject.issuer, subject.subject) if subject is not None else None
+        agent_cutoff, user_cutoff = await self._store(self.records.cutoffs(
+            agent=str(actor.spiffe_id), trust_domain=actor.spiffe_id.trust_domain, user=user))
+        if _issued_by(actor.claims, agent_cutoff):
+            raise InvalidRequest("actor_token rejected: issued before an admin revoked this agent")
+        if subject is not None and _issued_by(subject.claims, user_cutoff):
+            raise InvalidRequest("subject_token rejected: issued before an admin revoked this user")
+
     async def _decide(self, query: PolicyInput, facts: dict[str, Any]) -> Decision:
         decision = await self.policy.decide(query)
         facts["reasons"] = decision.reasons
@@ -291,6 +306,14 @@ async def _verified(verifier: IdentityVerifier[V_co], token: str, name: str, now
         return await verifier.verify(token, now=now)
     except TokenError as exc:  # RFC 8693 §2.2.2: a bad subject or actor token is invalid_request
         raise InvalidRequest(f"{name} rejected: {exc}") from exc
+
+
+def _issued_by(claims: Mapping[str, Any], cutoff: int | None) -> bool:
+    """Whether a credential was issued at or before `cutoff`; without `iat`, it cannot show it was not."""
+    if cutoff is None:
+        return False
+    iat = claims.get("iat")
+    return type(iat) is not int or iat <= cutoff
 
 
 def _granted(decision: Decision, wanted: Scope) -> Scope:

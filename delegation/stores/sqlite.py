@@ -100,6 +100,13 @@ MIGRATIONS: tuple[str, ...] = (
         jtis TEXT NOT NULL
     );
     CREATE INDEX revocations_at ON revocations (at);
+    CREATE TABLE credential_cutoffs (
+        kind TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        issuer TEXT NOT NULL,
+        issued_before INTEGER NOT NULL,
+        PRIMARY KEY (kind, subject, issuer)
+    ) WITHOUT ROWID;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -378,6 +385,21 @@ class SqliteStore:
         )
         return [_task(r) for r in rows]
 
+    async def cutoffs(self, *, agent: str, trust_domain: str, user: tuple[str, str] | None
+                      ) -> tuple[int | None, int | None]:
+        """Admin revocations that still bar credentials: (the agent's or its trust domain's, the user's).
+
+        A credential issued (`iat`) at or before the time returned was revoked with its party (end_matching)."""
+        issuer, subject = user if user is not None else ("", "\0")
+        row = self._lookup(
+            "SELECT max(CASE WHEN kind != 'user' THEN issued_before END),"
+            " max(CASE WHEN kind = 'user' THEN issued_before END) FROM credential_cutoffs"
+            " WHERE (kind = 'agent' AND subject = ?) OR (kind = 'trust_domain' AND subject = ?)"
+            " OR (kind = 'user' AND subject = ? AND issuer IN (?, ''))",
+            (agent, trust_domain, subject, issuer),
+        )[0]
+        return row[0], row[1]
+
     async def children(self, task_id: str) -> list[str]:
         """The ids of the tasks delegated directly from this one."""
         rows = await self.read("SELECT id FROM tasks WHERE parent_id = ? ORDER BY created_at", (task_id,))
@@ -405,11 +427,22 @@ class SqliteStore:
     async def end_matching(self, *, agent: str | None = None, trust_domain: str | None = None,
                            user: tuple[str | None, str] | None = None, reason: str, now: int,
                            event: AuditEvent | None = None) -> Revocation | None:
-        """Revoke every open task of an agent, a trust domain or a user (with descendants and tokens).
+        """Revoke every open task of an agent, a trust domain or a user (with descendants and tokens), and
+        refuse from now on the credentials (SVIDs, user tokens) of that party issued until now.
 
         `user` is (issuer, subject); with issuer None, that subject at every subject issuer."""
 
         def work(connection: sqlite3.Connection) -> Revocation | None:
+            if agent is not None:
+                cutoff = ("agent", agent, "")
+            elif trust_domain is not None:
+                cutoff = ("trust_domain", trust_domain, "")
+            else:
+                assert user is not None
+                cutoff = ("user", user[1], user[0] or "")
+            connection.execute(  # credentials issued until now stop working too, not only the open tasks
+                "INSERT INTO credential_cutoffs VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET issued_before ="
+                " max(issued_before, excluded.issued_before)", (*cutoff, now))
             if agent is not None:
                 rows = connection.execute("SELECT id FROM tasks WHERE state = 'open' AND agent = ?", (agent,))
             elif trust_domain is not None:

@@ -146,3 +146,16 @@ async def test_tokens_of_an_ended_task_stay_revoked_after_the_task_is_purged(sto
     assert await store.task("short") is None
     found = await store.token("long-lived")
     assert found is not None and found[1] is True  # revoked on its own record
+
+
+async def test_revoking_a_party_records_a_cutoff_for_its_credentials(store: SqliteStore) -> None:
+    agent, domain = "spiffe://example.org/a", "example.org"
+    assert await store.cutoffs(agent=agent, trust_domain=domain, user=("https://idp", "alice")) == (None, None)
+    await store.end_matching(trust_domain=domain, reason="incident", now=NOW)
+    await store.end_matching(agent=agent, reason="incident", now=NOW + 5)
+    await store.end_matching(user=(None, "alice"), reason="incident", now=NOW + 7)  # every issuer
+    assert await store.cutoffs(agent=agent, trust_domain=domain, user=("https://idp", "alice")) == (NOW + 5, NOW + 7)
+    assert await store.cutoffs(agent="spiffe://other.org/b", trust_domain="other.org",
+                               user=("https://idp", "bob")) == (None, None)
+    await store.end_matching(agent=agent, reason="older", now=NOW + 1)  # a cutoff never moves back
+    assert (await store.cutoffs(agent=agent, trust_domain=domain, user=None))[0] == NOW + 5

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,15 +38,16 @@ class Env:
     def svid(self, spiffe_id: str) -> str:
         return self.ids.svid(spiffe_id)
 
-    def user(self, **claims: Any) -> str:
-        return self.ids.user_token("alice", scope="mail.read mail.send docs.read", **claims)
+    def user(self, sub: str = "alice", **claims: Any) -> str:
+        return self.ids.user_token(sub, scope="mail.read mail.send docs.read", **claims)
 
     def post(self, **form: Any) -> httpx.Response:
         return self.client.post("/token", data={"grant_type": GRANT, **form})
 
     def open_task(self, agent: str = AGENT, scope: str = "mail.read mail.send", audiences: tuple[str, ...] = (MAIL,),
-                  **extra: Any) -> httpx.Response:
-        return self.post(subject_token=self.user(), subject_token_type=ACCESS_TOKEN, actor_token=self.svid(agent),
+                  user: str | None = None, actor_token: str | None = None, **extra: Any) -> httpx.Response:
+        return self.post(subject_token=user or self.user(), subject_token_type=ACCESS_TOKEN,
+                         actor_token=actor_token or self.svid(agent),
                          actor_token_type=JWT, requested_token_type=TXN, scope=scope, audience=list(audiences),
                          **extra)
 
@@ -75,7 +77,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     data = {"access": {
         "grants": {AGENT: grants, SUB: {MAIL: ["mail.read"], DOCS: ["docs.read"]}, OTHER: grants,
                    DEEP1: {MAIL: ["mail.read"]}, DEEP2: {MAIL: ["mail.read"]}},
-        "delegations": {IDP: {"alice": [AGENT, OTHER]}},
+        "delegations": {IDP: {"alice": [AGENT, OTHER], "erin": [AGENT]}},
         "subagents": {AGENT: [SUB], SUB: [DEEP1], DEEP1: [DEEP2]},
         "max_delegation_depth": 2,
     }}
@@ -218,6 +220,11 @@ def test_admin_revokes_everything_of_an_agent(env: Env) -> None:
     assert {t["state"] for t in listed["tasks"]} == {"revoked"}
     audit = env.client.get("/admin/audit", params={"task": task["task_id"]}, headers=env.as_agent(ADMIN)).json()
     assert {e["action"] for e in audit["events"]} >= {"open_task", "exchange"}
+    # The agent's credentials issued until the revocation stop working too; a fresh SVID works again.
+    old_svid = env.ids.svid(OTHER, iat=int(time.time()) - 5)
+    assert "revoked this agent" in _refused(env.open_task(agent=OTHER, actor_token=old_svid), "invalid_request")
+    fresh_svid = env.ids.svid(OTHER, iat=int(time.time()) + 2)  # within the clock-skew leeway
+    _ok(env.open_task(agent=OTHER, actor_token=fresh_svid))
 
 
 def test_one_shot_exchange_returns_implicit_task_id(env: Env) -> None:
@@ -248,11 +255,14 @@ def test_cli_lists_shows_and_completes_tasks_with_readable_tables(env: Env) -> N
 
 
 def test_cli_revokes_a_user_and_shows_the_audit_trail(env: Env) -> None:
-    token = _ok(env.within(_ok(env.open_task())["access_token"]))["access_token"]
-    revoked = _deputy(env, "revoke", "--user", "alice", "--issuer", IDP)
+    erin = env.user("erin", iat=int(time.time()) - 5)
+    token = _ok(env.within(_ok(env.open_task(user=erin))["access_token"]))["access_token"]
+    revoked = _deputy(env, "revoke", "--user", "erin", "--issuer", IDP)
     assert revoked.returncode == 0 and "revoked" in revoked.stdout
     assert env.introspect(token) == {"active": False}
-    audit = _deputy(env, "audit", "--user", "alice", "--json", "--limit", "500")
+    assert "revoked this user" in _refused(env.open_task(user=erin), "invalid_request")
+    _ok(env.open_task(user=env.user("erin", iat=int(time.time()) + 2)))  # a new login works again
+    audit = _deputy(env, "audit", "--user", "erin", "--json", "--limit", "500")
     actions = {json.loads(line)["action"] for line in audit.stdout.splitlines()}
     assert {"open_task", "exchange"} <= actions
     bad = _deputy(env, "revoke", "--agent", "SPIFFE://Example.org/x")
