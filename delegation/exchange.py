@@ -335,12 +335,12 @@ def _policy_input(
             "iss": task.user_issuer,
             "sub": task.user_subject,
             "scope": (subject.scope if subject else task.scope).sorted(),
-            "claims": dict(subject.claims) if subject else {},
+            "claims": subject.claims if subject else {},
         },
         "actor": {
             "sub": str(actor.spiffe_id),
             "trust_domain": actor.spiffe_id.trust_domain,
-            "claims": dict(actor.claims),
+            "claims": actor.claims,
         },
         "request": {
             "scope": req.scope.sorted(),

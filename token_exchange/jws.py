@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import jwt
@@ -82,7 +83,7 @@ async def verify_signature(
         )
     except jwt.PyJWTError as exc:
         raise TokenError(f"signature rejected: {exc}") from exc
-    return SignedToken(header, claims)
+    return SignedToken(MappingProxyType(header), MappingProxyType(claims))
 
 
 def check_time_claims(claims: Mapping[str, Any], *, now: int) -> int:
@@ -124,6 +125,11 @@ def string_claim(claims: Mapping[str, Any], name: str) -> str:
     return value
 
 
+KeyChoice = Callable[[Mapping[str, Any], Mapping[str, Any]], tuple[KeySource, frozenset[str]]]
+"""Picks, from a token's unverified header and claims, the key source and algorithms that must verify it;
+raises TokenError when the token cannot be of the expected kind."""
+
+
 class SignatureCache:
     """Verified signatures by token digest, kept until the token expires (bounded, oldest dropped first).
 
@@ -134,23 +140,20 @@ class SignatureCache:
         self._entries: OrderedDict[bytes, tuple[int, SignedToken]] = OrderedDict()
         self._max = max_entries
 
-    @staticmethod
-    def digest(token: str) -> bytes:
-        return hashlib.sha256(token.encode()).digest()
-
-    def get(self, digest: bytes, *, now: int) -> SignedToken | None:
+    async def verified(self, token: str, *, now: int, choose: KeyChoice) -> SignedToken:
+        """The token's verified signature: from the cache while the token is unexpired, else checked
+        with the keys `choose` picks from the unverified header and claims (RFC 8725 §3.1, §3.8)."""
+        digest = hashlib.sha256(token.encode()).digest()
         entry = self._entries.get(digest)
-        if entry is None:
-            return None
-        if entry[0] + LEEWAY_S <= now:
+        if entry is not None:
+            if entry[0] + LEEWAY_S > now:
+                return entry[1]
             del self._entries[digest]
-            return None
-        return entry[1]
-
-    def put(self, digest: bytes, signed: SignedToken) -> None:
-        exp = signed.claims.get("exp")
-        if type(exp) is not int:
-            return
-        self._entries[digest] = (exp, signed)
-        if len(self._entries) > self._max:
-            self._entries.popitem(last=False)
+        header, claims = unverified_parts(token)
+        keys, allowed = choose(header, claims)
+        signed = await verify_signature(token, header, keys, allowed=allowed)
+        if type(exp := signed.claims.get("exp")) is int:
+            self._entries[digest] = (exp, signed)
+            if len(self._entries) > self._max:
+                self._entries.popitem(last=False)
+        return signed

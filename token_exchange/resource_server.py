@@ -20,8 +20,8 @@ from typing import Any, ClassVar
 import httpx
 
 from .errors import OAuthError, rfc6749_charset
-from .jws import SignatureCache, TokenError, check_audience, string_claim, unverified_parts, verify_signature
-from .keys import ASYMMETRIC_ALGORITHMS, RemoteKeys, parse_key_set
+from .jws import SignatureCache, TokenError, check_audience, string_claim
+from .keys import ASYMMETRIC_ALGORITHMS, KeySource, RemoteKeys, parse_key_set
 from .rfc8414 import well_known_path
 from .scope import Scope
 
@@ -239,14 +239,14 @@ class AccessTokenVerifier:
         return access
 
     async def _verified_claims(self, token: str, now: int) -> Mapping[str, Any]:
-        assert self._keys is not None
-        digest = SignatureCache.digest(token)
-        signed = self._signatures.get(digest, now=now)
-        if signed is None:
-            header, _ = unverified_parts(token)
+        keys = self._keys
+        assert keys is not None
+
+        def choose(header: Mapping[str, Any], _: Mapping[str, Any]) -> tuple[KeySource, frozenset[str]]:
             self._check_typ(header)  # before any key lookup: a task token or ID token goes no further
-            signed = await verify_signature(token, header, self._keys, allowed=self._algorithms)
-            self._signatures.put(digest, signed)
+            return keys, self._algorithms
+
+        signed = await self._signatures.verified(token, now=now, choose=choose)
         self._check_typ(signed.header)
         claims = signed.claims
         if claims.get("iss") != self.issuer:  # RFC 9068 §4 item 3: exact match

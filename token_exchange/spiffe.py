@@ -12,15 +12,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from .jws import (
-    SignatureCache,
-    TokenError,
-    check_audience,
-    check_time_claims,
-    string_claim,
-    unverified_parts,
-    verify_signature,
-)
+from .jws import SignatureCache, TokenError, check_audience, check_time_claims, string_claim
 from .keys import KeySource
 
 MAX_SPIFFE_ID_BYTES = 2048
@@ -98,26 +90,26 @@ class JwtSvidVerifier:
             raise SvidError(str(exc)) from exc
 
     async def _verify(self, token: str, now: int) -> VerifiedActor:
-        digest = SignatureCache.digest(token)
-        signed = self._cache.get(digest, now=now)
-        if signed is None:
-            header, unverified = unverified_parts(token)
-            if header.keys() - {"alg", "kid", "typ"}:
-                raise SvidError("header parameters other than alg, kid and typ are not allowed (JWT-SVID §2)")
-            if header.get("typ", "JWT") not in ("JWT", "JOSE"):
-                raise SvidError("typ must be JWT or JOSE (JWT-SVID §2.3)")
-            bundle = self._bundles.get(self._trust_domain_of(unverified))
-            if bundle is None:
-                raise SvidError("trust domain of sub is not trusted")
-            signed = await verify_signature(token, header, bundle, allowed=SVID_ALGORITHMS)
-            self._cache.put(digest, signed)
-        claims = signed.claims
+        claims = (await self._cache.verified(token, now=now, choose=self._bundle_for)).claims
         spiffe_id = _spiffe_id(string_claim(claims, "sub"))
         if not spiffe_id.path:
             raise SvidError("sub names a trust domain, not a workload")
         check_audience(claims, self._audience)
         expires_at = check_time_claims(claims, now=now)
-        return VerifiedActor(spiffe_id, expires_at, MappingProxyType(dict(claims)))
+        return VerifiedActor(spiffe_id, expires_at, claims)
+
+    def _bundle_for(
+        self, header: Mapping[str, Any], claims: Mapping[str, Any]
+    ) -> tuple[KeySource, frozenset[str]]:
+        """JWT-SVID §2, §2.3: only alg, kid, typ (JWT or JOSE); the bundle of the sub's trust domain."""
+        if header.keys() - {"alg", "kid", "typ"}:
+            raise SvidError("header parameters other than alg, kid and typ are not allowed (JWT-SVID §2)")
+        if header.get("typ", "JWT") not in ("JWT", "JOSE"):
+            raise SvidError("typ must be JWT or JOSE (JWT-SVID §2.3)")
+        bundle = self._bundles.get(self._trust_domain_of(claims))
+        if bundle is None:
+            raise SvidError("trust domain of sub is not trusted")
+        return bundle, SVID_ALGORITHMS
 
     @staticmethod
     def _trust_domain_of(claims: Mapping[str, Any]) -> str:

@@ -9,15 +9,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from .jws import (
-    SignatureCache,
-    TokenError,
-    check_audience,
-    check_time_claims,
-    string_claim,
-    unverified_parts,
-    verify_signature,
-)
+from .jws import SignatureCache, TokenError, check_audience, check_time_claims, string_claim
 from .keys import KeySource
 from .rfc8693 import TXN_TOKEN_TYPE
 from .scope import Scope
@@ -79,12 +71,7 @@ class OwnTokenVerifier:
         self._cache = SignatureCache()
 
     async def verify(self, token: str, *, typ: str, now: int, audience: str | None = None) -> OwnToken:
-        digest = SignatureCache.digest(token)
-        signed = self._cache.get(digest, now=now)
-        if signed is None:
-            header, _ = unverified_parts(token)
-            signed = await verify_signature(token, header, self._keys, allowed=self._allowed)
-            self._cache.put(digest, signed)
+        signed = await self._cache.verified(token, now=now, choose=lambda header, claims: (self._keys, self._allowed))
         if signed.header.get("typ") != typ:
             raise TokenError(f"not a {typ} token")
         claims = signed.claims
@@ -93,4 +80,4 @@ class OwnTokenVerifier:
         if audience is not None:
             check_audience(claims, audience)
         expires_at = check_time_claims(claims, now=now)
-        return OwnToken(typ, string_claim(claims, "jti"), expires_at, MappingProxyType(dict(claims)))
+        return OwnToken(typ, string_claim(claims, "jti"), expires_at, claims)

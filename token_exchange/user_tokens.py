@@ -11,15 +11,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from .jws import (
-    SignatureCache,
-    TokenError,
-    check_audience,
-    check_time_claims,
-    string_claim,
-    unverified_parts,
-    verify_signature,
-)
+from .jws import SignatureCache, TokenError, check_audience, check_time_claims, string_claim
 from .keys import ASYMMETRIC_ALGORITHMS, KeySource
 from .scope import Scope
 
@@ -65,20 +57,8 @@ class UserTokenVerifier:
         self._cache = SignatureCache()
 
     async def verify(self, token: str, *, now: int) -> VerifiedSubject:
-        digest = SignatureCache.digest(token)
-        signed = self._cache.get(digest, now=now)
-        if signed is None:
-            header, unverified = unverified_parts(token)
-            typ = header.get("typ")
-            if isinstance(typ, str) and typ.lower() in _FOREIGN_TYPES:
-                raise TokenError(f"a {typ} token is not a user token")
-            issuer = self._issuers.get(string_claim(unverified, "iss"))
-            if issuer is None:
-                raise TokenError("issuer is not a configured subject issuer")
-            signed = await verify_signature(token, header, issuer.keys, allowed=ASYMMETRIC_ALGORITHMS)
-            self._cache.put(digest, signed)
-        claims = signed.claims
-        issuer = self._issuers[claims["iss"]]
+        claims = (await self._cache.verified(token, now=now, choose=self._keys_for)).claims
+        issuer = self._issuers[claims["iss"]]  # the issuer whose keys verified it (RFC 8725 §3.8)
         check_audience(claims, issuer.audience)
         expires_at = check_time_claims(claims, now=now)
         return VerifiedSubject(
@@ -86,5 +66,15 @@ class UserTokenVerifier:
             subject=string_claim(claims, "sub"),
             scope=user_scope(claims),
             expires_at=expires_at,
-            claims=MappingProxyType(dict(claims)),
+            claims=claims,
         )
+
+    def _keys_for(self, header: Mapping[str, Any], claims: Mapping[str, Any]) -> tuple[KeySource, frozenset[str]]:
+        """The keys of the configured issuer the token names; explicitly typed foreign JWTs are refused."""
+        typ = header.get("typ")
+        if isinstance(typ, str) and typ.lower() in _FOREIGN_TYPES:
+            raise TokenError(f"a {typ} token is not a user token")
+        issuer = self._issuers.get(string_claim(claims, "iss"))
+        if issuer is None:
+            raise TokenError("issuer is not a configured subject issuer")
+        return issuer.keys, ASYMMETRIC_ALGORITHMS
