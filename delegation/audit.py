@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -29,8 +28,3 @@ class AuditEvent:
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
-
-
-def fingerprint(token: str) -> str:
-    """A short digest that names a token in logs without revealing it."""
-    return hashlib.sha256(token.encode()).hexdigest()[:16]

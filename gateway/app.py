@@ -57,7 +57,8 @@ def build_app(prepared: Prepared, keys: keystore.KeyRing) -> TokenFastPath:
     app.include_router(task_routes.router)
     app.include_router(admin_routes.router)
 
-    app.router.routes.insert(0, Route("/token", token, methods=["POST"]))  # reached only without the fast path
+    # POST /token is served by TokenFastPath; the route stays so that other methods get 405, not 404.
+    app.router.routes.insert(0, Route("/token", token, methods=["POST"]))
 
     @app.get(well_known_path(prepared.settings.issuer))
     async def authorization_server_metadata(request: Request) -> JSONResponse:

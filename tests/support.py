@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-from cryptography.hazmat.primitives.asymmetric import ec
 from deputy_examples.gateway_process import gateway_process as shared_gateway_process
 
 from token_exchange.signing import SigningKey
@@ -176,7 +175,3 @@ def gateway_process(config: Path, *, workers: int = 1, timeout: float = 20.0) ->
     url = f"http://{listen}"
     with shared_gateway_process(config, url, workers=workers, log=gateway_log(config), timeout=timeout):
         yield url
-
-
-def new_ec_key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())

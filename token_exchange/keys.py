@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -170,8 +170,3 @@ class RemoteKeys:
         except (httpx.HTTPError, ValueError) as exc:
             self._last_error = type(exc).__name__
             log.warning("jwks.fetch_failed", extra={"uri": self.uri, "error": str(exc)})
-
-
-def public_jwks(keys: Iterable[Mapping[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """A JWK Set document from public JWKs."""
-    return {"keys": [dict(k) for k in keys]}
