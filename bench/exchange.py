@@ -46,9 +46,9 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import jwt
-from deputy_examples.demo_identities import DemoIdentities, DemoResource
-from deputy_examples.gateway_process import gateway_process
 
+from gateway.dev import DemoIdentities, DemoResource
+from gateway.process import gateway_process
 from token_exchange.signing import SigningKey
 
 GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"

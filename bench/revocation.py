@@ -1,5 +1,5 @@
 """Revocation bench for Deputy: time from `POST /tasks/{id}/complete` until a running resource-server
-verifier (token_exchange.resource_server.AccessTokenVerifier, embedded defaults) rejects the task's token.
+verifier (resource_server.AccessTokenVerifier, embedded defaults) rejects the task's token.
 
 It builds its own deployment in a temporary directory (a user IdP and a SPIFFE trust domain with freshly
 generated ES256 keys, one resource whose `clients` lists the verifier's SPIFFE ID, the packaged policy),
@@ -26,11 +26,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-from deputy_examples.demo_identities import DemoIdentities, DemoResource
-from deputy_examples.gateway_process import gateway_process
+import httpx2
 
-from token_exchange.resource_server import AccessTokenVerifier, FeedStale, InvalidToken
+from gateway.dev import DemoIdentities, DemoResource
+from gateway.process import gateway_process
+from resource_server import AccessTokenVerifier, FeedStale, InvalidToken
 
 GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
@@ -55,7 +55,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def one_task(client: httpx.AsyncClient, deployment: DemoIdentities, verifier: AccessTokenVerifier) -> float:
+async def one_task(client: httpx2.AsyncClient, deployment: DemoIdentities, verifier: AccessTokenVerifier) -> float:
     """Open, mint, verify, complete; seconds from sending `complete` until the verifier refuses the token."""
     agent = deployment.svid(AGENT)
     opened = await client.post(
@@ -113,8 +113,8 @@ async def run(tasks: int, log: Any) -> dict[str, Any]:
         log(f"starting deputy serve on {url} ...")
         with gateway_process(config, url):
             async with (
-                httpx.AsyncClient(base_url=url, timeout=10) as client,
-                httpx.AsyncClient(timeout=10) as rs_client,
+                httpx2.AsyncClient(base_url=url, timeout=10) as client,
+                httpx2.AsyncClient(timeout=10) as rs_client,
                 AccessTokenVerifier(
                     issuer=url, audience=RESOURCE, client=rs_client, svid=lambda: deployment.svid(WATCHER)
                 ) as verifier,
@@ -125,7 +125,7 @@ async def run(tasks: int, log: Any) -> dict[str, Any]:
                 for i in range(tasks):
                     try:
                         latencies.append(await one_task(client, deployment, verifier))
-                    except (httpx.HTTPError, InvalidToken, TimeoutError) as exc:
+                    except (httpx2.HTTPError, InvalidToken, TimeoutError) as exc:
                         kind = type(exc).__name__
                         failures[kind] = failures.get(kind, 0) + 1
                     if (i + 1) % 100 == 0:

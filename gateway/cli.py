@@ -119,7 +119,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.dev:
         if args.config is not None:
             raise ConfigError("--dev: cannot be combined with --config (dev mode makes its own)")
-        from deputy_examples.demo_identities import DemoIdentities
+        from .dev import DemoIdentities
 
         args.config = DemoIdentities(DEV_DIR).create(listen=args.listen)
     prepared, keys = _ready(args.config)
@@ -156,7 +156,7 @@ def _banner(settings: Settings, prepared: Prepared, keys: keystore.KeyRing, work
 
 
 def _dev_banner(settings: Settings) -> None:
-    from deputy_examples.demo_identities import AGENT, LABEL, MAIL
+    from .dev import AGENT, LABEL, MAIL
 
     print(f"""
 *** {LABEL}: throwaway state in {DEV_DIR}/, a demo identity provider (https://idp.demo.test) and a demo
@@ -176,7 +176,7 @@ Exchange them for a token to the demo resource:
 
 def _dev_token(args: argparse.Namespace) -> int:
     """`deputy dev user-token USER` or `deputy dev svid SPIFFE_ID`, from the dev mode's demo identities."""
-    from deputy_examples.demo_identities import DemoIdentities
+    from .dev import DemoIdentities
 
     identities = DemoIdentities(args.dir)
     try:
@@ -187,7 +187,7 @@ def _dev_token(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from deputy_examples.demo import main as run_demo
+    from .demo import main as run_demo
 
     return int(run_demo())
 

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import httpx2
 
 from delegation.exchange import Lifetimes, TokenExchange
 from delegation.lifecycle import TaskLifecycle
@@ -92,7 +92,7 @@ async def running(prepared: Prepared, keys: KeyRing) -> AsyncIterator[Deputy]:
     """Open the store and the HTTP client for remote key sets; close them on exit."""
     settings = prepared.settings
     store = await SqliteStore.open(sqlite_path(settings.store_url))
-    async with httpx.AsyncClient(timeout=5.0, follow_redirects=False) as client:
+    async with httpx2.AsyncClient(timeout=5.0, follow_redirects=False) as client:
 
         def source(keyset: KeySetSettings, key: str, parse: Callable[[Any], Any]) -> KeySource:
             if keyset.uri is not None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -199,7 +199,7 @@ class Deployment:
     domain: TrustDomain  # bundle from a file
     remote_domain: TrustDomain  # bundle from bundle_uri on loopback
     jwks_server: JwksServer
-    client: httpx.Client
+    client: httpx2.Client
     setup: Setup | None = field(default=None, repr=False)
 
     def user_token(self, sub: str = "alice", **kw: Any) -> str:
@@ -223,7 +223,7 @@ class Deployment:
         form.update(overrides)
         return {k: v for k, v in form.items() if v is not None}
 
-    def exchange(self, **overrides: Any) -> httpx.Response:
+    def exchange(self, **overrides: Any) -> httpx2.Response:
         return self.client.post("/token", data=self.exchange_form(**overrides))
 
     def issued_count(self) -> int:
@@ -243,7 +243,7 @@ class Deployment:
 @contextmanager
 def running(setup: Setup) -> Iterator[Deployment]:
     """Start `deputy serve` for `setup`; stop it on exit (the JWKS server keeps running)."""
-    with gateway_process(setup.config) as url, httpx.Client(base_url=url, timeout=10) as client:
+    with gateway_process(setup.config) as url, httpx2.Client(base_url=url, timeout=10) as client:
         yield Deployment(url, setup.issuer, setup.directory / "state", setup.idp, setup.remote_idp, setup.domain,
                          setup.remote_domain, setup.jwks_server, client, setup)
 
@@ -274,7 +274,7 @@ class Probe:
     issued_before: int
     audited_before: int
 
-    def refused(self, response: httpx.Response, status: int, error: str, *, names: str | None = None) -> str:
+    def refused(self, response: httpx2.Response, status: int, error: str, *, names: str | None = None) -> str:
         """RFC 6749 §5.2: JSON error, the expected code and status, no-store, and nothing issued.
 
         Returns the error_description; `names` must appear in it (e.g. which token was rejected)."""
@@ -291,7 +291,7 @@ class Probe:
         assert self.deployment.issued_count() == self.issued_before
         return str(description)
 
-    def granted(self, response: httpx.Response) -> dict[str, Any]:
+    def granted(self, response: httpx2.Response) -> dict[str, Any]:
         assert response.status_code == 200, response.text
         assert self.deployment.issued_count() == self.issued_before + 1
         return dict(response.json())

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-from deputy_examples.gateway_process import gateway_process as shared_gateway_process
 
+from gateway.process import gateway_process as shared_gateway_process
 from token_exchange.signing import SigningKey
 
 GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"

@@ -5,7 +5,7 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
+import httpx2
 
 from tests.support import deputy_command, free_port
 
@@ -36,9 +36,9 @@ def test_serve_dev_prints_commands_that_work(tmp_path: Path) -> None:
         deadline = time.monotonic() + 20
         while True:
             try:
-                if httpx.get(url + "/healthz", timeout=0.5).status_code == 200:
+                if httpx2.get(url + "/healthz", timeout=0.5).status_code == 200:
                     break
-            except httpx.HTTPError:
+            except httpx2.HTTPError:
                 pass
             assert process.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
@@ -51,7 +51,7 @@ def test_serve_dev_prints_commands_that_work(tmp_path: Path) -> None:
 
         banner = log.read_text()
         assert "DEMO ONLY" in banner and "deputy dev user-token alice" in banner
-        response = httpx.post(url + "/token", data={
+        response = httpx2.post(url + "/token", data={
             "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
             "subject_token": dev("user-token", "alice"),
             "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",

@@ -9,8 +9,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BANNED = {
-    "token_exchange": {"fastapi", "starlette", "sqlite3", "aiosqlite", "delegation", "gateway"},
-    "delegation": {"fastapi", "starlette", "gateway"},
+    "token_exchange": {"fastapi", "starlette", "sqlite3", "aiosqlite", "delegation", "gateway", "resource_server",
+                       "deputy_examples"},
+    "delegation": {"fastapi", "starlette", "gateway", "resource_server", "deputy_examples"},
+    "gateway": {"deputy_examples", "examples"},
+    # Ships to resource servers without the gateway: the protocol core only (FastAPI in its dependency module).
+    "resource_server": {"delegation", "gateway", "regopy", "uvicorn", "sqlite3", "deputy_examples"},
 }
 
 

@@ -43,7 +43,7 @@ def test_issue2_wheel_ships_every_packaged_policy_and_its_data(wheel: Path) -> N
 
 def test_issue2_wheel_ships_the_packages_and_their_type_markers(wheel: Path) -> None:
     names = names_in(wheel)
-    for package in ("token_exchange", "delegation", "delegation/stores", "gateway", "policies"):
+    for package in ("token_exchange", "delegation", "delegation/stores", "gateway", "policies", "resource_server"):
         assert f"{package}/__init__.py" in names, package
     for package in ("token_exchange", "delegation", "gateway"):
         assert f"{package}/py.typed" in names, package
@@ -75,5 +75,6 @@ def test_issue2_installed_policies_package_finds_its_rego_files(wheel: Path, tmp
 
 
 def test_issue3_wheel_ships_the_demo_for_serve_dev_and_deputy_demo(wheel: Path) -> None:
-    demo = {f"deputy_examples/{name}.py" for name in ("demo", "demo_identities", "mail_api", "gateway_process")}
+    # Issue 6 moved the demo identities, the demo story and the process runner into the gateway.
+    demo = {f"gateway/{name}.py" for name in ("demo", "dev", "process")}
     assert demo <= names_in(wheel)

@@ -16,6 +16,11 @@ def rfc6749_charset(text: str) -> str:
     return "".join(c if (" " <= c <= "~" and c not in '"\\') else "?" for c in text)
 
 
+def client_description(text: str) -> str:
+    """A description fit to show a client: RFC 6749 §5.2 charset, at most 200 characters."""
+    return rfc6749_charset(text)[:_MAX_DESCRIPTION]
+
+
 class OAuthError(Exception):
     """An error the token endpoint reports to the client as JSON `{"error", "error_description"}`."""
 
@@ -23,7 +28,7 @@ class OAuthError(Exception):
     status: ClassVar[int] = 400
 
     def __init__(self, description: str) -> None:
-        self.description = rfc6749_charset(description)[:_MAX_DESCRIPTION]
+        self.description = client_description(description)
         super().__init__(f"{self.error}: {self.description}")
 
     def body(self) -> dict[str, str]:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import httpx
+import httpx2
 import jwt
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ class RemoteKeys:
         self,
         uri: str,
         *,
-        client: httpx.AsyncClient,
+        client: httpx2.AsyncClient,
         parse: Callable[[Any], dict[str, VerificationKey]],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -167,6 +167,6 @@ class RemoteKeys:
                 raise ValueError(f"larger than {MAX_JWKS_BYTES} bytes")
             self._keys = self._parse(response.json())
             self._last_error = None
-        except (httpx.HTTPError, ValueError) as exc:
+        except (httpx2.HTTPError, ValueError) as exc:
             self._last_error = type(exc).__name__
             log.warning("jwks.fetch_failed", extra={"uri": self.uri, "error": str(exc)})

@@ -26,6 +26,12 @@ def metadata(issuer: str, *, endpoints: dict[str, str], scopes: list[str]) -> di
     return {k: v for k, v in document.items() if v != []}
 
 
+def metadata_url(issuer: str) -> str:
+    """Where the issuer's metadata is served: its origin plus the well-known path (§3.1)."""
+    scheme, _, rest = issuer.partition("://")
+    return f"{scheme}://{rest.partition('/')[0]}{well_known_path(issuer)}"
+
+
 def well_known_path(issuer: str) -> str:
     """§3.1: `/.well-known/oauth-authorization-server` inserted before the issuer's path."""
     after_scheme = issuer.partition("://")[2]

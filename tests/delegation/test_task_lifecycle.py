@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
-from deputy_examples.demo_identities import DemoIdentities, DemoResource
 
+from gateway.dev import DemoIdentities, DemoResource
 from tests.support import ACCESS_TOKEN, GRANT, JWT, free_port, gateway_process
 
 TXN = "urn:ietf:params:oauth:token-type:txn_token"
@@ -30,7 +30,7 @@ IDP = "https://idp.example.com"
 
 @dataclass
 class Env:
-    client: httpx.Client
+    client: httpx2.Client
     issuer: str
     ids: DemoIdentities
     config: Path
@@ -41,22 +41,22 @@ class Env:
     def user(self, sub: str = "alice", **claims: Any) -> str:
         return self.ids.user_token(sub, scope="mail.read mail.send docs.read", **claims)
 
-    def post(self, **form: Any) -> httpx.Response:
+    def post(self, **form: Any) -> httpx2.Response:
         return self.client.post("/token", data={"grant_type": GRANT, **form})
 
     def open_task(self, agent: str = AGENT, scope: str = "mail.read mail.send", audiences: tuple[str, ...] = (MAIL,),
-                  user: str | None = None, actor_token: str | None = None, **extra: Any) -> httpx.Response:
+                  user: str | None = None, actor_token: str | None = None, **extra: Any) -> httpx2.Response:
         return self.post(subject_token=user or self.user(), subject_token_type=ACCESS_TOKEN,
                          actor_token=actor_token or self.svid(agent),
                          actor_token_type=JWT, requested_token_type=TXN, scope=scope, audience=list(audiences),
                          **extra)
 
     def within(self, task_token: str, agent: str = AGENT, scope: str = "mail.read", resource: str = MAIL,
-               requested: str = ACCESS_TOKEN) -> httpx.Response:
+               requested: str = ACCESS_TOKEN) -> httpx2.Response:
         return self.post(subject_token=task_token, subject_token_type=TXN, actor_token=self.svid(agent),
                          actor_token_type=JWT, scope=scope, resource=resource, requested_token_type=requested)
 
-    def delegate(self, task_token: str, agent: str, scope: str = "mail.read", **extra: Any) -> httpx.Response:
+    def delegate(self, task_token: str, agent: str, scope: str = "mail.read", **extra: Any) -> httpx2.Response:
         return self.post(subject_token=task_token, subject_token_type=TXN, actor_token=self.svid(agent),
                          actor_token_type=JWT, scope=scope, requested_token_type=TXN, **extra)
 
@@ -84,16 +84,16 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     resources = (DemoResource(MAIL, ("mail.read", "mail.send"), (WATCHER,)), DemoResource(DOCS, ("docs.read",)))
     config = ids.create(listen=f"127.0.0.1:{free_port()}", idp=IDP, trust_domain="example.org", data=data,
                         resources=resources, admins=(ADMIN,), admin_group="deputy-admins")
-    with gateway_process(config) as url, httpx.Client(base_url=url, timeout=10) as client:
+    with gateway_process(config) as url, httpx2.Client(base_url=url, timeout=10) as client:
         yield Env(client, ids.issuer, ids, config)
 
 
-def _ok(response: httpx.Response) -> dict[str, Any]:
+def _ok(response: httpx2.Response) -> dict[str, Any]:
     assert response.status_code == 200, response.text
     return response.json()
 
 
-def _refused(response: httpx.Response, error: str) -> str:
+def _refused(response: httpx2.Response, error: str) -> str:
     assert (response.status_code, response.json()["error"]) == (400, error), response.text
     return str(response.json()["error_description"])
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 from joserfc import jwt as jose_jwt
 from joserfc.jwk import KeySet
@@ -260,7 +260,7 @@ def test_issue2_deputy_process_with_bad_config_exits_2_with_one_line(
 
 
 def jwks_of(url: str) -> KeySet:
-    return KeySet.import_key_set(httpx.get(url + "/.well-known/jwks.json").json())
+    return KeySet.import_key_set(httpx2.get(url + "/.well-known/jwks.json").json())
 
 
 def test_issue2_keys_rotate_keeps_the_previous_key_published(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 from joserfc import jwt as jose_jwt
 from joserfc.errors import BadSignatureError, JoseError
@@ -60,7 +60,7 @@ def test_rfc8414_2_every_advertised_endpoint_answers(deployment: Deployment, doc
     endpoints = {k: v for k, v in document.items() if k.endswith("_endpoint") or k == "jwks_uri"}
     for name, url in endpoints.items():
         assert url.startswith(deployment.issuer), (name, url)
-        response = httpx.get(url) if name == "jwks_uri" else httpx.post(url, data={})
+        response = httpx2.get(url) if name == "jwks_uri" else httpx2.post(url, data={})
         assert response.status_code not in (404, 405) and response.status_code < 500, (name, response.text)
 
 
@@ -98,7 +98,7 @@ def path_issuer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Depl
 
 @pytest.fixture(scope="module")
 def jwks(deployment: Deployment, document: dict[str, Any]) -> dict[str, Any]:
-    response = httpx.get(document["jwks_uri"])
+    response = httpx2.get(document["jwks_uri"])
     assert response.status_code == 200, response.text
     return dict(response.json())
 
@@ -200,6 +200,6 @@ def test_rfc8414_3_1_issuer_with_a_path_serves_metadata_at_the_inserted_location
 def test_rfc8414_2_issuer_with_a_path_advertises_endpoints_that_answer(
         path_issuer: tuple[Deployment, dict[str, Any]]) -> None:
     _, document = path_issuer
-    assert httpx.get(document["jwks_uri"]).status_code == 200, document["jwks_uri"]
-    response = httpx.post(document["token_endpoint"], data={})
+    assert httpx2.get(document["jwks_uri"]).status_code == 200, document["jwks_uri"]
+    response = httpx2.post(document["token_endpoint"], data={})
     assert response.status_code == 400 and response.json()["error"] == "invalid_request", document["token_endpoint"]

@@ -8,7 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 
 from tests.conftest import make_setup
@@ -21,7 +21,7 @@ def test_workers_share_port_store_and_keys(tmp_path: Path) -> None:
         with gateway_process(setup.config, workers=2) as url:
             def exchange(_: int) -> tuple[int, str]:
                 # a fresh connection each time, so the kernel spreads them over both workers' sockets
-                with httpx.Client(base_url=url, timeout=10) as client:
+                with httpx2.Client(base_url=url, timeout=10) as client:
                     form = {
                         "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
                         "subject_token": setup.idp.token("alice", audience=setup.issuer),
@@ -31,7 +31,7 @@ def test_workers_share_port_store_and_keys(tmp_path: Path) -> None:
                         "resource": "https://mail.example.com", "scope": "mail.read",
                     }
                     response = client.post("/token", data=form)
-                    kid = httpx.get(url + "/.well-known/jwks.json").json()["keys"][0]["kid"]
+                    kid = httpx2.get(url + "/.well-known/jwks.json").json()["keys"][0]["kid"]
                     return response.status_code, kid
 
             with ThreadPoolExecutor(8) as pool:
@@ -73,13 +73,13 @@ def test_embedded_defaults_start_with_state_in_the_working_directory(tmp_path: P
         deadline = time.monotonic() + 20
         while True:
             try:
-                if httpx.get("http://127.0.0.1:8600/healthz", timeout=0.5).status_code == 200:
+                if httpx2.get("http://127.0.0.1:8600/healthz", timeout=0.5).status_code == 200:
                     break
-            except httpx.HTTPError:
+            except httpx2.HTTPError:
                 pass
             assert process.poll() is None and time.monotonic() < deadline
             time.sleep(0.1)
-        metadata = httpx.get("http://127.0.0.1:8600/.well-known/oauth-authorization-server").json()
+        metadata = httpx2.get("http://127.0.0.1:8600/.well-known/oauth-authorization-server").json()
         assert metadata["issuer"] == "http://127.0.0.1:8600"
         keys = list((tmp_path / ".deputy" / "keys").glob("*.pem"))
         assert len(keys) == 1 and keys[0].stat().st_mode & 0o777 == 0o600

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlencode
 
-import httpx
+import httpx2
 import jwt
 import pytest
 
@@ -44,7 +44,7 @@ def claims_of(access_token: str) -> dict[str, Any]:
 
 
 def post_raw(deployment: Deployment, body: bytes | str | Iterator[bytes], content_type: str | None = FORM,
-             **headers: str) -> httpx.Response:
+             **headers: str) -> httpx2.Response:
     if content_type is not None:
         headers["content-type"] = content_type
     return deployment.client.post("/token", content=body, headers=headers)

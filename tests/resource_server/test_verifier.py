@@ -10,21 +10,21 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-import httpx
+import httpx2
 import jwt
 import pytest
-from deputy_examples.demo_identities import DemoIdentities, DemoResource
 from fastapi import Depends, FastAPI
 
-from gateway.resource_server import require_scope
-from tests.support import ACCESS_TOKEN, GRANT, JWT, free_port, gateway_process
-from token_exchange.resource_server import (
+from gateway.dev import DemoIdentities, DemoResource
+from resource_server import (
     AccessTokenVerifier,
     FeedStale,
     InsufficientScope,
     InvalidToken,
     VerifiedAccess,
 )
+from resource_server.dependency import require_scope
+from tests.support import ACCESS_TOKEN, GRANT, JWT, free_port, gateway_process
 
 TXN = "urn:ietf:params:oauth:token-type:txn_token"
 MAIL, DOCS = "https://mail.example.com", "https://docs.example.com"
@@ -35,7 +35,7 @@ IDP = "https://idp.example.com"
 
 @dataclass
 class Env:
-    client: httpx.Client
+    client: httpx2.Client
     issuer: str
     port: int
     ids: DemoIdentities
@@ -61,7 +61,7 @@ class Env:
         assert response.status_code == 200, response.text
 
 
-def _ok(response: httpx.Response) -> dict[str, Any]:
+def _ok(response: httpx2.Response) -> dict[str, Any]:
     assert response.status_code == 200, response.text
     return dict(response.json())
 
@@ -75,13 +75,13 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     config = ids.create(listen=f"127.0.0.1:{port}", idp=IDP, trust_domain="example.org", data=data,
                         resources=(DemoResource(MAIL, ("mail.read", "mail.send"), (WATCHER,)),
                                    DemoResource(DOCS, ("docs.read",))))
-    with gateway_process(config) as url, httpx.Client(base_url=url, timeout=10) as client:
+    with gateway_process(config) as url, httpx2.Client(base_url=url, timeout=10) as client:
         yield Env(client, ids.issuer, port, ids)
 
 
 @contextlib.asynccontextmanager
 async def running(env: Env, *, audience: str = MAIL, **kw: Any) -> AsyncIterator[AccessTokenVerifier]:
-    async with httpx.AsyncClient(timeout=5) as client, AccessTokenVerifier(
+    async with httpx2.AsyncClient(timeout=5) as client, AccessTokenVerifier(
         issuer=env.issuer, audience=audience, client=client, svid=lambda: env.svid(WATCHER), **kw
     ) as verifier:
         yield verifier
@@ -233,7 +233,7 @@ async def test_rfc6750_3_fastapi_dependency(env: Env, verifier: AccessTokenVerif
 
     token = env.mint(env.open_task()["access_token"], scope="mail.read")
     auth = {"Authorization": f"Bearer {token}"}
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://rs") as client:
+    async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://rs") as client:
         ok = await client.get("/mail", headers=auth)
         assert (ok.status_code, ok.json()) == (200, {"user": "alice"})
         forbidden = await client.post("/mail", headers=auth)

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
+import httpx2
 
 
 class GatewayFailed(RuntimeError):
@@ -34,8 +34,8 @@ def gateway_process(config: Path, url: str, *, workers: int = 1, log: Path | Non
             if process.poll() is not None:
                 raise GatewayFailed(f"the gateway exited with {process.returncode}:\n"
                                     f"{log.read_text(errors='replace')}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/healthz", timeout=0.5).status_code == 200:
+            with contextlib.suppress(httpx2.HTTPError):
+                if httpx2.get(url + "/healthz", timeout=0.5).status_code == 200:
                     break
             if time.monotonic() > deadline:
                 raise GatewayFailed(f"{url}/healthz did not answer within {timeout:g} s")

@@ -7,13 +7,8 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import HTTPException, Request
 
-from token_exchange.resource_server import (
-    AccessTokenVerifier,
-    BearerTokenError,
-    InsufficientScope,
-    VerifiedAccess,
-    required_scope_of,
-)
+from .errors import BearerTokenError, InsufficientScope
+from .verifier import AccessTokenVerifier, VerifiedAccess, required_scope_of
 
 
 def require_scope(verifier: AccessTokenVerifier, scope: str) -> Callable[[Request], Awaitable[VerifiedAccess]]:

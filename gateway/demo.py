@@ -18,19 +18,42 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import uvicorn
+from fastapi import Depends, FastAPI
 
-from token_exchange.resource_server import AccessTokenVerifier
+from resource_server import AccessTokenVerifier, VerifiedAccess
+from resource_server.dependency import require_scope
 
-from .demo_identities import AGENT, LABEL, MAIL, MAIL_API, SUBAGENT, DemoIdentities
-from .gateway_process import gateway_process
-from .mail_api import mail_api
+from .dev import AGENT, LABEL, MAIL, MAIL_API, SUBAGENT, DemoIdentities
+from .process import gateway_process
 
 GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 USER_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
 JWT = "urn:ietf:params:oauth:token-type:jwt"
 TXN = "urn:ietf:params:oauth:token-type:txn_token"
+
+
+INBOX = [
+    {"from": "bob@example.com", "subject": "Quarterly numbers", "body": "Revenue is up 12%."},
+    {"from": "carol@example.com", "subject": "Lunch?", "body": "Thursday at noon works."},
+]
+
+
+def mail_api(verifier: AccessTokenVerifier) -> FastAPI:
+    """A tiny mail API protected by Deputy access tokens: GET /inbox needs mail.read, POST /send mail.send."""
+    app = FastAPI(title="Demo mail API (DEMO ONLY)", docs_url=None, redoc_url=None, openapi_url=None)
+    reader, sender = require_scope(verifier, "mail.read"), require_scope(verifier, "mail.send")
+
+    @app.get("/inbox")
+    async def inbox(access: VerifiedAccess = Depends(reader)) -> dict[str, Any]:  # noqa: B008
+        return {"user": access.subject, "read_by": access.agent, "task": access.task_id, "messages": INBOX}
+
+    @app.post("/send")
+    async def send(access: VerifiedAccess = Depends(sender)) -> dict[str, Any]:  # noqa: B008
+        return {"user": access.subject, "sent_by": access.agent, "status": "queued"}
+
+    return app
 
 
 class Story:
@@ -69,7 +92,7 @@ async def _serve(app: Any, port: int) -> AsyncIterator[str]:
 
 async def _story(ids: DemoIdentities, gateway: str) -> int:
     story = Story()
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx2.AsyncClient(timeout=10) as client:
         verifier = AccessTokenVerifier(issuer=gateway, audience=MAIL, client=client,
                                        svid=lambda: ids.svid(MAIL_API), max_feed_staleness=5)
         async with verifier, _serve(mail_api(verifier), _free_port()) as api:

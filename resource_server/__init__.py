@@ -1,0 +1,19 @@
+"""For resource servers: verify Deputy's access tokens locally, against live revocation state.
+
+Depends on the protocol core (`token_exchange`) only, never on the gateway, so it can ship to resource
+servers on its own. `resource_server.dependency` adds a FastAPI dependency.
+"""
+
+from .errors import BearerTokenError, DiscoveryFailed, FeedStale, InsufficientScope, InvalidToken
+from .verifier import AccessTokenVerifier, VerifiedAccess, required_scope_of
+
+__all__ = [
+    "AccessTokenVerifier",
+    "BearerTokenError",
+    "DiscoveryFailed",
+    "FeedStale",
+    "InsufficientScope",
+    "InvalidToken",
+    "VerifiedAccess",
+    "required_scope_of",
+]

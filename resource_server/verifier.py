@@ -1,0 +1,198 @@
+"""RFC 9068 §4 for resource servers: verify Deputy's JWT access tokens locally, against live revocation state.
+
+The verifier checks each token against the issuer's cached `jwks_uri` (RFC 8414 §2), the required scope
+(RFC 6750 §3.1), and the revocation feed it follows. When it cannot confirm the feed is in sync for
+longer than `max_feed_staleness`, it rejects every token.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import httpx2
+
+from token_exchange.errors import OAuthError
+from token_exchange.jws import SignatureCache, TokenError, check_audience, string_claim
+from token_exchange.keys import ASYMMETRIC_ALGORITHMS, KeySource, RemoteKeys, parse_key_set
+from token_exchange.rfc8414 import metadata_url
+from token_exchange.scope import Scope
+
+from .errors import DiscoveryFailed, FeedStale, InsufficientScope, InvalidToken
+from .revocations import RevocationFeed, RevocationState
+
+ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
+MAX_LEEWAY_S = 300
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedAccess:
+    """What a verified access token grants: the user, the agent acting for them, the scope and the task."""
+
+    subject: str
+    agent: str
+    scope: Scope
+    task_id: str | None
+    jti: str
+    claims: Mapping[str, Any] = field(compare=False, default_factory=lambda: MappingProxyType({}))
+
+    @classmethod
+    def of(cls, claims: Mapping[str, Any]) -> VerifiedAccess:
+        scope = claims.get("scope")
+        txn = claims.get("txn")
+        return cls(subject=string_claim(claims, "sub"), agent=string_claim(claims, "client_id"),
+                   scope=Scope.from_claim(scope) if isinstance(scope, str) else Scope(frozenset()),
+                   task_id=txn if isinstance(txn, str) else None, jti=string_claim(claims, "jti"),
+                   claims=MappingProxyType(dict(claims)))
+
+
+def required_scope_of(text: str) -> Scope:
+    """The scope a route requires; an empty or malformed one is a programming error, never "nothing"."""
+    try:
+        return Scope.parse(text)
+    except OAuthError as exc:
+        raise ValueError(f"required scope {text!r}: {exc.description}") from exc
+
+
+class AccessTokenVerifier:
+    """Verifies Deputy access tokens for one resource (its `audience`), following the revocation feed.
+
+    Args:
+        issuer: Deputy's issuer identifier; `iss` must equal it byte for byte (RFC 9068 §4 item 3).
+        audience: this resource's indicator; `aud` must contain it (RFC 9068 §4 item 4).
+        client: the HTTP client for metadata, keys and the feed; owned by the caller.
+        svid: returns a current JWT-SVID (audience: the issuer) naming a SPIFFE ID listed in the
+            resource's `clients`; called for every feed request, so rotation is picked up.
+        max_feed_staleness: seconds the revocation state may go unconfirmed before every token is refused.
+        leeway: seconds of clock skew allowed on `exp`, `nbf` and `iat` (at most 300).
+        feed_uri: the paged feed; `<issuer>/revocations` unless given (the stream is `<feed_uri>/stream`).
+    """
+
+    def __init__(
+        self, *, issuer: str, audience: str, client: httpx2.AsyncClient, svid: Callable[[], str],
+        max_feed_staleness: float = 5.0, leeway: int = 30, algorithms: frozenset[str] = ASYMMETRIC_ALGORITHMS,
+        feed_uri: str | None = None, clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 0 <= leeway <= MAX_LEEWAY_S:
+            raise ValueError(f"leeway must be between 0 and {MAX_LEEWAY_S} seconds")
+        if max_feed_staleness <= 0:
+            raise ValueError("max_feed_staleness must be positive")
+        if not algorithms <= ASYMMETRIC_ALGORITHMS:
+            raise ValueError("only asymmetric algorithms may be allowed (RFC 9068 §2.1)")
+        self.issuer = issuer
+        self.audience = audience
+        self.max_feed_staleness = max_feed_staleness
+        heartbeat = min(max(max_feed_staleness / 4, 0.05), 5.0)
+        self.feed = RevocationFeed(feed_uri or issuer.rstrip("/") + "/revocations", client=client, svid=svid,
+                                   heartbeat=heartbeat, clock=clock)
+        self._client = client
+        self._leeway = leeway
+        self._algorithms = algorithms
+        self._clock = clock
+        self._keys: RemoteKeys | None = None
+        self._signatures = SignatureCache()
+
+    @property
+    def revocations(self) -> RevocationState:
+        return self.feed.state
+
+    async def start(self) -> None:
+        """Discover `jwks_uri` (RFC 8414 §3), catch up with the feed once, then follow it in the background.
+
+        Raises `DiscoveryFailed` if the metadata is unusable. An unreachable feed does not raise: the
+        verifier simply refuses tokens until it has caught up.
+        """
+        jwks_uri = await self._discover_jwks_uri()
+        algorithms = self._algorithms
+        self._keys = RemoteKeys(jwks_uri, client=self._client,
+                                parse=lambda doc: parse_key_set(doc, allowed=algorithms))
+        await self.feed.start()
+
+    async def _discover_jwks_uri(self) -> str:
+        try:
+            response = await self._client.get(metadata_url(self.issuer), headers={"Accept": "application/json"})
+            response.raise_for_status()
+            document = response.json()
+        except (httpx2.HTTPError, ValueError) as exc:
+            raise DiscoveryFailed(f"metadata of {self.issuer} unavailable: {exc}") from exc
+        if not isinstance(document, dict) or document.get("issuer") != self.issuer:
+            raise DiscoveryFailed("metadata issuer does not match (RFC 8414 section 3.3)")
+        jwks_uri = document.get("jwks_uri")
+        if not isinstance(jwks_uri, str) or not jwks_uri.startswith(("https://", "http://")):
+            raise DiscoveryFailed("metadata has no usable jwks_uri")
+        return jwks_uri
+
+    async def close(self) -> None:
+        await self.feed.close()
+
+    async def __aenter__(self) -> AccessTokenVerifier:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def verify(self, token: str, required_scope: str | Scope, *, now: int | None = None) -> VerifiedAccess:
+        """RFC 9068 §4, then revocation, then scope. Raises `InvalidToken` (401) or `InsufficientScope` (403)."""
+        now = int(time.time()) if now is None else now
+        required = required_scope if isinstance(required_scope, Scope) else required_scope_of(required_scope)
+        if self._keys is None:
+            raise RuntimeError("AccessTokenVerifier.start() has not been awaited")
+        try:
+            access = VerifiedAccess.of(await self._verified_claims(token, self._keys, now))
+        except TokenError as exc:
+            raise InvalidToken(str(exc)) from exc
+        self._check_not_revoked(access)
+        if not required <= access.scope:
+            raise InsufficientScope(f"this request needs scope {required}", required=required)
+        return access
+
+    async def _verified_claims(self, token: str, keys: KeySource, now: int) -> Mapping[str, Any]:
+        def choose(header: Mapping[str, Any], _: Mapping[str, Any]) -> tuple[KeySource, frozenset[str]]:
+            _check_typ(header)  # before any key lookup: a task token or ID token goes no further
+            return keys, self._algorithms
+
+        signed = await self._signatures.verified(token, now=now, choose=choose)
+        _check_typ(signed.header)
+        claims = signed.claims
+        if claims.get("iss") != self.issuer:  # RFC 9068 §4 item 3: exact match
+            raise TokenError("iss is not the expected issuer")
+        check_audience(claims, self.audience)  # §4 item 4
+        self._check_time(claims, now)  # §4 item 6
+        for name in ("sub", "client_id", "jti"):  # §2.2 REQUIRED
+            string_claim(claims, name)
+        return claims
+
+    def _check_time(self, claims: Mapping[str, Any], now: int) -> None:
+        exp = claims.get("exp")
+        if type(exp) is not int:
+            raise TokenError("exp claim missing or not an integer")
+        if now >= exp + self._leeway:
+            raise TokenError("expired")
+        for name in ("iat", "nbf"):
+            value = claims.get(name)
+            if value is None and name == "iat":
+                raise TokenError("iat claim missing")
+            if value is not None and (type(value) is not int or value > now + self._leeway):
+                raise TokenError(f"{name} is malformed or in the future")
+
+    def _check_not_revoked(self, access: VerifiedAccess) -> None:
+        state = self.feed.state
+        if self._clock() - state.confirmed_at > self.max_feed_staleness:
+            raise FeedStale("revocation state unavailable; refusing all tokens")
+        if state.revoked(access.jti, access.task_id):
+            raise InvalidToken("token has been revoked")
+
+    async def poll(self) -> None:
+        """Catch up with the feed now (see `RevocationFeed.poll`)."""
+        await self.feed.poll()
+
+
+def _check_typ(header: Mapping[str, Any]) -> None:
+    # RFC 9068 §4 item 1: reject any typ but at+jwt / application/at+jwt; media types are case-insensitive.
+    typ = header.get("typ")
+    if not isinstance(typ, str) or typ.lower() not in ACCESS_TOKEN_TYPES:
+        raise TokenError("typ is not at+jwt: not an access token")
