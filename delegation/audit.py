@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
+
+from token_exchange.rfc9068 import new_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,3 +30,37 @@ class AuditEvent:
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+
+@dataclass(slots=True)
+class AuditDraft:
+    """The facts of one token request, filled in as each step learns them; sealed into an `AuditEvent`
+    when the request is granted or refused."""
+
+    at: int
+    policy_revision: str | None
+    decision_id: str = field(default_factory=new_id)
+    action: str = "exchange"
+    agent: str | None = None
+    user_issuer: str | None = None
+    user_subject: str | None = None
+    audience: str | None = None
+    requested_scope: str | None = None
+    granted_scope: str | None = None
+    reasons: tuple[str, ...] = ()
+    jti: str | None = None
+    task_id: str | None = None
+
+    def granted(self, *, scope: str, jti: str, task_id: str, audience: str) -> AuditEvent:
+        self.granted_scope, self.jti, self.task_id, self.audience = scope, jti, task_id, audience
+        return self._seal("granted", None, self.reasons)
+
+    def refused(self, error: str, description: str) -> AuditEvent:
+        return self._seal("refused", error, self.reasons or (description,))
+
+    def _seal(self, outcome: str, error: str | None, reasons: tuple[str, ...]) -> AuditEvent:
+        event = AuditEvent(self.decision_id, self.at, self.action, outcome)
+        return replace(event, error=error, agent=self.agent, user_issuer=self.user_issuer,
+                       user_subject=self.user_subject, audience=self.audience, requested_scope=self.requested_scope,
+                       granted_scope=self.granted_scope, reasons=reasons, policy_revision=self.policy_revision,
+                       jti=self.jti, task_id=self.task_id)

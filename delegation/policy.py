@@ -2,24 +2,24 @@
 
 The gateway queries `data.deputy.decision`. Whatever the policy returns, the caller still enforces the
 invariants (scope only narrows, lifetime only shortens); an error or an undefined decision denies.
+Engines: `rego.EmbeddedRego` in process; an OPA server next.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from regopy import Interpreter, LogLevel
-from regopy import rego_shared as _native
+from token_exchange.actors import VerifiedActor
+from token_exchange.rfc8693 import ExchangeRequest
+from token_exchange.user_tokens import VerifiedSubject
 
-log = logging.getLogger(__name__)
+from .tasks import Task
 
 ENTRYPOINT = "deputy/decision"
 
@@ -30,46 +30,112 @@ class PolicyError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Decision:
+    """What the engine decided, with the policy revision that decided and the engine's decision id."""
+
     allow: bool
     scope: tuple[str, ...] = ()
     ttl: int | None = None
     reasons: tuple[str, ...] = ()
     error: str | None = None
+    revision: str | None = field(default=None, compare=False)  # about the evaluation, not what was decided
+    decision_id: str | None = field(default=None, compare=False)
 
     @classmethod
-    def deny(cls, reason: str) -> Decision:
-        return cls(allow=False, reasons=(reason,))
+    def deny(cls, reason: str, *, revision: str | None = None, decision_id: str | None = None) -> Decision:
+        return cls(allow=False, reasons=(reason,), revision=revision, decision_id=decision_id)
 
     @classmethod
-    def from_document(cls, document: Any) -> Decision:
+    def from_document(cls, document: Any, *, revision: str | None = None, decision_id: str | None = None
+                      ) -> Decision:
         """Read a policy result strictly: anything malformed is a denial naming the problem."""
-        if not isinstance(document, dict) or type(document.get("allow")) is not bool:
-            return cls.deny("policy result has no boolean allow")
-        reasons = document.get("reasons", [])
-        scope = document.get("scope", [])
-        ttl = document.get("ttl")
-        error = document.get("error")
-        if not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons):
-            return cls.deny("policy result reasons is not a list of strings")
-        if not isinstance(scope, list) or not all(isinstance(s, str) for s in scope):
-            return cls.deny("policy result scope is not a list of strings")
-        if ttl is not None and (type(ttl) is not int or ttl <= 0):
-            return cls.deny("policy result ttl is not a positive integer")
-        if error is not None and not isinstance(error, str):
-            return cls.deny("policy result error is not a string")
-        return cls(document["allow"], tuple(scope), ttl, tuple(reasons), error)
+        made = {"revision": revision, "decision_id": decision_id}
+        problem = _malformed(document)
+        if problem is not None:
+            return cls.deny(problem, **made)
+        return cls(document["allow"], tuple(document.get("scope", [])), document.get("ttl"),
+                   tuple(document.get("reasons", [])), document.get("error"), **made)
+
+
+def _malformed(document: Any) -> str | None:
+    """Why a policy result cannot be read as a decision, or None."""
+    if not isinstance(document, dict) or type(document.get("allow")) is not bool:
+        return "policy result has no boolean allow"
+    reasons, scope = document.get("reasons", []), document.get("scope", [])
+    ttl, error = document.get("ttl"), document.get("error")
+    if not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons):
+        return "policy result reasons is not a list of strings"
+    if not isinstance(scope, list) or not all(isinstance(s, str) for s in scope):
+        return "policy result scope is not a list of strings"
+    if ttl is not None and (type(ttl) is not int or ttl <= 0):
+        return "policy result ttl is not a positive integer"
+    if error is not None and not isinstance(error, str):
+        return "policy result error is not a string"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
 class PolicyInput:
-    """The document passed to the policy as `input`."""
+    """The document passed to the policy as `input` (docs/policy.md), read-only."""
 
     document: Mapping[str, Any] = field(compare=False)
 
+    @classmethod
+    def build(cls, action: str, *, task: Task, subject: VerifiedSubject | None, actor: VerifiedActor,
+              request: ExchangeRequest, audiences: Sequence[str], now: int, parent: Task | None = None) -> PolicyInput:
+        """The input for one decision: the user (from their token, else from the task), the agent, the
+        request, and the task it is made in (`parent` when delegating)."""
+        document: dict[str, Any] = {
+            "action": action,
+            "subject": _subject(task, subject),
+            "actor": _actor(actor),
+            "request": {"scope": request.scope.sorted(), "audience": audiences[0], "audiences": list(audiences),
+                        "requested_token_type": request.requested_token_type},
+            "now": now,
+        }
+        if action == "exchange" and subject is None:
+            document["task"] = task.policy_view()
+        if action == "open_task":
+            document["task"] = {"purpose": task.purpose, "deadline": task.deadline}
+        if parent is not None:
+            document["task"] = parent.policy_view()
+            document["chain"] = [a.id for a in parent.chain]
+            document["request"]["deadline"] = task.deadline
+        return cls(MappingProxyType(document))
+
+    def as_json(self) -> dict[str, Any]:
+        """The same document in plain JSON types (dict, list, str, int, float, bool, None)."""
+        plain: dict[str, Any] = _plain(self.document)
+        return plain
+
+
+def _subject(task: Task, subject: VerifiedSubject | None) -> dict[str, Any]:
+    return {"iss": task.user_issuer, "sub": task.user_subject,
+            "scope": (subject.scope if subject else task.scope).sorted(), "claims": subject.claims if subject else {}}
+
+
+def _actor(actor: VerifiedActor) -> dict[str, Any]:
+    """`id`, `kind`, `domain`; `sub` stays equal to `id` and SPIFFE actors keep `trust_domain`."""
+    view = {"id": actor.id, "kind": actor.kind, "domain": actor.domain, "sub": actor.id, "claims": actor.claims}
+    if actor.kind == "spiffe":
+        view["trust_domain"] = actor.domain
+    return view
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
 
 class PolicyEngine(Protocol):
-    """Decides one request. Implementations never raise for a policy problem: they deny."""
+    """Decides one request. Implementations never raise for a policy problem: they deny.
 
+    `revision` is the revision currently in force (for refusals made before any decision); each
+    `Decision` carries the revision and decision id of the evaluation that made it."""
+
+    engine: str
     revision: str
 
     async def decide(self, query: PolicyInput) -> Decision: ...
@@ -124,100 +190,3 @@ def _merge_data(data: dict[str, Any], parts: tuple[str, ...], value: Any) -> Non
     if not isinstance(value, dict):
         raise PolicyError(f"data at /{'/'.join(parts)} must be a JSON object")
     node.update(value)
-
-
-class EmbeddedRego:
-    """In-process Rego (regopy): compiled once into a bundle, evaluated per request (≈0.2 ms)."""
-
-    def __init__(self, source: PolicySource) -> None:
-        self.revision = source.revision
-        builder = Interpreter()
-        builder.log_level = LogLevel.NONE  # errors come back in the exception, not printed on stdout
-        try:
-            builder.add_data(dict(source.data))
-            for name, text in source.modules.items():
-                builder.add_module(name, text)
-            self._bundle = builder.build(None, [ENTRYPOINT])
-        except Exception as exc:  # regopy raises RegoError, and ValueError/TypeError for bad data
-            raise PolicyError(f"policy does not compile: {_compiler_message(str(exc), source.modules)}") from exc
-        self._runner = Interpreter()
-
-    async def decide(self, query: PolicyInput) -> Decision:
-        try:
-            set_input(self._runner, query.document)
-            output = self._runner.query_bundle_entrypoint(self._bundle, ENTRYPOINT)
-            results = output.results if output.ok() else []
-        except Exception as exc:  # evaluation errors deny; they must never reach the client as a 500
-            log.warning("policy.error", extra={"error": str(exc)[:500]})
-            return Decision.deny("policy evaluation failed")
-        if not results or not results[0].expressions:
-            return Decision.deny("policy decision is undefined")
-        return Decision.from_document(results[0].expressions[0])
-
-
-def set_input(interpreter: Interpreter, document: Mapping[str, Any]) -> None:
-    """Hand the input document to rego-cpp through its C input API.
-
-    regopy's own `set_input` does the same walk with generic ABC checks and a C string buffer per
-    value; this one dispatches on exact JSON types and passes bytes, about 40% faster, and it is the
-    largest part of a decision. Anything that is not a JSON value raises (and the decision denies).
-    """
-    handle = _native.rego_new_input()
-    try:
-        _push(handle, document, 0)
-        if _native.rego.regoSetInput(interpreter._impl, handle):
-            raise PolicyError("rego-cpp refused the input document")
-    finally:
-        _native.rego_free_input(handle)
-
-
-def _push(handle: int, value: Any, depth: int) -> None:
-    if depth > _MAX_INPUT_DEPTH:
-        raise PolicyError("input document nested too deeply")
-    kind = type(value)
-    if kind is str:
-        failed = _INPUT.regoInputString(handle, value.encode())
-    elif kind is dict or kind is MappingProxyType:
-        for key, item in value.items():
-            if type(key) is not str or _INPUT.regoInputString(handle, key.encode()):
-                raise PolicyError("input object keys must be strings")
-            _push(handle, item, depth + 1)
-            if _INPUT.regoInputObjectItem(handle):
-                raise PolicyError("rego-cpp refused an input object item")
-        failed = _INPUT.regoInputObject(handle, len(value))
-    elif kind is list or kind is tuple:
-        for item in value:
-            _push(handle, item, depth + 1)
-        failed = _INPUT.regoInputArray(handle, len(value))
-    elif kind is bool:
-        failed = _INPUT.regoInputBoolean(handle, value)
-    elif kind is int:
-        if not -(2**63) <= value < 2**63:  # ctypes would wrap it silently
-            raise PolicyError("input holds an integer beyond 64 bits")
-        failed = _INPUT.regoInputInt(handle, value)
-    elif kind is float:
-        failed = _INPUT.regoInputFloat(handle, value)
-    elif value is None:
-        failed = _INPUT.regoInputNull(handle)
-    else:
-        raise PolicyError(f"input holds a {kind.__name__}, not a JSON value")
-    if failed:
-        raise PolicyError("rego-cpp refused an input value")
-
-
-_INPUT = _native.rego
-_MAX_INPUT_DEPTH = 64
-
-
-_REGO_ERROR = re.compile(r"\(error \d+:(?P<module>[^|\n]*)\|(?P<offset>\d+)\|\d+\s*\(errormsg (?P<length>\d+):")
-
-
-def _compiler_message(text: str, modules: Mapping[str, str]) -> str:
-    """regopy's error s-expression as one line: `module:line:column: message; ...`."""
-    found = []
-    for match in _REGO_ERROR.finditer(text):
-        source, offset = modules.get(match["module"], ""), int(match["offset"])
-        line = source.count("\n", 0, offset) + 1
-        column = offset - source.rfind("\n", 0, offset)
-        found.append(f"{match['module']}:{line}:{column}: {text[match.end():match.end() + int(match['length'])]}")
-    return "; ".join(found) if found else " ".join(text.split())

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from token_exchange.actors import ActorRef
 from token_exchange.rfc9068 import new_id
 from token_exchange.scope import Scope
+from token_exchange.txn_tokens import TaskContext
 
 OPEN, COMPLETED, REVOKED, EXPIRED = "open", "completed", "revoked", "expired"
 
@@ -15,37 +17,41 @@ class Task:
     id: str
     parent_id: str | None
     root_id: str
-    chain: tuple[str, ...]  # agents' SPIFFE IDs, the first agent first; the last is this task's agent
+    chain: tuple[ActorRef, ...]  # the first agent first; the last is this task's agent
     user_issuer: str
     user_subject: str
     scope: Scope
     audiences: tuple[str, ...]
-    purpose: str | None
     created_at: int
     deadline: int
+    context: TaskContext = field(default_factory=TaskContext)
     implicit: bool = False
     state: str = OPEN
     ended_at: int | None = None
 
     @classmethod
     def new_root(
-        cls, *, agent: str, user_issuer: str, user_subject: str, scope: Scope, audiences: tuple[str, ...],
-        purpose: str | None, created_at: int, deadline: int, implicit: bool = False,
+        cls, *, agent: ActorRef, user_issuer: str, user_subject: str, scope: Scope, audiences: tuple[str, ...],
+        context: TaskContext, created_at: int, deadline: int, implicit: bool = False,
     ) -> Task:
         """A task opened with a user's token: its own root, its agent the whole chain."""
         task_id = new_id()
-        return cls(task_id, None, task_id, (agent,), user_issuer, user_subject, scope, audiences, purpose,
-                   created_at, deadline, implicit)
+        return cls(task_id, None, task_id, (agent,), user_issuer, user_subject, scope, audiences, created_at,
+                   deadline, context, implicit)
 
-    def child(self, *, agent: str, scope: Scope, audiences: tuple[str, ...], purpose: str | None, created_at: int,
-              deadline: int) -> Task:
+    def child(self, *, agent: ActorRef, scope: Scope, audiences: tuple[str, ...], context: TaskContext,
+              created_at: int, deadline: int) -> Task:
         """A sub-agent's task under this one; the caller has narrowed scope, audiences and deadline."""
         return Task(new_id(), self.id, self.root_id, (*self.chain, agent), self.user_issuer, self.user_subject,
-                    scope, audiences, purpose, created_at, deadline)
+                    scope, audiences, created_at, deadline, context)
 
     @property
-    def agent(self) -> str:
+    def agent(self) -> ActorRef:
         return self.chain[-1]
+
+    @property
+    def purpose(self) -> str | None:
+        return self.context.purpose
 
     @property
     def depth(self) -> int:
@@ -62,8 +68,8 @@ class Task:
         return {
             "id": self.id,
             "purpose": self.purpose,
-            "chain": list(self.chain),
-            "agent": self.agent,
+            "chain": [a.id for a in self.chain],
+            "agent": self.agent.id,
             "scope": self.scope.sorted(),
             "audiences": list(self.audiences),
             "deadline": self.deadline,

@@ -15,12 +15,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from delegation.lifecycle import NotFound, TaskAdmin
-from delegation.stores.sqlite import SqliteStore, sqlite_path
+from delegation.admin import NotFound, TaskAdmin
+from delegation.store import AuditQuery, Store, TaskQuery
+from delegation.stores import open_store
 from delegation.tasks import COMPLETED, REVOKED
-from token_exchange.spiffe import SpiffeId, SpiffeIdError
+from token_exchange.errors import InvalidRequest
 
-from .admin_routes import task_view
+from .admin_routes import revoked_party, task_view
 from .settings import ConfigError, load_settings
 
 T = TypeVar("T")
@@ -65,11 +66,11 @@ def add_commands(commands: Any, config_option: Callable[[argparse.ArgumentParser
     config_option(audit)
 
 
-def _with_store(args: argparse.Namespace, work: Callable[[SqliteStore], Awaitable[T]]) -> T:
+def _with_store(args: argparse.Namespace, work: Callable[[Store], Awaitable[T]]) -> T:
     settings = load_settings(args.config)
 
     async def run() -> T:
-        store = await SqliteStore.open(sqlite_path(settings.store_url))
+        store = await open_store(settings.store_url)
         try:
             return await work(store)
         finally:
@@ -83,36 +84,33 @@ def _operator() -> str:
 
 
 def _list(args: argparse.Namespace) -> int:
-    tasks = _with_store(args, lambda s: s.tasks(agent=args.agent, user=args.user, state=args.state,
-                                                limit=args.limit))
-    rows = [(t.id[:12], t.state, t.agent, t.user_subject, str(t.scope), _when(t.deadline), len(t.chain) - 1)
+    tasks = _with_store(args, lambda s: s.tasks(TaskQuery(agent=args.agent, user=args.user, state=args.state,
+                                                          limit=args.limit)))
+    rows = [(t.id[:12], t.state, t.agent.id, t.user_subject, str(t.scope), _when(t.deadline), t.depth)
             for t in tasks]
     print(table(("TASK", "STATE", "AGENT", "USER", "SCOPE", "DEADLINE", "DEPTH"), rows))
     return 0
 
 
 def _show(args: argparse.Namespace) -> int:
-    async def work(store: SqliteStore) -> tuple[Any, list[dict[str, Any]]]:
-        return await store.task(args.task_id), await store.task_tokens(args.task_id)
-
-    task, tokens = _with_store(args, work)
-    if task is None:
+    detail = _with_store(args, lambda s: s.task_detail(args.task_id))
+    if detail is None:
         raise ConfigError(f"task {args.task_id}: not found")
-    view = task_view(task)
+    task, view = detail.task, task_view(detail.task)
     for key in ("id", "state", "agent", "purpose", "scope", "audiences", "parent_id", "root_id"):
         print(f"{key:<10} {view[key]}")
     print(f"{'user':<10} {task.user_subject} ({task.user_issuer})")
-    print(f"{'chain':<10} {' -> '.join(task.chain)}")
+    print(f"{'chain':<10} {' -> '.join(a.id for a in task.chain)}")
     print(f"{'deadline':<10} {_when(task.deadline)}")
     print()
     print(table(("JTI", "AUDIENCE", "SCOPE", "EXPIRES", "REVOKED"),
-                [(t["jti"][:12], t["audience"], t["scope"], _when(t["expires_at"]),
-                  "yes" if t["revoked_at"] else "") for t in tokens]))
+                [(t.jti[:12], t.audience, t.scope, _when(t.expires_at), "yes" if t.revoked_at else "")
+                 for t in detail.tokens]))
     return 0
 
 
 def _end(args: argparse.Namespace, state: str) -> int:
-    async def work(store: SqliteStore) -> dict[str, Any]:
+    async def work(store: Store) -> dict[str, Any]:
         return await TaskAdmin(store).revoke_task(args.task_id, admin=_operator(), now=int(time.time()),
                                                    state=state)
 
@@ -135,22 +133,18 @@ def _revoke_task(args: argparse.Namespace) -> int:
 
 def _revoke_matching(args: argparse.Namespace) -> int:
     try:
-        if args.agent:
-            SpiffeId.parse(args.agent)
-        if args.trust_domain:
-            SpiffeId.check_trust_domain(args.trust_domain)
-    except SpiffeIdError as exc:
-        raise ConfigError(f"--agent/--trust-domain: {exc}") from exc
-    user = (args.issuer, args.user) if args.user else None
-    result = _with_store(args, lambda s: TaskAdmin(s).revoke_matching(
-        admin=_operator(), now=int(time.time()), agent=args.agent, trust_domain=args.trust_domain, user=user))
+        party = revoked_party(agent=args.agent, trust_domain=args.trust_domain, user=args.user, issuer=args.issuer)
+    except InvalidRequest as exc:
+        raise ConfigError(f"--agent/--trust-domain: {exc.description}") from exc
+    result = _with_store(args, lambda s: TaskAdmin(s).revoke_matching(party, admin=_operator(), now=int(time.time())))
     print(f"revoked {len(result['revoked_tasks'])} task(s) and {result['revoked_tokens']} token(s)")
     return 0
 
 
 def _audit(args: argparse.Namespace) -> int:
-    events = _with_store(args, lambda s: s.audit_events(task=args.task, agent=args.agent, user=args.user,
-                                                        since=args.since, until=args.until, limit=args.limit))
+    query = AuditQuery(task=args.task, agent=args.agent, user=args.user, since=args.since, until=args.until,
+                       limit=args.limit)
+    events = [record.as_dict() for record in _with_store(args, lambda s: s.audit_events(query))]
     if args.json:
         for event in events:
             print(json.dumps(event))

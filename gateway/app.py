@@ -18,6 +18,7 @@ from starlette.types import Receive, Scope, Send
 
 from delegation.records import StoreError
 from token_exchange.errors import InvalidClient, OAuthError, TemporarilyUnavailable, rfc6749_charset
+from token_exchange.rfc6749 import TokenRequest
 from token_exchange.rfc8414 import well_known_path
 
 from . import admin_routes, keystore, task_routes
@@ -106,15 +107,17 @@ async def token(request: Request) -> JSONResponse:
     Every parameter comes from the body only (RFC 6749 §2.3.1); a client that tried the Authorization
     header gets 401 before its body is read (RFC 6749 §5.2).
     """
-    exchange, now = deputy(request).exchange, int(time.time())
+    endpoint, now = deputy(request).token_endpoint, int(time.time())
     try:
         if authorization := request.headers.get("authorization"):
             raise _invalid_client(authorization.partition(" ")[0][:20])
         pairs = await read_form(request)
     except OAuthError as exc:
-        await exchange.refuse(exc, now=now)
+        await endpoint.refuse(exc, now=now)
         raise
-    response = await exchange.token_endpoint(pairs, now=now)
+    headers = tuple((name.decode("latin-1"), value.decode("latin-1")) for name, value in request.scope["headers"])
+    received = TokenRequest(tuple(pairs), headers, request.method, str(request.url))
+    response = await endpoint.handle(received, now=now)
     return JSONResponse(response.body(), headers=NO_STORE)
 
 

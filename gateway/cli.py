@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from delegation.stores.sqlite import SqliteStore, sqlite_path
+from delegation.stores import open_store
 
 from . import admin_cli, keystore, logs, workers
 from .settings import ConfigError, Settings, load_settings
@@ -101,7 +101,7 @@ def _ready(config: Path | None) -> tuple[Prepared, keystore.KeyRing]:
 
 def _migrate(settings: Settings) -> None:
     async def run() -> None:
-        store = await SqliteStore.open(sqlite_path(settings.store_url))
+        store = await open_store(settings.store_url)
         await store.close()
 
     try:
@@ -144,7 +144,7 @@ def _banner(settings: Settings, prepared: Prepared, keys: keystore.KeyRing, work
         f"  issuer            {settings.issuer}",
         f"  state             {settings.state_dir}",
         f"  signing key       {keys.current.algorithm} kid={keys.current.kid}",
-        f"  policy            embedded Rego, revision {prepared.policy.revision}",
+        f"  policy            {prepared.policy.engine} Rego, revision {prepared.policy.revision}",
         f"  subject issuers   {', '.join(s.issuer for s in settings.subject_issuers) or 'none'}",
         f"  trust domains     {', '.join(d.name for d in settings.trust_domains) or 'none'}",
         f"  resources         {', '.join(r.audience for r in settings.resources) or 'none'}",

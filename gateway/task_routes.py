@@ -8,8 +8,10 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from token_exchange.actors import VerifiedActor
 from token_exchange.errors import InvalidRequest
 
 from .auth import agent, deputy, resource_client
@@ -19,36 +21,36 @@ router = APIRouter()
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 FEED_PAGE = 500
 MAX_CURSOR = 2**63 - 1  # SQLite integers
-FEED_POLL_S = 0.05  # other workers' revocations; this process's own wake the stream at once
+KEEP_ALIVE_S = 15
 
 
 @router.post("/tasks/{task_id}/complete")
-async def complete(task_id: str, request: Request, caller: str = Depends(agent)) -> JSONResponse:
+async def complete(task_id: str, request: Request, caller: VerifiedActor = Depends(agent)) -> JSONResponse:  # noqa: B008
     """The task's agent ends it; every token derived from it stops working."""
-    result = await deputy(request).lifecycle.complete(task_id, agent=caller, now=int(time.time()))
+    result = await deputy(request).lifecycle.complete(task_id, agent=caller.ref, now=int(time.time()))
     return JSONResponse(result, headers=NO_STORE)
 
 
 @router.post("/revoke")
-async def revoke(request: Request, caller: str = Depends(agent)) -> JSONResponse:
+async def revoke(request: Request, caller: VerifiedActor = Depends(agent)) -> JSONResponse:  # noqa: B008
     """RFC 7009 §2.1; §2.2: 200 also for invalid or unknown tokens."""
     form = dict(_single(await read_form(request)))
-    await deputy(request).lifecycle.revoke(form.get("token", ""), agent=caller, now=int(time.time()))
+    await deputy(request).lifecycle.revoke(form.get("token", ""), agent=caller.ref, now=int(time.time()))
     return JSONResponse({}, headers=NO_STORE)
 
 
 @router.post("/introspect")
-async def introspect(request: Request, caller: str = Depends(resource_client)) -> JSONResponse:
+async def introspect(request: Request, caller: VerifiedActor = Depends(resource_client)) -> JSONResponse:  # noqa: B008
     """RFC 7662 §2.1, §2.2."""
     form = dict(_single(await read_form(request)))
-    body = await deputy(request).lifecycle.introspect(form.get("token", ""), caller=caller, now=int(time.time()))
+    body = await deputy(request).lifecycle.introspect(form.get("token", ""), caller=caller.id, now=int(time.time()))
     return JSONResponse(body, headers=NO_STORE)
 
 
 @router.get("/revocations")
 async def revocations(request: Request, since: Annotated[int, Query(ge=0, le=MAX_CURSOR)] = 0,
                       limit: Annotated[int, Query(ge=1, le=FEED_PAGE)] = FEED_PAGE,
-                      caller: str = Depends(resource_client)) -> JSONResponse:
+                      caller: VerifiedActor = Depends(resource_client)) -> JSONResponse:  # noqa: B008
     """The revocation feed, paged: events after cursor `since`; `next` is the cursor to ask with next."""
     events = await deputy(request).store.revocations(since, limit)
     cursor = events[-1].seq if events else since
@@ -57,31 +59,17 @@ async def revocations(request: Request, since: Annotated[int, Query(ge=0, le=MAX
 
 @router.get("/revocations/stream")
 async def revocation_stream(request: Request, since: Annotated[int, Query(ge=0, le=MAX_CURSOR)] = 0,
-                            caller: str = Depends(resource_client)) -> StreamingResponse:
+                            caller: VerifiedActor = Depends(resource_client)) -> EventSourceResponse:  # noqa: B008
     """The same events as Server-Sent Events; `id` is the cursor (resume with Last-Event-ID)."""
     last = request.headers.get("last-event-id", "")
     cursor = int(last) if last.isascii() and last.isdigit() and len(last) < 19 else since
-    store = deputy(request).store
 
-    async def events() -> AsyncIterator[str]:
-        nonlocal cursor
-        yield ": deputy revocation feed\n\n"
-        quiet = 0.0
-        while not await request.is_disconnected():
-            batch = await store.revocations(cursor, FEED_PAGE)
-            for event in batch:
-                cursor = event.seq
-                yield f"id: {event.seq}\nevent: revocation\ndata: {json.dumps(event.as_dict())}\n\n"
-            if batch:
-                quiet = 0.0
-                continue
-            await store.wait_for_revocation(FEED_POLL_S)
-            quiet += FEED_POLL_S
-            if quiet >= 15:
-                quiet = 0.0
-                yield ": keep-alive\n\n"
+    async def events() -> AsyncIterator[ServerSentEvent]:
+        yield ServerSentEvent(comment="deputy revocation feed")
+        async for event in deputy(request).store.follow(cursor):
+            yield ServerSentEvent(data=json.dumps(event.as_dict()), event="revocation", id=str(event.seq))
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+    return EventSourceResponse(events(), ping=KEEP_ALIVE_S, headers={"Cache-Control": "no-store"})
 
 
 def _single(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -5,16 +5,22 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx2
 
-from delegation.exchange import Lifetimes, TokenExchange
+from delegation.callers import AdminRule, Callers
+from delegation.flows import ExchangeSteps, Lifetimes, token_exchange_grant
 from delegation.lifecycle import TaskLifecycle
-from delegation.policy import EmbeddedRego, PolicyError, PolicySource
+from delegation.policy import PolicyEngine, PolicyError, PolicySource
+from delegation.rego import EmbeddedRego
 from delegation.resources import Resource, Resources
-from delegation.stores.sqlite import SqliteStore, sqlite_path
+from delegation.store import Store
+from delegation.stores import open_store
+from delegation.token_endpoint import TokenEndpoint
 from policies import PACKAGED_POLICIES
+from token_exchange.actors import WorkloadVerifiers
 from token_exchange.keys import ASYMMETRIC_ALGORITHMS, KeySource, RemoteKeys, StaticKeys, parse_key_set, read_key_set
 from token_exchange.rfc8414 import metadata
 from token_exchange.rfc9068 import Signer
@@ -25,9 +31,13 @@ from token_exchange.txn_tokens import OwnTokenVerifier
 from token_exchange.user_tokens import SubjectIssuer, UserTokenVerifier
 
 from .keystore import KeyRing
-from .settings import ConfigError, KeySetSettings, Settings
+from .settings import ConfigError, KeySetSettings, PolicySettings, Settings
 
 SVID_KEY_USE = "jwt-svid"
+POLICY_ENGINES: dict[str, Callable[[Path], PolicyEngine]] = {
+    "embedded": lambda directory: EmbeddedRego(PolicySource.read(directory)),
+}
+"""`[policy] engine` → how it is built from the policy directory (an OPA server comes next)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,29 +45,29 @@ class Prepared:
     """What start-up checks before serving: key files read, policy compiled."""
 
     settings: Settings
-    policy: EmbeddedRego
+    policy: PolicyEngine
     static_keys: dict[str, StaticKeys]  # by config key of the file
 
 
 def prepare(settings: Settings) -> Prepared:
-    """Read every key file and compile the policy; the first problem raises ConfigError naming its key."""
+    """Read every key file and build the policy engine; the first problem raises ConfigError naming its key."""
     static: dict[str, StaticKeys] = {}
     for i, issuer in enumerate(settings.subject_issuers):
         if issuer.jwks.file is not None:
-            static[f"subject_issuers[{i}].jwks_file"] = _read(
-                issuer.jwks, f"subject_issuers[{i}].jwks_file", ASYMMETRIC_ALGORITHMS, None
-            )
+            key = f"subject_issuers[{i}].jwks_file"
+            static[key] = _read(issuer.jwks, key, ASYMMETRIC_ALGORITHMS, None)
     for i, domain in enumerate(settings.trust_domains):
         if domain.bundle.file is not None:
-            static[f"trust_domains[{i}].bundle_file"] = _read(
-                domain.bundle, f"trust_domains[{i}].bundle_file", SVID_ALGORITHMS, SVID_KEY_USE
-            )
-    directory = settings.policy.dir or PACKAGED_POLICIES
+            key = f"trust_domains[{i}].bundle_file"
+            static[key] = _read(domain.bundle, key, SVID_ALGORITHMS, SVID_KEY_USE)
+    return Prepared(settings, policy_engine(settings.policy), static)
+
+
+def policy_engine(settings: PolicySettings) -> PolicyEngine:
     try:
-        policy = EmbeddedRego(PolicySource.read(directory))
+        return POLICY_ENGINES[settings.engine](settings.dir or PACKAGED_POLICIES)
     except PolicyError as exc:
         raise ConfigError(f"policy.dir: {exc}") from exc
-    return Prepared(settings, policy, static)
 
 
 def _read(source: KeySetSettings, key: str, allowed: frozenset[str], use: str | None) -> StaticKeys:
@@ -78,65 +88,67 @@ class Deputy:
     """The running gateway's parts, as the HTTP layer needs them."""
 
     settings: Settings
-    exchange: TokenExchange
+    token_endpoint: TokenEndpoint
     lifecycle: TaskLifecycle
-    actors: JwtSvidVerifier
-    users: UserTokenVerifier
+    callers: Callers
     keys: KeyRing
     metadata: dict[str, Any]
-    store: SqliteStore
+    store: Store
+
+
+class KeySources:
+    """The key source for each configured key set: its file's keys, or its URI fetched with `client`."""
+
+    def __init__(self, prepared: Prepared, client: httpx2.AsyncClient) -> None:
+        self._static = prepared.static_keys
+        self._client = client
+
+    def __call__(self, keyset: KeySetSettings, key: str, allowed: frozenset[str], use: str | None) -> KeySource:
+        if keyset.uri is not None:
+            return RemoteKeys(keyset.uri, client=self._client,
+                              parse=lambda document: parse_key_set(document, allowed=allowed, use=use))
+        return self._static[key]
+
+
+def verifiers(settings: Settings, sources: KeySources) -> tuple[WorkloadVerifiers, UserTokenVerifier]:
+    """The agents' verifier (SPIFFE trust domains for now) and the users' (the subject issuers)."""
+    bundles = {d.name: sources(d.bundle, f"trust_domains[{i}].bundle_file", SVID_ALGORITHMS, SVID_KEY_USE)
+               for i, d in enumerate(settings.trust_domains)}
+    issuers = {s.issuer: SubjectIssuer(s.issuer, s.audience, sources(s.jwks, f"subject_issuers[{i}].jwks_file",
+                                                                      ASYMMETRIC_ALGORITHMS, None))
+               for i, s in enumerate(settings.subject_issuers)}
+    actors = WorkloadVerifiers(spiffe=JwtSvidVerifier(bundles, audience=settings.issuer))
+    return actors, UserTokenVerifier(issuers)
+
+
+def assemble(prepared: Prepared, keys: KeyRing, store: Store, sources: KeySources) -> Deputy:
+    """Every part of the gateway, from its settings, key ring, store and key sources."""
+    settings = prepared.settings
+    actors, users = verifiers(settings, sources)
+    resources = Resources(Resource(r.audience, Scope(frozenset(r.scopes)), r.max_ttl, frozenset(r.clients))
+                          for r in settings.resources)
+    own_keys = StaticKeys(parse_key_set(keys.public_jwks(), allowed=frozenset(SIGNING_ALGORITHMS)))
+    own_tokens = OwnTokenVerifier(own_keys, issuer=settings.issuer, allowed=frozenset(SIGNING_ALGORITHMS))
+    lifetimes = Lifetimes(settings.tokens.default_ttl, settings.tokens.max_ttl, settings.tasks.default_ttl,
+                          settings.tasks.max_ttl)
+    steps = ExchangeSteps(actors, users, own_tokens, resources, prepared.policy,
+                          Signer(issuer=settings.issuer, key=keys.current), store, lifetimes)
+    endpoint = TokenEndpoint([token_exchange_grant(steps)], audit=store, policy=prepared.policy)
+    admins = AdminRule(settings.admin.claim, settings.admin.value, frozenset(settings.admin.spiffe_ids))
+    callers = Callers(actors=actors, users=users, credentials=store, resources=resources, admins=admins)
+    endpoints = {"revocation_endpoint": "/revoke", "introspection_endpoint": "/introspect"}
+    document = metadata(settings.issuer, endpoints=endpoints, scopes=resources.all_scopes(),
+                        grant_types=endpoint.grant_types)
+    lifecycle = TaskLifecycle(store=store, own_tokens=own_tokens, resources=resources)
+    return Deputy(settings, endpoint, lifecycle, callers, keys, document, store)
 
 
 @asynccontextmanager
 async def running(prepared: Prepared, keys: KeyRing) -> AsyncIterator[Deputy]:
     """Open the store and the HTTP client for remote key sets; close them on exit."""
-    settings = prepared.settings
-    store = await SqliteStore.open(sqlite_path(settings.store_url))
-    async with httpx2.AsyncClient(timeout=5.0, follow_redirects=False) as client:
-
-        def source(keyset: KeySetSettings, key: str, parse: Callable[[Any], Any]) -> KeySource:
-            if keyset.uri is not None:
-                return RemoteKeys(keyset.uri, client=client, parse=parse)
-            return prepared.static_keys[key]
-
-        issuers = {
-            s.issuer: SubjectIssuer(
-                s.issuer,
-                s.audience,
-                source(s.jwks, f"subject_issuers[{i}].jwks_file", _parser(ASYMMETRIC_ALGORITHMS, None)),
-            )
-            for i, s in enumerate(settings.subject_issuers)
-        }
-        bundles = {
-            d.name: source(d.bundle, f"trust_domains[{i}].bundle_file", _parser(SVID_ALGORITHMS, SVID_KEY_USE))
-            for i, d in enumerate(settings.trust_domains)
-        }
-        resources = Resources(
-            Resource(r.audience, Scope(frozenset(r.scopes)), r.max_ttl, frozenset(r.clients))
-            for r in settings.resources
-        )
-        own_keys = StaticKeys(parse_key_set(keys.public_jwks(), allowed=frozenset(SIGNING_ALGORITHMS)))
-        own_tokens = OwnTokenVerifier(own_keys, issuer=settings.issuer, allowed=frozenset(SIGNING_ALGORITHMS))
-        actors, users = JwtSvidVerifier(bundles, audience=settings.issuer), UserTokenVerifier(issuers)
-        exchange = TokenExchange(
-            actors=actors,
-            subjects=users,
-            own_tokens=own_tokens,
-            resources=resources,
-            policy=prepared.policy,
-            signer=Signer(issuer=settings.issuer, key=keys.current),
-            records=store,
-            lifetimes=Lifetimes(settings.tokens.default_ttl, settings.tokens.max_ttl, settings.tasks.default_ttl,
-                                settings.tasks.max_ttl),
-        )
-        lifecycle = TaskLifecycle(store=store, own_tokens=own_tokens, resources=resources)
-        endpoints = {"revocation_endpoint": "/revoke", "introspection_endpoint": "/introspect"}
-        document = metadata(settings.issuer, endpoints=endpoints, scopes=resources.all_scopes())
-        try:
-            yield Deputy(settings, exchange, lifecycle, actors, users, keys, document, store)
-        finally:
-            await store.close()
-
-
-def _parser(allowed: frozenset[str], use: str | None) -> Callable[[Any], Any]:
-    return lambda document: parse_key_set(document, allowed=allowed, use=use)
+    store = await open_store(prepared.settings.store_url)
+    try:
+        async with httpx2.AsyncClient(timeout=5.0, follow_redirects=False) as client:
+            yield assemble(prepared, keys, store, KeySources(prepared, client))
+    finally:
+        await store.close()

@@ -94,6 +94,13 @@ class InvalidTarget(OAuthError):
     error = "invalid_target"
 
 
+class AccessDenied(OAuthError):
+    """Authenticated, but not allowed here (403): the caller is not an admin, or not a resource's client."""
+
+    error = "access_denied"
+    status = 403
+
+
 class TemporarilyUnavailable(OAuthError):
     """The gateway cannot complete the request now (its store failed); nothing was issued."""
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .rfc8693 import GRANT_TYPE
 
-
-def metadata(issuer: str, *, endpoints: dict[str, str], scopes: list[str]) -> dict[str, Any]:
+def metadata(issuer: str, *, endpoints: dict[str, str], scopes: list[str], grant_types: list[str]) -> dict[str, Any]:
     """The metadata document (§2). Empty arrays are omitted (§3.2), so `response_types_supported`,
     REQUIRED by §2 but empty for a server with no authorization endpoint, is left out."""
     scheme, _, rest = issuer.partition("://")
@@ -16,7 +14,7 @@ def metadata(issuer: str, *, endpoints: dict[str, str], scopes: list[str]) -> di
         "issuer": issuer,
         "token_endpoint": base + "/token",
         "jwks_uri": base + "/.well-known/jwks.json",
-        "grant_types_supported": [GRANT_TYPE],
+        "grant_types_supported": grant_types,
         "token_endpoint_auth_methods_supported": ["none"],
         "scopes_supported": sorted(scopes),
         **{name: base + path for name, path in endpoints.items()},

@@ -1,17 +1,20 @@
 """RFC 8693 §2.1: one token-exchange form in, one typed `ExchangeRequest` out; §2.2.1: the response.
 
-Parameters follow RFC 6749 §3.2: empty values count as absent, unknown ones are ignored, and only
-`resource` and `audience` may repeat (RFC 8707 §2, RFC 8693 §2.1).
+Also the transaction-token request parameters `request_context` and `request_details` (draft
+§11.1), JSON objects that become the task token's `rctx` and `tctx`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
-from .errors import InvalidClient, InvalidRequest, InvalidTarget, UnsupportedGrantType
+from .errors import InvalidClient, InvalidRequest, InvalidTarget
 from .jws import MAX_TOKEN_BYTES
+from .rfc6749 import FormParams
 from .scope import Scope
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -23,7 +26,8 @@ SUBJECT_TOKEN_TYPES = frozenset({ACCESS_TOKEN_TYPE, JWT_TYPE, ID_TOKEN_TYPE, TXN
 ACTOR_TOKEN_TYPES = frozenset({JWT_TYPE})
 ISSUABLE_TOKEN_TYPES = frozenset({ACCESS_TOKEN_TYPE, TXN_TOKEN_TYPE})
 MAX_PURPOSE_CHARS = 200
-_REPEATABLE = frozenset({"resource", "audience"})
+MAX_CONTEXT_BYTES = 2048
+MAX_CONTEXT_DEPTH = 4
 _CLIENT_CREDENTIALS = ("client_secret", "client_assertion", "client_assertion_type")
 MAX_TARGET_CHARS = 2048
 
@@ -73,6 +77,8 @@ class ExchangeRequest:
     client_id: str | None
     purpose: str | None = None
     task_ttl: int | None = None
+    context: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))  # request_context
+    details: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))  # request_details
 
     def single_target(self) -> Target:
         """Deputy mints each access token for exactly one target (RFC 8693 §2.1.1, RFC 8707 §2)."""
@@ -81,55 +87,79 @@ class ExchangeRequest:
         return self.targets[0]
 
 
-def parse(pairs: Iterable[tuple[str, str]]) -> ExchangeRequest:
-    """RFC 8693 §2.1: validate a token-exchange form; raises the OAuthError that fits the first problem."""
-    params, repeated = _collect(pairs)
-    grant_type = params.get("grant_type")
-    if grant_type is None:
-        raise InvalidRequest("grant_type is required")
-    if grant_type != GRANT_TYPE:
-        raise UnsupportedGrantType(f"only {GRANT_TYPE} is supported")
-    if present := [name for name in _CLIENT_CREDENTIALS if params.get(name) is not None]:
+def parse(form: FormParams) -> ExchangeRequest:
+    """RFC 8693 §2.1: validate a token-exchange form (its `grant_type` already matched); raises the
+    OAuthError that fits the first problem."""
+    if present := [name for name in _CLIENT_CREDENTIALS if form.get(name) is not None]:
         raise InvalidClient(f"{present[0]} is not accepted: agents authenticate with actor_token")
-    subject = _presented(params, "subject_token", SUBJECT_TOKEN_TYPES)
-    actor = _presented(params, "actor_token", ACTOR_TOKEN_TYPES)
-    targets = tuple(Target.resource(v) for v in repeated.get("resource", ())) + tuple(
-        Target.audience(v) for v in repeated.get("audience", ())
+    subject = _presented(form, "subject_token", SUBJECT_TOKEN_TYPES)
+    actor = _presented(form, "actor_token", ACTOR_TOKEN_TYPES)
+    targets = tuple(Target.resource(v) for v in form.all("resource")) + tuple(
+        Target.audience(v) for v in form.all("audience")
     )
     if any(len(t.value) > MAX_TARGET_CHARS for t in targets):
         raise InvalidTarget(f"resource and audience values are limited to {MAX_TARGET_CHARS} characters")
-    requested = params.get("requested_token_type") or ACCESS_TOKEN_TYPE
+    requested = form.get("requested_token_type") or ACCESS_TOKEN_TYPE
     if requested not in ISSUABLE_TOKEN_TYPES:
         raise InvalidRequest("requested_token_type must be the access_token or txn_token URI")
-    scope = Scope.parse(params.get("scope"))
-    purpose = params.get("purpose")
+    scope = Scope.parse(form.get("scope"))
+    details = _json_object(form, "request_details")
+    if "purpose" in details:
+        raise InvalidRequest("request_details must not hold purpose: send the purpose parameter")
+    return ExchangeRequest(subject, actor, targets, scope, requested, form.get("client_id"), _purpose(form),
+                           _task_ttl(form), _json_object(form, "request_context"), details)
+
+
+def _purpose(form: FormParams) -> str | None:
+    purpose = form.get("purpose")
     if purpose is not None and (len(purpose) > MAX_PURPOSE_CHARS or not purpose.isprintable()):
         raise InvalidRequest(f"purpose must be printable text of at most {MAX_PURPOSE_CHARS} characters")
-    task_ttl = params.get("task_ttl")
+    return purpose
+
+
+def _task_ttl(form: FormParams) -> int | None:
+    task_ttl = form.get("task_ttl")
     if task_ttl is not None and not (task_ttl.isascii() and task_ttl.isdigit() and 0 < int(task_ttl) <= 86400 * 7):
         raise InvalidRequest("task_ttl must be a positive number of seconds")
-    return ExchangeRequest(subject, actor, targets, scope, requested, params.get("client_id"), purpose,
-                           int(task_ttl) if task_ttl else None)
+    return int(task_ttl) if task_ttl else None
 
 
-def _collect(pairs: Iterable[tuple[str, str]]) -> tuple[dict[str, str], dict[str, list[str]]]:
-    """Single-valued and repeatable parameters; a repeated single-valued one is invalid (RFC 6749 §3.2)."""
-    params: dict[str, str] = {}
-    repeated: dict[str, list[str]] = {}
-    for name, value in pairs:
-        if not value:
-            continue  # RFC 6749 §3.1: sent without a value = omitted
-        if name in _REPEATABLE:
-            repeated.setdefault(name, []).append(value)
-        elif name in params:
-            raise InvalidRequest(f"{_printable(name)} is repeated")
-        else:
-            params[name] = value
-    return params, repeated
+def _json_object(form: FormParams, name: str) -> Mapping[str, Any]:
+    """A transaction-token context parameter: a JSON object of bounded size and depth, no U+0000."""
+    text = form.get(name)
+    if text is None:
+        return MappingProxyType({})
+    if len(text.encode()) > MAX_CONTEXT_BYTES:
+        raise InvalidRequest(f"{name} is longer than {MAX_CONTEXT_BYTES} bytes")
+    try:
+        value = json.loads(text, parse_constant=_no_constant)
+    except ValueError as exc:
+        raise InvalidRequest(f"{name} is not valid JSON") from exc
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{name} must be a JSON object")
+    _check_context_value(name, value, 0)
+    return MappingProxyType(value)
 
 
-def _presented(params: dict[str, str], name: str, types: frozenset[str]) -> PresentedToken:
-    token, token_type = params.get(name), params.get(f"{name}_type")
+def _no_constant(token: str) -> Any:
+    raise ValueError(f"{token} is not JSON")
+
+
+def _check_context_value(name: str, value: Any, depth: int) -> None:
+    if depth > MAX_CONTEXT_DEPTH:
+        raise InvalidRequest(f"{name} is nested deeper than {MAX_CONTEXT_DEPTH} levels")
+    if isinstance(value, str) and "\0" in value:
+        raise InvalidRequest(f"{name} holds a string with U+0000")
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**53) < value < 2**53:
+        raise InvalidRequest(f"{name} holds an integer beyond 2^53")
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        _check_context_value(name, key, depth + 1)
+        _check_context_value(name, item, depth + 1)
+
+
+def _presented(form: FormParams, name: str, types: frozenset[str]) -> PresentedToken:
+    token, token_type = form.get(name), form.get(f"{name}_type")
     if token is None:
         raise InvalidRequest(f"{name} is required")
     if token_type is None:
@@ -139,10 +169,6 @@ def _presented(params: dict[str, str], name: str, types: frozenset[str]) -> Pres
     if len(token) > MAX_TOKEN_BYTES:
         raise InvalidRequest(f"{name} is longer than {MAX_TOKEN_BYTES} bytes")
     return PresentedToken(token, token_type)
-
-
-def _printable(name: str) -> str:
-    return name[:40] if name.isascii() and name.isprintable() else "a parameter"
 
 
 @dataclass(frozen=True, slots=True)

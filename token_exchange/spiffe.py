@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from types import MappingProxyType
+from dataclasses import dataclass
 from typing import Any
 
+from .actors import VerifiedActor
 from .jws import SignatureCache, TokenError, check_audience, check_time_claims, string_claim
 from .keys import KeySource
 
@@ -64,17 +64,9 @@ class SpiffeId:
         return f"spiffe://{self.trust_domain}{self.path}"
 
 
-@dataclass(frozen=True, slots=True)
-class VerifiedActor:
-    """An agent whose JWT-SVID was verified against its trust domain's bundle."""
-
-    spiffe_id: SpiffeId
-    expires_at: int
-    claims: Mapping[str, Any] = field(compare=False, default_factory=lambda: MappingProxyType({}))
-
-
 class JwtSvidVerifier:
-    """Verifies JWT-SVIDs for one audience against the JWT bundles of the configured trust domains."""
+    """Verifies JWT-SVIDs for one audience against the JWT bundles of the configured trust domains;
+    the actor's `id` is the SPIFFE ID and its `domain` the trust domain."""
 
     def __init__(self, bundles: Mapping[str, KeySource], *, audience: str) -> None:
         self._bundles = dict(bundles)
@@ -96,7 +88,7 @@ class JwtSvidVerifier:
             raise SvidError("sub names a trust domain, not a workload")
         check_audience(claims, self._audience)
         expires_at = check_time_claims(claims, now=now)
-        return VerifiedActor(spiffe_id, expires_at, claims)
+        return VerifiedActor(str(spiffe_id), "spiffe", spiffe_id.trust_domain, expires_at, claims)
 
     def _bundle_for(
         self, header: Mapping[str, Any], claims: Mapping[str, Any]

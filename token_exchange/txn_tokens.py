@@ -9,46 +9,51 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from .actors import ActorRef, actor_claim
 from .jws import SignatureCache, TokenError, check_audience, check_time_claims, string_claim
 from .keys import KeySource
 from .rfc8693 import TXN_TOKEN_TYPE
 from .scope import Scope
 
-__all__ = ["TASK_TOKEN_JWT_TYPE", "TXN_TOKEN_TYPE", "OwnTokenVerifier", "actor_claim", "task_token_claims"]
+__all__ = ["TASK_TOKEN_JWT_TYPE", "TXN_TOKEN_TYPE", "OwnTokenVerifier", "TaskContext", "task_token_claims"]
 
 TASK_TOKEN_JWT_TYPE = "txntoken+jwt"
 
 
-def actor_claim(chain: tuple[str, ...]) -> dict[str, Any]:
-    """RFC 8693 §4.1 nesting: the current actor outermost, the first agent innermost."""
-    act: dict[str, Any] = {}
-    for agent in chain:
-        act = {"sub": agent, **({"act": act} if act else {})}
-    return act
+@dataclass(frozen=True, slots=True)
+class TaskContext:
+    """The draft's context claims (§9.2.2, §9.2.3): `tctx` holds the purpose and the request details,
+    immutable along the chain; `rctx` the environment of the request that opened this task."""
+
+    purpose: str | None = None
+    details: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    environment: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def claims(self) -> dict[str, Any]:
+        tctx = {**self.details, **({"purpose": self.purpose} if self.purpose else {})}
+        return {**({"tctx": tctx} if tctx else {}), **({"rctx": dict(self.environment)} if self.environment else {})}
 
 
 def task_token_claims(
-    *, task_id: str, user: str, chain: tuple[str, ...], scope: Scope, audience: str, purpose: str | None,
+    *, task_id: str, user: str, chain: tuple[ActorRef, ...], scope: Scope, audience: str, context: TaskContext,
     now: int, deadline: int,
 ) -> dict[str, Any]:
     """Claims of a task token: `txn` the task id, `sub` the user, `act` the chain, `exp` the deadline.
 
     `aud` is Deputy's own issuer, which no resource audience may equal; `req_wl` (REQUIRED by the draft)
-    names the requesting agent; `purp` is a Deputy-private claim.
+    names the requesting agent; `tctx` and `rctx` carry the task's context (draft §9.2.2, §9.2.3).
     """
-    claims: dict[str, Any] = {
+    return {
         "aud": audience,
         "sub": user,
         "txn": task_id,
         "scope": str(scope),
         "act": actor_claim(chain),
-        "req_wl": chain[-1],
+        "req_wl": chain[-1].id,
         "iat": now,
         "exp": deadline,
+        **context.claims(),
     }
-    if purpose:
-        claims["purp"] = purpose
-    return claims
 
 
 @dataclass(frozen=True, slots=True)

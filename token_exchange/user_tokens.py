@@ -38,6 +38,11 @@ class VerifiedSubject:
     expires_at: int
     claims: Mapping[str, Any] = field(compare=False, default_factory=lambda: MappingProxyType({}))
 
+    @property
+    def issued_at(self) -> int | None:
+        iat = self.claims.get("iat")
+        return iat if type(iat) is int else None
+
 
 def user_scope(claims: Mapping[str, Any]) -> Scope:
     """The user's scopes: `scope` (RFC 8693 §4.2, a space-separated string) or `scp` (string or list)."""

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from delegation.policy import Decision, EmbeddedRego, PolicyError, PolicyInput, PolicySource
+from delegation.policy import Decision, PolicyError, PolicyInput, PolicySource
+from delegation.rego import EmbeddedRego
 from policies import PACKAGED_POLICIES
 
 AGENT, HELPER = "spiffe://example.org/agents/mail", "spiffe://example.org/agents/summarizer"

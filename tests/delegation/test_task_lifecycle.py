@@ -108,7 +108,8 @@ def test_txn_tokens_11_4_open_task_returns_task_token_with_n_a_type(env: Env) ->
     claims = jwt.decode(body["access_token"], options={"verify_signature": False})
     assert header["typ"] == "txntoken+jwt"
     assert claims["txn"] == body["task_id"] and claims["sub"] == "alice" and claims["aud"] == env.issuer
-    assert claims["act"] == {"sub": AGENT} and claims["purp"] == "triage inbox"
+    # Issue 6: the purpose moved from the private `purp` claim to the draft's `tctx` (transaction tokens §9.2.3).
+    assert claims["act"] == {"sub": AGENT} and claims["tctx"] == {"purpose": "triage inbox"}
 
 
 def test_task_tokens_within_never_wider_than_the_task(env: Env) -> None:

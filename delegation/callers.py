@@ -1,0 +1,90 @@
+"""Who is calling an authenticated endpoint (`/tasks`, `/revoke`, `/introspect`, `/revocations`, `/admin`):
+one path for all of them, so the same checks hold at every door, admin cutoffs included.
+
+Agents and resource servers authenticate with their workload identity token as a Bearer token; admins
+with theirs, or with a user token that holds the admin group. A task token never authenticates anyone
+(transaction tokens §13.12): it fails workload verification.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from token_exchange.actors import ActorVerifier, VerifiedActor
+from token_exchange.errors import AccessDenied, InvalidClient
+from token_exchange.jws import TokenError
+from token_exchange.user_tokens import UserTokenVerifier, VerifiedSubject
+
+from .records import CredentialRevoked, Presented
+from .resources import Resources
+from .store import Credentials, check_credentials
+
+
+@dataclass(frozen=True, slots=True)
+class AdminRule:
+    """Who may use /admin: users whose token's `claim` holds `value`, or these workload ids."""
+
+    claim: str = "groups"
+    value: str | None = None
+    workload_ids: frozenset[str] = frozenset()
+
+
+class Callers:
+    def __init__(self, *, actors: ActorVerifier, users: UserTokenVerifier, credentials: Credentials,
+                 resources: Resources, admins: AdminRule) -> None:
+        self._actors = actors
+        self._users = users
+        self._credentials = credentials
+        self._resources = resources
+        self._admins = admins
+
+    async def agent(self, token: str, *, now: int) -> VerifiedActor:
+        """The calling agent, from its workload identity token (audience: this gateway)."""
+        try:
+            actor = await self._actors.verify(token, now=now)
+        except TokenError as exc:
+            raise InvalidClient(f"JWT-SVID rejected: {exc}") from exc
+        await self._not_revoked(Presented(actor.ref, actor.issued_at), "JWT-SVID rejected")
+        return actor
+
+    async def resource_client(self, token: str, *, now: int) -> VerifiedActor:
+        """An agent listed in some resource's `clients`: may introspect and read the revocation feed."""
+        caller = await self.agent(token, now=now)
+        if not self._resources.is_client(caller.id):
+            raise AccessDenied("this SPIFFE ID is not a client of any resource")
+        return caller
+
+    async def admin(self, token: str, *, now: int) -> str:
+        """An admin: a workload in the admin list, or a user whose token's admin claim holds the value."""
+        try:
+            actor = await self._actors.verify(token, now=now)
+        except TokenError:
+            return await self._admin_user(token, now)
+        await self._not_revoked(Presented(actor.ref, actor.issued_at), "JWT-SVID rejected")
+        if actor.id in self._admins.workload_ids:
+            return actor.id
+        raise AccessDenied("this SPIFFE ID is not an admin")
+
+    async def _admin_user(self, token: str, now: int) -> str:
+        try:
+            user = await self._users.verify(token, now=now)
+        except TokenError as exc:
+            raise InvalidClient(f"admin token rejected: {exc}") from exc
+        await self._not_revoked(_presented_by(user), "admin token rejected")
+        held = user.claims.get(self._admins.claim)
+        values = held if isinstance(held, list) else [held]
+        if self._admins.value is None or self._admins.value not in values:
+            raise AccessDenied("this user is not in the admin group")
+        return f"{user.issuer}#{user.subject}"
+
+    async def _not_revoked(self, presented: Presented, rejected: str) -> None:
+        try:
+            await check_credentials(self._credentials, presented)
+        except CredentialRevoked as exc:
+            party = "agent" if exc.which == "actor" else "user"
+            raise InvalidClient(f"{rejected}: issued before an admin revoked this {party}") from exc
+
+
+def _presented_by(user: VerifiedSubject) -> Presented:
+    """A user token alone: checked against the user's cutoff (no agent is involved)."""
+    return Presented(None, None, (user.issuer, user.subject), user.issued_at)

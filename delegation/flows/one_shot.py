@@ -1,0 +1,37 @@
+"""A user's token and the agent's identity for one access token (RFC 8693 §2.1), within an implicit task
+that ends with the token; its life is capped by the user token's."""
+
+from __future__ import annotations
+
+from token_exchange.rfc8693 import ACCESS_TOKEN_TYPE, TXN_TOKEN_TYPE, ExchangeRequest, TokenResponse
+from token_exchange.txn_tokens import TaskContext
+
+from ..policy import PolicyInput
+from ..tasks import Task
+from ..token_endpoint import FlowContext
+from .steps import ExchangeSteps, granted, narrowed
+
+
+class OneShotAccess:
+    action = "exchange"
+
+    def __init__(self, steps: ExchangeSteps) -> None:
+        self.steps = steps
+
+    def can_handle(self, exchange: ExchangeRequest) -> bool:
+        return exchange.subject.token_type != TXN_TOKEN_TYPE and exchange.requested_token_type == ACCESS_TOKEN_TYPE
+
+    async def handle(self, ctx: FlowContext) -> TokenResponse:
+        steps, req = self.steps, ctx.exchange
+        actor = await steps.actor(ctx)
+        user = await steps.user(ctx)
+        presented = await steps.credentials(actor, user)
+        resource = steps.resource(req.single_target())
+        wanted = narrowed(req.scope & user.scope & resource.scopes, "held by the user and offered by the resource")
+        task = Task.new_root(agent=actor.ref, user_issuer=user.issuer, user_subject=user.subject, scope=user.scope,
+                             audiences=(), context=TaskContext(), created_at=ctx.now, deadline=user.expires_at,
+                             implicit=True)
+        query = PolicyInput.build("exchange", task=task, subject=user, actor=actor, request=req,
+                                  audiences=[resource.audience], now=ctx.now)
+        decision = await steps.decide(query, ctx)
+        return await steps.issue_access(task, resource, granted(decision, wanted), decision, ctx, presented)

@@ -1,0 +1,43 @@
+"""Opening a task (transaction tokens draft §11): a task token for one user, one agent, a set of resources
+and a scope ceiling, from the user's token."""
+
+from __future__ import annotations
+
+from token_exchange.errors import InvalidRequest
+from token_exchange.rfc8693 import TXN_TOKEN_TYPE, ExchangeRequest, TokenResponse
+from token_exchange.txn_tokens import TaskContext
+
+from ..policy import PolicyInput
+from ..tasks import Task
+from ..token_endpoint import FlowContext
+from .steps import ExchangeSteps, granted, narrowed, union_scopes
+
+
+class OpenTask:
+    action = "open_task"
+
+    def __init__(self, steps: ExchangeSteps) -> None:
+        self.steps = steps
+
+    def can_handle(self, exchange: ExchangeRequest) -> bool:
+        return exchange.subject.token_type != TXN_TOKEN_TYPE and exchange.requested_token_type == TXN_TOKEN_TYPE
+
+    async def handle(self, ctx: FlowContext) -> TokenResponse:
+        steps, req, now = self.steps, ctx.exchange, ctx.now
+        actor = await steps.actor(ctx)
+        user = await steps.user(ctx)
+        presented = await steps.credentials(actor, user)
+        if user.expires_at <= now:  # within the clock-skew leeway, but no task starts from it
+            raise InvalidRequest("subject_token rejected: expired")
+        resources = steps.task_resources(req)
+        wanted = narrowed(req.scope & user.scope & union_scopes(resources),
+                          "held by the user and offered by the resources")
+        lifetimes = steps.lifetimes
+        deadline = now + min(req.task_ttl or lifetimes.task_default_ttl, lifetimes.task_max_ttl)
+        task = Task.new_root(agent=actor.ref, user_issuer=user.issuer, user_subject=user.subject, scope=wanted,
+                             audiences=tuple(r.audience for r in resources), created_at=now, deadline=deadline,
+                             context=TaskContext(req.purpose, req.details, req.context))
+        query = PolicyInput.build("open_task", task=task, subject=user, actor=actor, request=req,
+                                  audiences=list(task.audiences), now=now)
+        decision = await steps.decide(query, ctx)
+        return await steps.issue_task(task, granted(decision, wanted), decision, ctx, presented)

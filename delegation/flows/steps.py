@@ -1,0 +1,208 @@
+"""The steps the token-exchange flows are made of, each raising the OAuth error that fits (RFC 8693 §2.2.2).
+
+A flow reads as its RFC order: verify the actor, then the subject (a user token or a task token), check
+the credentials against admin cutoffs, narrow target and scope, ask the policy, then sign and record.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, replace
+from typing import TypeVar
+
+from token_exchange.actors import ActorVerifier, VerifiedActor, actor_claim
+from token_exchange.errors import (
+    POLICY_ERRORS,
+    InvalidRequest,
+    InvalidScope,
+    InvalidTarget,
+    TemporarilyUnavailable,
+    UnauthorizedClient,
+)
+from token_exchange.jws import TokenError
+from token_exchange.rfc8693 import ACCESS_TOKEN_TYPE, ExchangeRequest, Target, TokenResponse
+from token_exchange.rfc9068 import ACCESS_TOKEN_JWT_TYPE, Grant, Signer, access_token_claims
+from token_exchange.scope import Scope
+from token_exchange.txn_tokens import TASK_TOKEN_JWT_TYPE, TXN_TOKEN_TYPE, OwnTokenVerifier, task_token_claims
+from token_exchange.user_tokens import UserTokenVerifier, VerifiedSubject
+
+from ..audit import AuditEvent
+from ..policy import Decision, PolicyEngine, PolicyInput
+from ..records import CredentialRevoked, IssuedTokenRecord, Presented, StoreError, TaskEnded
+from ..resources import Resource, Resources
+from ..store import TaskRecords, check_credentials
+from ..tasks import Task
+from ..token_endpoint import FlowContext
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+REVOKED_CREDENTIAL = {
+    "actor": "actor_token rejected: issued before an admin revoked this agent",
+    "user": "subject_token rejected: issued before an admin revoked this user",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Lifetimes:
+    default_ttl: int
+    max_ttl: int
+    task_default_ttl: int = 900
+    task_max_ttl: int = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeSteps:
+    """What the flows share: the verifiers, resources, policy, signer and store, and the steps on them."""
+
+    actors: ActorVerifier
+    users: UserTokenVerifier
+    own_tokens: OwnTokenVerifier
+    resources: Resources
+    policy: PolicyEngine
+    signer: Signer
+    records: TaskRecords
+    lifetimes: Lifetimes
+
+    async def actor(self, ctx: FlowContext) -> VerifiedActor:
+        """The agent, by its workload identity token; a `client_id`, if sent, must name it."""
+        try:
+            actor = await self.actors.verify(ctx.exchange.actor.token, now=ctx.now)
+        except TokenError as exc:  # RFC 8693 §2.2.2: a bad actor token is invalid_request
+            raise InvalidRequest(f"actor_token rejected: {exc}") from exc
+        ctx.audit.agent = actor.id
+        if ctx.exchange.client_id is not None and ctx.exchange.client_id != actor.id:
+            raise UnauthorizedClient("client_id does not match the actor_token SPIFFE ID")
+        return actor
+
+    async def user(self, ctx: FlowContext) -> VerifiedSubject:
+        """The user, by their token from a configured identity provider."""
+        try:
+            subject = await self.users.verify(ctx.exchange.subject.token, now=ctx.now)
+        except TokenError as exc:
+            raise InvalidRequest(f"subject_token rejected: {exc}") from exc
+        ctx.audit.user_issuer, ctx.audit.user_subject = subject.issuer, subject.subject
+        return subject
+
+    async def live_task(self, ctx: FlowContext) -> Task:
+        """The open task a task token names; its signature, `typ`, `aud` and deadline checked."""
+        try:
+            verified = await self.own_tokens.verify(ctx.exchange.subject.token, typ=TASK_TOKEN_JWT_TYPE,
+                                                    now=ctx.now, audience=self.signer.issuer)
+        except TokenError as exc:
+            raise InvalidRequest(f"subject_token rejected: {exc}") from exc
+        task_id = verified.claims.get("txn")
+        task = await self.store(self.records.task(task_id)) if isinstance(task_id, str) else None
+        if task is None:
+            raise InvalidRequest("subject_token rejected: unknown task")
+        ctx.audit.user_issuer, ctx.audit.user_subject, ctx.audit.task_id = task.user_issuer, task.user_subject, task.id
+        if ended := task.ended(ctx.now):
+            raise InvalidRequest(f"subject_token rejected: the task has ended ({ended})")
+        return task
+
+    async def credentials(self, actor: VerifiedActor, subject: VerifiedSubject | None = None) -> Presented:
+        """Credentials issued before an admin revoked their agent, domain or user are refused; the same
+        check runs again inside the write's transaction (`Presented`)."""
+        user = (subject.issuer, subject.subject) if subject is not None else None
+        presented = Presented(actor.ref, actor.issued_at, user, subject.issued_at if subject else None)
+        await self.store(check_credentials(self.records, presented))
+        return presented
+
+    def resource(self, target: Target) -> Resource:
+        return self.resources.resolve(target)
+
+    def task_resources(self, exchange: ExchangeRequest) -> list[Resource]:
+        if not exchange.targets:
+            raise InvalidTarget("a task needs at least one resource or audience")
+        resources = [self.resources.resolve(t) for t in exchange.targets]
+        if len({r.audience for r in resources}) != len(resources):
+            raise InvalidTarget("a resource is named twice")
+        return resources
+
+    async def decide(self, query: PolicyInput, ctx: FlowContext) -> Decision:
+        decision = await self.policy.decide(query)
+        ctx.audit.reasons, ctx.audit.policy_revision = decision.reasons, decision.revision
+        if decision.decision_id is not None:
+            ctx.audit.decision_id = decision.decision_id
+        if not decision.allow:
+            error = POLICY_ERRORS.get(decision.error or "", UnauthorizedClient)
+            raise error(f"policy refused: {decision.reasons[0] if decision.reasons else 'no reason given'}")
+        return decision
+
+    async def issue_access(self, task: Task, resource: Resource, scope: Scope, decision: Decision,
+                           ctx: FlowContext, presented: Presented) -> TokenResponse:
+        """Sign and record one access token for `resource` within `task` (an implicit task is recorded with
+        it and ends with it)."""
+        now = ctx.now
+        ttl = min(decision.ttl or self.lifetimes.default_ttl, resource.max_ttl, self.lifetimes.max_ttl,
+                  task.deadline - now)
+        if ttl <= 0:
+            raise InvalidRequest("subject_token rejected: expired")
+        claims = access_token_claims(Grant(resource.audience, scope, ttl), subject=task.user_subject,
+                                     actor=actor_claim(task.chain), now=now)
+        token = self.signer.sign({**claims, "txn": task.id}, typ=ACCESS_TOKEN_JWT_TYPE)
+        record = IssuedTokenRecord(
+            jti=token.jti, user_issuer=task.user_issuer, user_subject=task.user_subject, agent=task.agent.id,
+            audience=resource.audience, scope=str(scope), issued_at=now, expires_at=token.expires_at,
+            task_id=task.id, agent_domain=task.agent.domain,
+        )
+        event = ctx.audit.granted(scope=str(scope), jti=token.jti, task_id=task.id, audience=resource.audience)
+        created = replace(task, scope=scope, audiences=(resource.audience,), deadline=token.expires_at)
+        await self.store(self.records.record_grant(record, event, presented=presented,
+                                                   task=created if task.implicit else None))
+        _log_granted(event)
+        return TokenResponse(token.token, ACCESS_TOKEN_TYPE, "Bearer", ttl, scope, (("task_id", task.id),))
+
+    async def issue_task(self, task: Task, scope: Scope, decision: Decision, ctx: FlowContext,
+                         presented: Presented) -> TokenResponse:
+        """Sign and record a task token: the task as decided (its scope, and a deadline the policy may shorten)."""
+        now = ctx.now
+        deadline = min(task.deadline, now + decision.ttl) if decision.ttl is not None else task.deadline
+        task = replace(task, scope=scope, deadline=deadline)
+        token = self.signer.sign(
+            task_token_claims(task_id=task.id, user=task.user_subject, chain=task.chain, scope=scope,
+                              audience=self.signer.issuer, context=task.context, now=now, deadline=task.deadline),
+            typ=TASK_TOKEN_JWT_TYPE,
+        )
+        event = ctx.audit.granted(scope=str(scope), jti=token.jti, task_id=task.id, audience=" ".join(task.audiences))
+        await self.store(self.records.record_task(task, event, presented=presented))
+        _log_granted(event)
+        return TokenResponse(token.token, TXN_TOKEN_TYPE, "N_A", task.deadline - now, scope, (("task_id", task.id),))
+
+    @staticmethod
+    async def store(awaitable: Awaitable[T]) -> T:
+        """A store call; its failures become the refusal that fits, with nothing issued."""
+        try:
+            return await awaitable
+        except TaskEnded as exc:  # ended while this request was being decided: nothing was written
+            raise InvalidRequest("subject_token rejected: the task has ended") from exc
+        except CredentialRevoked as exc:  # revoked while this request was being decided
+            raise InvalidRequest(REVOKED_CREDENTIAL[exc.which]) from exc
+        except StoreError as exc:
+            log.error("exchange.store_failed", extra={"error": str(exc)})
+            raise TemporarilyUnavailable("the gateway could not reach its store; nothing was issued") from exc
+
+
+def narrowed(wanted: Scope, where: str) -> Scope:
+    """RFC 8693 §2.2.2: nothing requested is available `where` → invalid_scope, before the policy is asked."""
+    if not wanted:
+        raise InvalidScope(f"none of the requested scopes is {where}")
+    return wanted
+
+
+def granted(decision: Decision, wanted: Scope) -> Scope:
+    """Whatever the policy says, the scope only narrows."""
+    scope = wanted & Scope.of(list(decision.scope))
+    if not scope:
+        reason = decision.reasons[0] if decision.reasons else "no reason given"
+        raise InvalidScope(f"policy grants none of the requested scopes: {reason}")
+    return scope
+
+
+def union_scopes(resources: Sequence[Resource]) -> Scope:
+    return Scope(frozenset().union(*(r.scopes.values for r in resources)))
+
+
+def _log_granted(event: AuditEvent) -> None:
+    if log.isEnabledFor(logging.INFO):
+        log.info(f"{event.action}.granted", extra={"event": event.as_dict()})

@@ -1,0 +1,36 @@
+"""An access token within an open task, for its own agent: one of the task's resources, within its scope."""
+
+from __future__ import annotations
+
+from token_exchange.errors import InvalidRequest, InvalidTarget
+from token_exchange.rfc8693 import ACCESS_TOKEN_TYPE, TXN_TOKEN_TYPE, ExchangeRequest, TokenResponse
+
+from ..policy import PolicyInput
+from ..token_endpoint import FlowContext
+from .steps import ExchangeSteps, granted, narrowed
+
+
+class TaskAccess:
+    action = "exchange"
+
+    def __init__(self, steps: ExchangeSteps) -> None:
+        self.steps = steps
+
+    def can_handle(self, exchange: ExchangeRequest) -> bool:
+        return exchange.subject.token_type == TXN_TOKEN_TYPE and exchange.requested_token_type == ACCESS_TOKEN_TYPE
+
+    async def handle(self, ctx: FlowContext) -> TokenResponse:
+        steps, req = self.steps, ctx.exchange
+        actor = await steps.actor(ctx)
+        presented = await steps.credentials(actor)
+        task = await steps.live_task(ctx)
+        if task.agent != actor.ref:  # transaction tokens §13.12: a task token authenticates nobody
+            raise InvalidRequest("subject_token rejected: the task belongs to another agent")
+        resource = steps.resource(req.single_target())
+        if resource.audience not in task.audiences:
+            raise InvalidTarget("the task does not include this resource")
+        wanted = narrowed(req.scope & task.scope & resource.scopes, "within the task and offered by the resource")
+        query = PolicyInput.build("exchange", task=task, subject=None, actor=actor, request=req,
+                                  audiences=[resource.audience], now=ctx.now)
+        decision = await steps.decide(query, ctx)
+        return await steps.issue_access(task, resource, granted(decision, wanted), decision, ctx, presented)

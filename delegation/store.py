@@ -1,0 +1,160 @@
+"""The store's seams: one small Protocol per caller, and the views the admin API returns.
+
+Every implementation (`stores/sqlite.py`; PostgreSQL next) provides all of them and passes the contract
+suite in `tests/delegation/test_store_contract.py`. Writes that depend on a check (a task still open, a
+credential not cut off) make the check inside their own transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+from token_exchange.actors import ActorRef
+
+from .audit import AuditEvent
+from .records import CredentialRevoked, IssuedTokenRecord, Party, Presented, barred
+from .tasks import Revocation, Task
+
+
+class TokenState(NamedTuple):
+    """An issued token's record, whether it was revoked on its own, and its task (None once purged)."""
+
+    record: IssuedTokenRecord
+    revoked: bool
+    task: Task | None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenView:
+    """One issued token, as `/admin/tasks/{id}` lists it."""
+
+    jti: str
+    user_issuer: str
+    user_subject: str
+    agent: str
+    audience: str
+    scope: str
+    issued_at: int
+    expires_at: int
+    task_id: str | None
+    revoked_at: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskDetail:
+    task: Task
+    children: tuple[str, ...]
+    tokens: tuple[TokenView, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """An audit event as stored, with its position in the trail."""
+
+    id: int
+    event: AuditEvent
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, **self.event.as_dict()}
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    task: str | None = None
+    agent: str | None = None
+    user: str | None = None
+    since: int | None = None
+    until: int | None = None
+    limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class TaskQuery:
+    agent: str | None = None
+    user: str | None = None
+    state: str | None = None
+    limit: int = 100
+
+
+class Credentials(Protocol):
+    """Admin cutoffs: credentials issued (`iat`) at or before a party's revocation no longer count."""
+
+    async def cutoffs(self, actor: ActorRef | None, *, user: tuple[str, str] | None
+                      ) -> tuple[int | None, int | None]:
+        """(the agent's or its domain's cutoff, the user's cutoff), each None if never revoked."""
+        ...
+
+
+async def check_credentials(store: Credentials, presented: Presented) -> None:
+    """Raises `CredentialRevoked` when an admin revocation of the agent or user bars these credentials."""
+    if which := barred(presented, await store.cutoffs(presented.actor, user=presented.user)):
+        raise CredentialRevoked(which)
+
+
+class TaskRecords(Credentials, Protocol):
+    """What the token endpoint writes: each grant commits with its task and audit event, or not at all.
+
+    `presented` is re-checked in the transaction: `CredentialRevoked`, or `TaskEnded` for a write under
+    a task that ended meanwhile."""
+
+    async def task(self, task_id: str) -> Task | None: ...
+
+    async def record_grant(self, token: IssuedTokenRecord, event: AuditEvent, *, presented: Presented,
+                           task: Task | None = None) -> None: ...
+
+    async def record_task(self, task: Task, event: AuditEvent, *, presented: Presented) -> None: ...
+
+
+class AuditLog(Protocol):
+    async def append_audit(self, event: AuditEvent) -> None: ...
+
+    async def audit_events(self, query: AuditQuery) -> list[AuditRecord]: ...
+
+
+class TaskEnding(Protocol):
+    """Ending tasks (with descendants and tokens) and revoking tokens; each call is one transaction."""
+
+    async def task(self, task_id: str) -> Task | None: ...
+
+    async def token(self, jti: str) -> TokenState | None: ...
+
+    async def end_tasks(self, roots: Sequence[str], *, state: str, reason: str, now: int,
+                        event: AuditEvent | None = None) -> Revocation | None: ...
+
+    async def end_matching(self, party: Party, *, reason: str, now: int,
+                           event: AuditEvent | None = None) -> Revocation | None:
+        """Revoke every open task of the party and record its cutoff (see `Credentials`)."""
+        ...
+
+    async def revoke_token(self, jti: str, *, reason: str, now: int, event: AuditEvent | None = None
+                           ) -> Revocation | None: ...
+
+
+class RevocationFeed(Protocol):
+    async def revocations(self, since: int, limit: int) -> list[Revocation]:
+        """Events after cursor `since`, oldest first."""
+        ...
+
+    def follow(self, cursor: int) -> AsyncIterator[Revocation]:
+        """Every event after `cursor`, as soon as it is committed by any worker; never ends."""
+        ...
+
+
+class AdminViews(Protocol):
+    async def tasks(self, query: TaskQuery) -> list[Task]: ...
+
+    async def task_detail(self, task_id: str) -> TaskDetail | None: ...
+
+
+class Maintenance(Protocol):
+    async def expire_and_purge(self, *, now: int, retention: int) -> tuple[int, int]:
+        """Expire open tasks past their deadline; purge what ended over `retention` seconds ago."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class Store(TaskRecords, AuditLog, TaskEnding, RevocationFeed, AdminViews, Maintenance, Protocol):
+    """Everything the gateway uses; `stores.open_store(url)` opens one."""

@@ -1,0 +1,125 @@
+"""The SQLite schema and its migrations, versioned by `PRAGMA user_version`."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from ..records import StoreError
+
+# Each commit writes one WAL frame per page it dirties, so the hot path's inserts touch as few B-trees as
+# they can: keyed tables are WITHOUT ROWID, and indexes that only ended or delegated tasks need are partial.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE tasks (
+        id TEXT PRIMARY KEY,
+        parent_id TEXT REFERENCES tasks (id) ON DELETE CASCADE,
+        root_id TEXT NOT NULL,
+        chain TEXT NOT NULL,
+        agent TEXT NOT NULL,
+        user_issuer TEXT NOT NULL,
+        user_subject TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        audiences TEXT NOT NULL,
+        purpose TEXT,
+        created_at INTEGER NOT NULL,
+        deadline INTEGER NOT NULL,
+        implicit INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        ended_at INTEGER
+    ) WITHOUT ROWID;
+    CREATE INDEX tasks_open ON tasks (deadline) WHERE state = 'open';
+    CREATE INDEX tasks_ended ON tasks (ended_at) WHERE state != 'open';
+    CREATE INDEX tasks_children ON tasks (parent_id) WHERE parent_id IS NOT NULL;
+    CREATE INDEX tasks_agent ON tasks (agent);
+    CREATE TABLE issued_tokens (
+        jti TEXT PRIMARY KEY,
+        user_issuer TEXT NOT NULL,
+        user_subject TEXT NOT NULL,
+        agent TEXT NOT NULL,
+        audience TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        issued_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        task_id TEXT,
+        revoked_at INTEGER
+    ) WITHOUT ROWID;
+    CREATE INDEX issued_tokens_task ON issued_tokens (task_id);
+    CREATE INDEX issued_tokens_expiry ON issued_tokens (expires_at);
+    CREATE TABLE audit_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        decision_id TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        action TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        error TEXT,
+        agent TEXT,
+        user_issuer TEXT,
+        user_subject TEXT,
+        audience TEXT,
+        requested_scope TEXT,
+        granted_scope TEXT,
+        reasons TEXT NOT NULL,
+        policy_revision TEXT,
+        jti TEXT,
+        task_id TEXT
+    );
+    CREATE INDEX audit_events_at ON audit_events (at);
+    CREATE INDEX audit_events_task ON audit_events (task_id);
+    CREATE TABLE revocations (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        at INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        task_ids TEXT NOT NULL,
+        jtis TEXT NOT NULL
+    );
+    CREATE INDEX revocations_at ON revocations (at);
+    CREATE TABLE credential_cutoffs (
+        kind TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        issuer TEXT NOT NULL,
+        issued_before INTEGER NOT NULL,
+        PRIMARY KEY (kind, subject, issuer)
+    ) WITHOUT ROWID;
+    """,
+    # 2: agents are workloads of any kind, named by id within a domain (a SPIFFE trust domain or an
+    # issuer); a task keeps its chain as {id, kind, domain} objects and its context (draft tctx/rctx).
+    """
+    ALTER TABLE tasks ADD COLUMN agent_domain TEXT NOT NULL DEFAULT '';
+    ALTER TABLE tasks ADD COLUMN context TEXT NOT NULL DEFAULT '{}';
+    UPDATE tasks SET agent_domain = substr(agent, 10, instr(substr(agent, 10) || '/', '/') - 1)
+        WHERE agent LIKE 'spiffe://%';
+    UPDATE tasks SET chain = (
+        SELECT json_group_array(json_object('id', value, 'kind', 'spiffe',
+                                            'domain', substr(value, 10, instr(substr(value, 10) || '/', '/') - 1)))
+        FROM json_each(tasks.chain));
+    ALTER TABLE issued_tokens ADD COLUMN agent_domain TEXT NOT NULL DEFAULT '';
+    UPDATE issued_tokens SET agent_domain = substr(agent, 10, instr(substr(agent, 10) || '/', '/') - 1)
+        WHERE agent LIKE 'spiffe://%';
+    UPDATE credential_cutoffs SET kind = 'domain' WHERE kind = 'trust_domain';
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migrate(connection: sqlite3.Connection) -> None:
+    """Bring the schema to SCHEMA_VERSION (PRAGMA user_version); refuse a newer database.
+
+    Each step runs under BEGIN IMMEDIATE and re-reads the version, so concurrent workers migrate once.
+    """
+    while True:
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"database schema {version} is newer than this Deputy ({SCHEMA_VERSION})")
+            if version == SCHEMA_VERSION:
+                connection.execute("COMMIT")
+                return
+            for statement in MIGRATIONS[version].split(";"):
+                if statement.strip():
+                    connection.execute(statement)
+            connection.execute(f"PRAGMA user_version = {version + 1}")
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise

@@ -1,0 +1,259 @@
+"""The store contract: every store implementation, on a real database, passes the same cases (schema
+versioning, atomic grants, cascading revocation, expiry and retention, credential cutoffs, and checks
+made inside the write's transaction). Implementations: SQLite (PostgreSQL with the scale-out issue)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from delegation.audit import AuditEvent
+from delegation.records import CredentialRevoked, IssuedTokenRecord, Party, Presented, StoreError, TaskEnded
+from delegation.store import AuditQuery, Store
+from delegation.stores import open_store
+from delegation.stores.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
+from delegation.tasks import Task
+from token_exchange.actors import ActorRef
+from token_exchange.scope import Scope
+
+NOW = 1_800_000_000
+IMPLEMENTATIONS = ["sqlite"]
+
+
+def agent_ref(spiffe_id: str) -> ActorRef:
+    return ActorRef(spiffe_id, "spiffe", spiffe_id.removeprefix("spiffe://").partition("/")[0])
+
+
+A = agent_ref("spiffe://example.org/a")
+PRESENTED = Presented(A, NOW)
+
+
+def task(task_id: str, *, parent: Task | None = None, agent: str = "spiffe://example.org/a",
+         deadline: int = NOW + 600) -> Task:
+    return Task(id=task_id, parent_id=parent.id if parent else None, root_id=parent.root_id if parent else task_id,
+                chain=(*(parent.chain if parent else ()), agent_ref(agent)), user_issuer="https://idp",
+                user_subject="alice", scope=Scope(frozenset({"mail.read"})), audiences=("https://mail",),
+                created_at=NOW, deadline=deadline)
+
+
+def token(jti: str, task_id: str, expires_at: int = NOW + 300) -> IssuedTokenRecord:
+    return IssuedTokenRecord(jti, "https://idp", "alice", A.id, "https://mail", "mail.read", NOW, expires_at,
+                             task_id, A.domain)
+
+
+def event(action: str = "exchange", task_id: str | None = None) -> AuditEvent:
+    return AuditEvent(decision_id=f"d-{action}-{task_id}", at=NOW, action=action, outcome="granted",
+                      task_id=task_id)
+
+
+def store_url(implementation: str, directory: Path) -> str:
+    assert implementation == "sqlite"
+    return f"sqlite:///{directory / 'deputy.db'}"
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    opened = await open_store(store_url(request.param, tmp_path))
+    yield opened
+    await opened.close()
+
+
+async def record_task(store: Store, t: Task, e: AuditEvent) -> None:
+    await store.record_task(t, e, presented=PRESENTED)
+
+
+async def record_grant(store: Store, t: IssuedTokenRecord, e: AuditEvent) -> None:
+    await store.record_grant(t, e, presented=PRESENTED)
+
+
+async def issued_count(store: Store, task_id: str) -> int:
+    detail = await store.task_detail(task_id)
+    return len(detail.tokens) if detail else 0
+
+
+async def test_schema_is_versioned_and_a_newer_database_is_refused(tmp_path: Path) -> None:
+    store = await open_store(store_url("sqlite", tmp_path))
+    await store.close()
+    with sqlite3.connect(tmp_path / "deputy.db") as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(StoreError, match="newer"):
+        await open_store(store_url("sqlite", tmp_path))
+
+
+async def test_database_file_is_private(tmp_path: Path, store: Store) -> None:
+    assert (tmp_path / "deputy.db").stat().st_mode & 0o777 == 0o600
+
+
+async def test_concurrent_grants_commit_together_and_a_duplicate_fails_alone(store: Store) -> None:
+    root = task("t1")
+    await record_task(store, root, event("open_task", "t1"))
+    results = await asyncio.gather(
+        *(record_grant(store, token(f"j{i}", "t1"), event(f"x{i}", "t1")) for i in range(50)),
+        record_grant(store, token("j0", "t1"), event("dup", "t1")),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(r, StoreError) for r in results) == 1
+    assert await issued_count(store, "t1") == 50
+    # nothing half-written: the failed grant's audit event was rolled back with it
+    actions = [e.event.action for e in await store.audit_events(AuditQuery(task="t1", limit=1000))]
+    assert "dup" not in actions and len(actions) == 51  # open_task + 50 grants
+
+
+async def test_ending_a_task_ends_descendants_and_their_tokens_atomically(store: Store) -> None:
+    root = task("root")
+    child = task("child", parent=root, agent="spiffe://example.org/b")
+    grandchild = task("grandchild", parent=child, agent="spiffe://example.org/c")
+    other = task("other")
+    for t in (root, child, grandchild, other):
+        await record_task(store, t, event("open_task", t.id))
+    for jti, owner in (("j-root", "root"), ("j-child", "child"), ("j-grand", "grandchild"), ("j-other", "other")):
+        await record_grant(store, token(jti, owner), event("exchange", jti))
+    revocation = await store.end_tasks(["root"], state="completed", reason="done", now=NOW + 1)
+    assert revocation is not None
+    assert set(revocation.task_ids) == {"root", "child", "grandchild"}
+    assert set(revocation.jtis) == {"j-root", "j-child", "j-grand"}
+    assert (await store.task("grandchild")).state == "completed"  # type: ignore[union-attr]
+    assert (await store.task("other")).state == "open"  # type: ignore[union-attr]
+    assert await store.end_tasks(["root"], state="completed", reason="again", now=NOW + 2) is None
+    feed = await store.revocations(0, 10)
+    assert [e.task_ids for e in feed] == [revocation.task_ids]
+
+
+async def test_tasks_past_deadline_expire_with_an_audit_event_and_are_purged_after_retention(
+        store: Store) -> None:
+    await record_task(store, task("late", deadline=NOW + 10), event("open_task", "late"))
+    await record_task(store, task("live", deadline=NOW + 10_000), event("open_task", "live"))
+    expired, purged = await store.expire_and_purge(now=NOW + 11, retention=100)
+    assert (expired, purged) == (1, 0)
+    assert (await store.task("late")).state == "expired"  # type: ignore[union-attr]
+    assert (await store.audit_events(AuditQuery(task="late")))[0].event.action == "expire"
+    expired, purged = await store.expire_and_purge(now=NOW + 500, retention=100)
+    assert (expired, purged) == (0, 1)
+    assert await store.task("late") is None
+    assert (await store.task("live")).state == "open"  # type: ignore[union-attr]
+
+
+async def test_revoking_everything_of_a_trust_domain_spares_other_domains(store: Store) -> None:
+    await record_task(store, task("mine"), event("open_task", "mine"))
+    await record_task(store, task("theirs", agent="spiffe://example.org.evil/a"), event("open_task", "theirs"))
+    revocation = await store.end_matching(Party("domain", "example.org"), reason="incident", now=NOW)
+    assert revocation is not None and revocation.task_ids == ("mine",)
+    assert (await store.task("theirs")).state == "open"  # type: ignore[union-attr]
+
+
+async def test_revoking_a_user_without_issuer_covers_every_issuer_and_with_one_only_that(store: Store) -> None:
+    other_idp = Task(id="elsewhere", parent_id=None, root_id="elsewhere", chain=(A,),
+                     user_issuer="https://other-idp", user_subject="alice", scope=Scope(frozenset({"x"})),
+                     audiences=("https://mail",), created_at=NOW, deadline=NOW + 600)
+    for t in (task("here"), other_idp):
+        await record_task(store, t, event("open_task", t.id))
+    one = await store.end_matching(Party("user", "alice", "https://idp"), reason="incident", now=NOW)
+    assert one is not None and one.task_ids == ("here",)
+    every = await store.end_matching(Party("user", "alice"), reason="incident", now=NOW)
+    assert every is not None and every.task_ids == ("elsewhere",)
+
+
+async def test_nothing_is_written_under_a_task_that_ended_meanwhile(store: Store) -> None:
+    parent = task("parent")
+    await record_task(store, parent, event("open_task", "parent"))
+    await store.end_tasks(["parent"], state="completed", reason="done", now=NOW + 1)
+    child = task("late-child", parent=parent, agent="spiffe://example.org/b")
+    with pytest.raises(TaskEnded):
+        await record_task(store, child, event("delegate", "late-child"))
+    with pytest.raises(TaskEnded):
+        await record_grant(store, token("late-jti", "parent", expires_at=NOW + 300), event("exchange", "late"))
+    assert await store.task("late-child") is None and await store.token("late-jti") is None
+
+
+async def test_tokens_of_an_ended_task_stay_revoked_after_the_task_is_purged(store: Store) -> None:
+    await record_task(store, task("short"), event("open_task", "short"))
+    await record_grant(store, token("long-lived", "short", expires_at=NOW + 10_000), event("exchange", "ll"))
+    await store.end_tasks(["short"], state="completed", reason="done", now=NOW + 1)
+    await store.expire_and_purge(now=NOW + 500, retention=100)
+    assert await store.task("short") is None
+    found = await store.token("long-lived")
+    assert found is not None and found[1] is True  # revoked on its own record
+
+
+async def test_revoking_a_party_records_a_cutoff_for_its_credentials(store: Store) -> None:
+    agent, domain = A.id, A.domain
+    assert await store.cutoffs(A, user=("https://idp", "alice")) == (None, None)
+    await store.end_matching(Party("domain", domain), reason="incident", now=NOW)
+    await store.end_matching(Party("agent", agent), reason="incident", now=NOW + 5)
+    await store.end_matching(Party("user", "alice"), reason="incident", now=NOW + 7)  # every issuer
+    assert await store.cutoffs(A, user=("https://idp", "alice")) == (NOW + 5, NOW + 7)
+    assert await store.cutoffs(agent_ref("spiffe://other.org/b"), user=("https://idp", "bob")) == (None, None)
+    await store.end_matching(Party("agent", agent), reason="older", now=NOW + 1)  # a cutoff never moves back
+    assert (await store.cutoffs(A, user=None))[0] == NOW + 5
+
+
+async def test_a_grant_relying_on_an_agent_revoked_meanwhile_is_refused_inside_its_transaction(store: Store) -> None:
+    await record_task(store, task("t"), event("open_task", "t"))
+    await store.end_matching(Party("agent", A.id), reason="incident", now=NOW + 5)
+    with pytest.raises(CredentialRevoked) as caught:
+        await store.record_grant(token("stale", "t"), event("exchange", "stale"), presented=Presented(A, NOW))
+    assert caught.value.which == "actor" and await store.token("stale") is None
+    fresh = Presented(A, NOW + 6)  # a credential issued after the revocation works
+    with pytest.raises(TaskEnded):  # ... but the revoked agent's open task ended with it
+        await store.record_grant(token("fresh", "t"), event("exchange", "fresh"), presented=fresh)
+
+
+async def test_a_task_relying_on_a_user_revoked_meanwhile_is_refused_inside_its_transaction(store: Store) -> None:
+    await store.end_matching(Party("user", "alice", "https://idp"), reason="incident", now=NOW + 5)
+    stale = Presented(A, NOW + 9, ("https://idp", "alice"), NOW)
+    with pytest.raises(CredentialRevoked) as caught:
+        await store.record_task(task("late"), event("open_task", "late"), presented=stale)
+    assert caught.value.which == "user" and await store.task("late") is None
+    await store.record_task(task("other-idp"), event("open_task", "x"),
+                            presented=Presented(A, NOW + 9, ("https://other-idp", "alice"), NOW))
+    assert await store.task("other-idp") is not None
+
+
+async def test_a_revocation_committed_after_an_implicit_grant_covers_its_task_and_token(store: Store) -> None:
+    implicit = task("implicit")
+    await store.record_grant(token("one-shot", "implicit"), event("exchange", "implicit"), presented=PRESENTED,
+                             task=implicit)
+    revocation = await store.end_matching(Party("user", "alice"), reason="incident", now=NOW + 1)
+    assert revocation is not None and revocation.task_ids == ("implicit",) and revocation.jtis == ("one-shot",)
+    found = await store.token("one-shot")
+    assert found is not None and found.task is not None and found.task.state == "revoked"
+
+
+async def test_agents_of_other_kinds_are_revoked_by_id_within_their_domain(store: Store) -> None:
+    pod = ActorRef("system:serviceaccount:mail:agent", "kubernetes", "https://cluster-a.example")
+    twin = ActorRef("system:serviceaccount:mail:agent", "kubernetes", "https://cluster-b.example")
+    for name, agent in (("pod", pod), ("twin", twin)):
+        await store.record_task(replace(task(name), chain=(agent,)), event("open_task", name),
+                                presented=Presented(agent, NOW))
+    spared = await store.end_matching(Party("agent", pod.id, "https://cluster-c.example"), reason="x", now=NOW)
+    assert spared is None
+    one = await store.end_matching(Party("agent", pod.id, pod.domain), reason="x", now=NOW)
+    assert one is not None and one.task_ids == ("pod",)
+    domain = await store.end_matching(Party("domain", twin.domain), reason="x", now=NOW)
+    assert domain is not None and domain.task_ids == ("twin",)
+    assert (await store.task("twin")).chain == (twin,)  # type: ignore[union-attr]
+
+
+async def test_schema_1_tasks_are_migrated_to_actor_chains_and_domains(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "deputy.db") as db:
+        db.executescript(MIGRATIONS[0] + "; PRAGMA user_version = 1;")
+        db.execute("INSERT INTO tasks VALUES ('old', NULL, 'old', ?, ?, 'https://idp', 'alice', 'mail.read', ?,"
+                   " NULL, ?, ?, 0, 'open', NULL)",
+                   ('["spiffe://example.org/a", "spiffe://example.org/b"]', "spiffe://example.org/b",
+                    '["https://mail"]', NOW, NOW + 600))
+        db.execute("INSERT INTO credential_cutoffs VALUES ('trust_domain', 'example.org', '', ?)", (NOW,))
+    store = await open_store(store_url("sqlite", tmp_path))
+    try:
+        migrated = await store.task("old")
+        assert migrated is not None and migrated.chain == (A, agent_ref("spiffe://example.org/b"))
+        assert await store.cutoffs(A, user=None) == (NOW, None)
+        revocation = await store.end_matching(Party("domain", "example.org"), reason="x", now=NOW + 1)
+        assert revocation is not None and revocation.task_ids == ("old",)
+    finally:
+        await store.close()
