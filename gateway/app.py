@@ -6,8 +6,8 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,9 +19,8 @@ from starlette.types import Receive, Scope, Send
 from delegation.records import StoreError
 from token_exchange.errors import InvalidClient, OAuthError, TemporarilyUnavailable, rfc6749_charset
 from token_exchange.rfc6749 import TokenRequest
-from token_exchange.rfc8414 import well_known_path
 
-from . import admin_routes, keystore, task_routes
+from . import admin_routes, discovery_routes, keystore, task_routes
 from .auth import deputy
 from .http_forms import read_form
 from .wiring import Deputy, Prepared, running
@@ -32,6 +31,24 @@ GC_THRESHOLDS = (50_000, 50, 100)  # CPython's defaults are (700, 10, 10)
 
 
 def build_app(prepared: Prepared, keys: keystore.KeyRing) -> TokenFastPath:
+    app = FastAPI(
+        title="Deputy", lifespan=_lifespan(prepared, keys), docs_url=None, redoc_url=None, openapi_url=None,
+        telemetry={"tracing": False, "metrics": False, "logs": False},  # Deputy's record is its audit trail
+    )
+    app.add_exception_handler(OAuthError, _oauth_error)
+    app.add_exception_handler(StoreError, _store_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _server_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.include_router(task_routes.router)
+    app.include_router(admin_routes.router)
+    app.include_router(discovery_routes.router(prepared.settings.issuer))
+    # POST /token is served by TokenFastPath; the route stays so that other methods get 405, not 404.
+    app.router.routes.insert(0, Route("/token", token, methods=["POST"]))
+    return TokenFastPath(app)
+
+
+def _lifespan(prepared: Prepared, keys: keystore.KeyRing) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with running(prepared, keys) as parts:
@@ -46,36 +63,7 @@ def build_app(prepared: Prepared, keys: keystore.KeyRing) -> TokenFastPath:
             finally:
                 sweeper.cancel()
 
-    app = FastAPI(
-        title="Deputy", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None,
-        telemetry={"tracing": False, "metrics": False, "logs": False},  # Deputy's record is its audit trail
-    )
-    app.add_exception_handler(OAuthError, _oauth_error)
-    app.add_exception_handler(StoreError, _store_error)
-    app.add_exception_handler(HTTPException, _http_error)
-    app.add_exception_handler(Exception, _server_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.include_router(task_routes.router)
-    app.include_router(admin_routes.router)
-
-    # POST /token is served by TokenFastPath; the route stays so that other methods get 405, not 404.
-    app.router.routes.insert(0, Route("/token", token, methods=["POST"]))
-
-    @app.get(well_known_path(prepared.settings.issuer))
-    async def authorization_server_metadata(request: Request) -> JSONResponse:
-        """RFC 8414 §3."""
-        return JSONResponse(deputy(request).metadata)
-
-    @app.get("/.well-known/jwks.json")
-    async def jwks(request: Request) -> JSONResponse:
-        """The public signing keys: current and previous (RFC 7517)."""
-        return JSONResponse(deputy(request).keys.public_jwks(), headers={"Cache-Control": "max-age=60"})
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    return TokenFastPath(app)
+    return lifespan
 
 
 class TokenFastPath:

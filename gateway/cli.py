@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from delegation.stores import open_store
 
@@ -35,29 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the gateway", description="Run the gateway.")
-    _config_option(serve)
-    serve.add_argument("--workers", type=_positive, default=1, help="worker processes sharing the port (default 1)")
-    serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
-    serve.add_argument(
-        "--dev",
-        action="store_true",
-        help="DEMO ONLY: throwaway state in ./.deputy-dev, a demo identity provider, trust domain and resource",
-    )
-    serve.add_argument("--listen", default="127.0.0.1:8600", help="with --dev: host:port (default 127.0.0.1:8600)")
-    serve.set_defaults(run=_serve)
-
-    dev = commands.add_parser("dev", help="DEMO ONLY: tokens from the demo identities of `deputy serve --dev`")
-    dev_commands = dev.add_subparsers(required=True, metavar="ACTION")
-    user_token = dev_commands.add_parser("user-token", help="print a demo user token for USER")
-    user_token.add_argument("user")
-    user_token.set_defaults(run=_dev_token)
-    svid = dev_commands.add_parser("svid", help="print a demo JWT-SVID for SPIFFE_ID")
-    svid.add_argument("spiffe_id")
-    svid.set_defaults(run=_dev_token)
-    for command in (user_token, svid):
-        command.add_argument("--dir", type=Path, default=DEV_DIR, help=f"demo state (default {DEV_DIR})")
-
+    _add_serve(commands)
+    _add_dev(commands)
     keys = commands.add_parser("keys", help="manage the signing keys")
     key_commands = keys.add_subparsers(required=True, metavar="ACTION")
     rotate = key_commands.add_parser(
@@ -73,6 +53,33 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="DEMO ONLY: run the whole story (task, delegation, revocation) locally")
     demo.set_defaults(run=_demo)
     return parser
+
+
+def _add_serve(commands: Any) -> None:
+    serve = commands.add_parser("serve", help="run the gateway", description="Run the gateway.")
+    _config_option(serve)
+    serve.add_argument("--workers", type=_positive, default=1, help="worker processes sharing the port (default 1)")
+    serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--dev",
+        action="store_true",
+        help="DEMO ONLY: throwaway state in ./.deputy-dev, a demo identity provider, trust domain and resource",
+    )
+    serve.add_argument("--listen", default="127.0.0.1:8600", help="with --dev: host:port (default 127.0.0.1:8600)")
+    serve.set_defaults(run=_serve)
+
+
+def _add_dev(commands: Any) -> None:
+    dev = commands.add_parser("dev", help="DEMO ONLY: tokens from the demo identities of `deputy serve --dev`")
+    dev_commands = dev.add_subparsers(required=True, metavar="ACTION")
+    user_token = dev_commands.add_parser("user-token", help="print a demo user token for USER")
+    user_token.add_argument("user")
+    user_token.set_defaults(run=_dev_token)
+    svid = dev_commands.add_parser("svid", help="print a demo JWT-SVID for SPIFFE_ID")
+    svid.add_argument("spiffe_id")
+    svid.set_defaults(run=_dev_token)
+    for command in (user_token, svid):
+        command.add_argument("--dir", type=Path, default=DEV_DIR, help=f"demo state (default {DEV_DIR})")
 
 
 def _config_option(parser: argparse.ArgumentParser) -> None:

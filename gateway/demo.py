@@ -90,6 +90,73 @@ async def _serve(app: Any, port: int) -> AsyncIterator[str]:
         await task
 
 
+class Demo:
+    """The story's actors talking to a running gateway and the demo mail API; each step prints itself."""
+
+    def __init__(self, ids: DemoIdentities, gateway: str, api: str, client: httpx2.AsyncClient, story: Story) -> None:
+        self.ids, self.gateway, self.api, self.client, self.story = ids, gateway, api, client, story
+
+    async def token(self, **form: str) -> dict[str, Any]:
+        response = await self.client.post(self.gateway + "/token", data={"grant_type": GRANT, **form})
+        body = response.json()
+        if response.status_code != 200:
+            self.story.show("refused", f"{response.status_code} {body['error']}: {body['error_description']}")
+        return {"status": response.status_code, **body}
+
+    async def as_subagent(self, task_token: str, **form: str) -> dict[str, Any]:
+        return await self.token(subject_token=task_token, subject_token_type=TXN, actor_token=self.ids.svid(SUBAGENT),
+                                actor_token_type=JWT, **form)
+
+    async def call_api(self, method: str, path: str, access_token: str) -> httpx2.Response:
+        return await self.client.request(method, self.api + path, headers={"Authorization": f"Bearer {access_token}"})
+
+    async def open_and_delegate(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        self.story.say(f"alice's mail agent ({AGENT}) opens a task with alice's token and its own JWT-SVID.")
+        task = await self.token(subject_token=self.ids.user_token("alice"), subject_token_type=USER_TOKEN,
+                                actor_token=self.ids.svid(AGENT), actor_token_type=JWT, requested_token_type=TXN,
+                                audience=MAIL, scope="mail.read mail.send", purpose="summarize today's mail")
+        for label, value in (("task", task["task_id"]), ("scope ceiling", task["scope"]),
+                             ("expires in", f"{task['expires_in']} s")):
+            self.story.show(label, value)
+        self.story.say(f"It delegates reading to a summarizer sub-agent ({SUBAGENT}).")
+        child = await self.as_subagent(task["access_token"], requested_token_type=TXN, scope="mail.read")
+        self.story.show("child task", child["task_id"])
+        self.story.show("scope", child["scope"])
+        return task, child
+
+    async def read_then_widen(self, child: dict[str, Any]) -> tuple[str, bool]:
+        """The sub-agent reads the inbox, then cannot widen; returns its token and whether all went as told."""
+        self.story.say("The summarizer gets an access token for the mail API and reads the inbox.")
+        access = await self.as_subagent(child["access_token"], resource=MAIL, scope="mail.read")
+        inbox = await self.call_api("GET", "/inbox", access["access_token"])
+        body = inbox.json()
+        self.story.show("GET /inbox", f"{inbox.status_code}: {len(body.get('messages', []))} messages "
+                                      f"for {body.get('user')}, read by {body.get('read_by')}")
+        self.story.say("The summarizer tries to widen its access to mail.send: refused.")
+        widened = await self.as_subagent(child["access_token"], resource=MAIL, scope="mail.send")
+        sent = await self.call_api("POST", "/send", access["access_token"])
+        self.story.show("POST /send", f"{sent.status_code} with the mail.read token")
+        return access["access_token"], inbox.status_code == 200 and widened["status"] == 400 and sent.status_code == 403
+
+    async def complete_and_check(self, task: dict[str, Any], child: dict[str, Any], access_token: str) -> bool:
+        self.story.say("The mail agent completes the task (authenticated by its JWT-SVID).")
+        started = time.monotonic()
+        done = await self.client.post(f"{self.gateway}/tasks/{task['task_id']}/complete",
+                                      headers={"Authorization": f"Bearer {self.ids.svid(AGENT)}"})
+        self.story.show("complete", f"{done.status_code}: {len(done.json()['ended_tasks'])} tasks ended, "
+                                    f"{done.json()['revoked_tokens']} tokens revoked")
+        self.story.say("The summarizer calls the mail API again with its token: rejected.")
+        response = await self.call_api("GET", "/inbox", access_token)
+        while response.status_code == 200 and time.monotonic() - started < 5:
+            await asyncio.sleep(0.01)
+            response = await self.call_api("GET", "/inbox", access_token)
+        self.story.show("GET /inbox", f"{response.status_code} {response.headers.get('www-authenticate', '')[:70]}")
+        self.story.show("revoked after", f"{(time.monotonic() - started) * 1000:.0f} ms")
+        self.story.say("The summarizer asks the gateway for a new token under the ended task: refused.")
+        again = await self.as_subagent(child["access_token"], resource=MAIL, scope="mail.read")
+        return done.status_code == 200 and response.status_code == 401 and again["status"] == 400
+
+
 async def _story(ids: DemoIdentities, gateway: str) -> int:
     story = Story()
     async with httpx2.AsyncClient(timeout=10) as client:
@@ -97,68 +164,11 @@ async def _story(ids: DemoIdentities, gateway: str) -> int:
                                        svid=lambda: ids.svid(MAIL_API), max_feed_staleness=5)
         async with verifier, _serve(mail_api(verifier), _free_port()) as api:
             story.say(f"Gateway {gateway} and demo mail API {api} are up; the API follows the revocation feed.")
-
-            async def token(**form: str) -> dict[str, Any]:
-                response = await client.post(gateway + "/token", data={"grant_type": GRANT, **form})
-                body = response.json()
-                if response.status_code != 200:
-                    story.show("refused", f"{response.status_code} {body['error']}: {body['error_description']}")
-                return {"status": response.status_code, **body}
-
-            story.say(f"alice's mail agent ({AGENT}) opens a task with alice's token and its own JWT-SVID.")
-            task = await token(subject_token=ids.user_token("alice"), subject_token_type=USER_TOKEN,
-                               actor_token=ids.svid(AGENT), actor_token_type=JWT, requested_token_type=TXN,
-                               audience=MAIL, scope="mail.read mail.send", purpose="summarize today's mail")
-            story.show("task", task["task_id"])
-            story.show("scope ceiling", task["scope"])
-            story.show("expires in", f"{task['expires_in']} s")
-
-            story.say(f"It delegates reading to a summarizer sub-agent ({SUBAGENT}).")
-            child = await token(subject_token=task["access_token"], subject_token_type=TXN,
-                                actor_token=ids.svid(SUBAGENT), actor_token_type=JWT, requested_token_type=TXN,
-                                scope="mail.read")
-            story.show("child task", child["task_id"])
-            story.show("scope", child["scope"])
-
-            story.say("The summarizer gets an access token for the mail API and reads the inbox.")
-            access = await token(subject_token=child["access_token"], subject_token_type=TXN,
-                                 actor_token=ids.svid(SUBAGENT), actor_token_type=JWT, resource=MAIL,
-                                 scope="mail.read")
-            inbox = await client.get(api + "/inbox", headers={"Authorization": f"Bearer {access['access_token']}"})
-            story.show("GET /inbox", f"{inbox.status_code}: {len(inbox.json().get('messages', []))} messages "
-                                     f"for {inbox.json().get('user')}, read by {inbox.json().get('read_by')}")
-
-            story.say("The summarizer tries to widen its access to mail.send: refused.")
-            widened = await token(subject_token=child["access_token"], subject_token_type=TXN,
-                                  actor_token=ids.svid(SUBAGENT), actor_token_type=JWT, resource=MAIL,
-                                  scope="mail.send")
-            sent = await client.post(api + "/send", headers={"Authorization": f"Bearer {access['access_token']}"})
-            story.show("POST /send", f"{sent.status_code} with the mail.read token")
-
-            story.say("The mail agent completes the task (authenticated by its JWT-SVID).")
-            started = time.monotonic()
-            done = await client.post(f"{gateway}/tasks/{task['task_id']}/complete",
-                                     headers={"Authorization": f"Bearer {ids.svid(AGENT)}"})
-            story.show("complete", f"{done.status_code}: {len(done.json()['ended_tasks'])} tasks ended, "
-                                   f"{done.json()['revoked_tokens']} tokens revoked")
-
-            story.say("The summarizer calls the mail API again with its token: rejected.")
-            status = 200
-            while status == 200 and time.monotonic() - started < 5:
-                response = await client.get(api + "/inbox",
-                                            headers={"Authorization": f"Bearer {access['access_token']}"})
-                status = response.status_code
-                if status == 200:
-                    await asyncio.sleep(0.01)
-            story.show("GET /inbox", f"{status} {response.headers.get('www-authenticate', '')[:70]}")
-            story.show("revoked after", f"{(time.monotonic() - started) * 1000:.0f} ms")
-
-            story.say("The summarizer asks the gateway for a new token under the ended task: refused.")
-            again = await token(subject_token=child["access_token"], subject_token_type=TXN,
-                                actor_token=ids.svid(SUBAGENT), actor_token_type=JWT, resource=MAIL,
-                                scope="mail.read")
-    ok = (inbox.status_code == 200 and widened["status"] == 400 and sent.status_code == 403
-          and done.status_code == 200 and status == 401 and again["status"] == 400)
+            demo = Demo(ids, gateway, api, client, story)
+            task, child = await demo.open_and_delegate()
+            access_token, contained = await demo.read_then_widen(child)
+            ended = await demo.complete_and_check(task, child, access_token)
+    ok = contained and ended
     print(f"\n{'Done' if ok else 'FAILED'} in {time.monotonic() - story.started:.1f} s ({LABEL}).", flush=True)
     return 0 if ok else 1
 

@@ -54,3 +54,25 @@ def test_style_1_the_checker_sees_each_kind_of_import(source: str, depth: int, f
 
 def test_style_1_relative_imports_within_the_package_are_allowed() -> None:
     assert top_level_imports("from .jws import TokenError\nfrom ..audit import AuditEvent\n", 2) == set()
+
+
+MAX_FUNCTION_LINES = 40
+
+
+def long_functions(source: str) -> list[tuple[str, int]]:
+    """Functions (methods and nested ones too) longer than MAX_FUNCTION_LINES, from `def` to their end."""
+    return [(node.name, node.end_lineno - node.lineno + 1) for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno is not None
+            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+
+
+@pytest.mark.parametrize("package", ["token_exchange", "delegation", "gateway", "resource_server"])
+def test_issue6_no_function_is_longer_than_40_lines(package: str) -> None:
+    found = {f"{module.relative_to(ROOT)}:{name}": lines for module in sorted((ROOT / package).rglob("*.py"))
+             for name, lines in long_functions(module.read_text())}
+    assert not found, found
+
+
+def test_issue6_the_length_check_sees_a_long_method() -> None:
+    body = "\n".join(f"        x = {i}" for i in range(MAX_FUNCTION_LINES))
+    assert long_functions(f"class A:\n    async def f(self):\n{body}\n") == [("f", MAX_FUNCTION_LINES + 1)]
