@@ -12,7 +12,7 @@ from typing import Any
 from delegation.stores import open_store
 
 from . import admin_cli, keystore, logs, workers
-from .settings import ConfigError, Settings, load_settings
+from .settings import DEFAULT_LISTEN, ConfigError, Settings, load_settings
 from .wiring import Prepared, prepare
 
 EXIT_CONFIG = 2
@@ -65,7 +65,12 @@ def _add_serve(commands: Any) -> None:
         action="store_true",
         help="DEMO ONLY: throwaway state in ./.deputy-dev, a demo identity provider, trust domain and resource",
     )
-    serve.add_argument("--listen", default="127.0.0.1:8600", help="with --dev: host:port (default 127.0.0.1:8600)")
+    serve.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help=f"where to serve, instead of the config's `listen` (default {DEFAULT_LISTEN}); "
+             "an issuer the config does not set follows it",
+    )
     serve.set_defaults(run=_serve)
 
 
@@ -97,9 +102,13 @@ def _positive(text: str) -> int:
     return int(text)
 
 
-def _ready(config: Path | None) -> tuple[Prepared, keystore.KeyRing]:
-    """Everything made once before serving: settings checked, policy compiled, keys and schema ready."""
-    settings = load_settings(config)
+def _ready(settings: Settings, *, dev_listen: str | None) -> tuple[Prepared, keystore.KeyRing]:
+    """Everything made once before serving, once the port is known to be free: with --dev (`dev_listen`) the
+    demo identities and their config, then the policy compiled, keys and schema."""
+    if dev_listen is not None:
+        from .dev import DemoIdentities
+
+        settings = load_settings(DemoIdentities(DEV_DIR).create(listen=dev_listen))
     prepared = prepare(settings)
     keys = keystore.load_or_create(settings.state_dir, settings.tokens.signing_alg)
     _migrate(settings)
@@ -118,31 +127,29 @@ def _migrate(settings: Settings) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
+    """Bind the port (or, for workers, check it) before any state is made; announce once serving."""
     from .app import build_app
 
     logs.configure(args.log_level.upper())
-    if args.dev:
-        if args.config is not None:
-            raise ConfigError("--dev: cannot be combined with --config (dev mode makes its own)")
-        from .dev import DemoIdentities
-
-        args.config = DemoIdentities(DEV_DIR).create(listen=args.listen)
-    prepared, keys = _ready(args.config)
-    settings = prepared.settings
-    _banner(settings, prepared, keys, args.workers)
-    if args.dev:
-        _dev_banner(settings)
+    if args.dev and args.config is not None:
+        raise ConfigError("--dev: cannot be combined with --config (dev mode makes its own)")
+    listen = args.listen or (DEFAULT_LISTEN if args.dev else None)
+    settings = load_settings(None if args.dev else args.config, listen=listen)  # with --dev, only where
     if args.workers > 1:
-        config = args.config.resolve() if args.config is not None else None
-        return workers.run(args.workers, config=config, host=settings.host, port=settings.port,
-                           log_level=args.log_level)
-    workers.check_port_free(settings.host, settings.port)
-    config = workers.uvicorn_config(build_app(prepared, keys), log_level=args.log_level, host=settings.host,
-                                    port=settings.port)
-    uvicorn.Server(config).run()
-    return 0
+        workers.check_port_free(settings.host, settings.port)
+        prepared, keys = _ready(settings, dev_listen=listen if args.dev else None)
+        return workers.run(args.workers, settings=prepared.settings, log_level=args.log_level,
+                           on_ready=lambda: _announce(args, prepared, keys))
+    with workers.listening(settings.host, settings.port) as sock:
+        prepared, keys = _ready(settings, dev_listen=listen if args.dev else None)
+        return workers.serve(build_app(prepared, keys), sock, log_level=args.log_level,
+                             on_ready=lambda: _announce(args, prepared, keys))
+
+
+def _announce(args: argparse.Namespace, prepared: Prepared, keys: keystore.KeyRing) -> None:
+    _banner(prepared.settings, prepared, keys, args.workers)
+    if args.dev:
+        _dev_banner(prepared.settings)
 
 
 def _banner(settings: Settings, prepared: Prepared, keys: keystore.KeyRing, workers: int) -> None:

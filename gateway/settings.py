@@ -100,10 +100,14 @@ class Settings:
     admin: AdminSettings = field(default_factory=AdminSettings)
 
 
-def load_settings(path: Path | None) -> Settings:
-    """Settings from a TOML file, or the embedded defaults when `path` is None."""
+def load_settings(path: Path | None, *, listen: str | None = None) -> Settings:
+    """Settings from a TOML file, or the embedded defaults when `path` is None.
+
+    `listen` (`deputy serve --listen`) replaces the file's `listen` before anything is derived from it: an
+    issuer the file does not set follows it."""
+    overrides = {} if listen is None else {"listen": listen}
     if path is None:
-        return parse_settings({}, base=Path.cwd())
+        return parse_settings(overrides, base=Path.cwd())
     try:
         with open(path, "rb") as f:
             document = tomllib.load(f)
@@ -111,7 +115,7 @@ def load_settings(path: Path | None) -> Settings:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:  # TOML is UTF-8 (tomllib decodes strictly)
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    return parse_settings(document, base=path.resolve().parent)
+    return parse_settings(document | overrides, base=path.resolve().parent)
 
 
 def parse_settings(document: dict[str, Any], *, base: Path) -> Settings:
