@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from token_exchange.errors import InvalidRequest
+from token_exchange.errors import InvalidRequest, shown
 
 from .auth import agent, deputy, resource_client
 from .http_forms import read_form
@@ -87,5 +87,5 @@ async def revocation_stream(request: Request, since: Annotated[int, Query(ge=0, 
 def _single(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
     names = [name for name, _ in pairs]
     if repeated := {n for n in names if names.count(n) > 1}:
-        raise InvalidRequest(f"{sorted(repeated)[0][:40]} is repeated")
+        raise InvalidRequest(f"{shown(sorted(repeated)[0], 40, otherwise='a parameter')} is repeated")
     return pairs

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import httpx
 
-from .errors import OAuthError, rfc6749_charset
+from .errors import OAuthError, error_description
 from .jws import SignatureCache, TokenError, check_audience, string_claim
 from .keys import ASYMMETRIC_ALGORITHMS, KeySource, RemoteKeys, parse_key_set
 from .rfc8414 import well_known_path
@@ -41,7 +41,7 @@ class BearerTokenError(Exception):
     status: ClassVar[int]
 
     def __init__(self, description: str) -> None:
-        self.description = rfc6749_charset(description)[:200]
+        self.description = error_description(description)
         super().__init__(f"{self.error}: {self.description}")
 
 
@@ -153,7 +153,7 @@ class AccessTokenVerifier:
         if max_feed_staleness <= 0:
             raise ValueError("max_feed_staleness must be positive")
         if not algorithms <= ASYMMETRIC_ALGORITHMS:
-            raise ValueError("only asymmetric algorithms may be allowed (RFC 9068 §2.1)")
+            raise ValueError("only asymmetric algorithms may be allowed (RFC 9068 section 2.1)")
         self.issuer = issuer
         self.audience = audience
         self.max_feed_staleness = max_feed_staleness

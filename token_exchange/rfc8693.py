@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InvalidClient, InvalidRequest, InvalidTarget, UnsupportedGrantType
+from .errors import InvalidClient, InvalidRequest, InvalidTarget, UnsupportedGrantType, shown
 from .jws import MAX_TOKEN_BYTES
 from .scope import Scope
 
@@ -122,7 +122,7 @@ def _collect(pairs: Iterable[tuple[str, str]]) -> tuple[dict[str, str], dict[str
         if name in _REPEATABLE:
             repeated.setdefault(name, []).append(value)
         elif name in params:
-            raise InvalidRequest(f"{_printable(name)} is repeated")
+            raise InvalidRequest(f"{shown(name, 40, otherwise='a parameter')} is repeated")
         else:
             params[name] = value
     return params, repeated
@@ -139,10 +139,6 @@ def _presented(params: dict[str, str], name: str, types: frozenset[str]) -> Pres
     if len(token) > MAX_TOKEN_BYTES:
         raise InvalidRequest(f"{name} is longer than {MAX_TOKEN_BYTES} bytes")
     return PresentedToken(token, token_type)
-
-
-def _printable(name: str) -> str:
-    return name[:40] if name.isascii() and name.isprintable() else "a parameter"
 
 
 @dataclass(frozen=True, slots=True)
