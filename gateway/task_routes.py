@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from token_exchange.actors import VerifiedActor
-from token_exchange.errors import InvalidRequest
+from token_exchange.errors import InvalidRequest, shown
 
 from .auth import agent, deputy, resource_client
 from .http_forms import read_form
@@ -75,5 +75,5 @@ async def revocation_stream(request: Request, since: Annotated[int, Query(ge=0, 
 def _single(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
     names = [name for name, _ in pairs]
     if repeated := {n for n in names if names.count(n) > 1}:
-        raise InvalidRequest(f"{sorted(repeated)[0][:40]} is repeated")
+        raise InvalidRequest(f"{shown(sorted(repeated)[0], 40, otherwise='a parameter')} is repeated")
     return pairs

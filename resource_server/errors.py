@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from token_exchange.errors import client_description
+from token_exchange.errors import error_description
 from token_exchange.scope import Scope
 
 
@@ -15,7 +15,7 @@ class BearerTokenError(Exception):
     status: ClassVar[int]
 
     def __init__(self, description: str) -> None:
-        self.description = client_description(description)
+        self.description = error_description(description)
         super().__init__(f"{self.error}: {self.description}")
 
 

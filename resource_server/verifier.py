@@ -81,7 +81,7 @@ class AccessTokenVerifier:
         if max_feed_staleness <= 0:
             raise ValueError("max_feed_staleness must be positive")
         if not algorithms <= ASYMMETRIC_ALGORITHMS:
-            raise ValueError("only asymmetric algorithms may be allowed (RFC 9068 §2.1)")
+            raise ValueError("only asymmetric algorithms may be allowed (RFC 9068 section 2.1)")
         self.issuer = issuer
         self.audience = audience
         self.max_feed_staleness = max_feed_staleness

@@ -1,14 +1,17 @@
 """OAuth error responses: RFC 6749 §5.2, RFC 8693 §2.2.2, RFC 8707 §2.
 
 One class per error code. The raise site gives a description that names the parameter or token and why;
-the text is reduced to the RFC 6749 §5.2 character set so no raw input can reach a client unescaped.
+the text is reduced to the RFC 6749 §5.2 character set so no raw input can reach a client unescaped, and
+a description too long to send is cut at a word boundary, never inside a word.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
 
-_MAX_DESCRIPTION = 200
+MAX_DESCRIPTION = 400
+"""Longer than any description Deputy builds from its own text, so only echoed input can make one cut."""
+_ELLIPSIS = "..."  # U+2026 is outside the RFC 6749 §5.2 set
 
 
 def rfc6749_charset(text: str) -> str:
@@ -16,9 +19,25 @@ def rfc6749_charset(text: str) -> str:
     return "".join(c if (" " <= c <= "~" and c not in '"\\') else "?" for c in text)
 
 
-def client_description(text: str) -> str:
-    """A description fit to show a client: RFC 6749 §5.2 charset, at most 200 characters."""
-    return rfc6749_charset(text)[:_MAX_DESCRIPTION]
+def error_description(text: str, limit: int = MAX_DESCRIPTION) -> str:
+    """`text` as an `error_description` (RFC 6749 §5.2, RFC 6750 §3): only the allowed characters, and
+    at most `limit` of them, cut at the last space before the limit and marked with "..."."""
+    text = rfc6749_charset(text)
+    if len(text) <= limit:
+        return text
+    end = limit - len(_ELLIPSIS)
+    space = text.rfind(" ", 0, end + 1)
+    if space > end // 2:  # a word boundary in the second half; otherwise one huge word is cut
+        end = space
+    return text[:end].rstrip(" ,;:") + _ELLIPSIS
+
+
+def shown(value: object, limit: int = 64, otherwise: str = "(not shown)") -> str:
+    """A value taken from a request, quoted for a description when every character of it may be sent
+    (RFC 6749 §5.2) and it is at most `limit` long; else `otherwise`, so nothing is replaced by '?'."""
+    if not isinstance(value, str) or not value or len(value) > limit or rfc6749_charset(value) != value:
+        return otherwise
+    return f"'{value}'"
 
 
 class OAuthError(Exception):
@@ -28,7 +47,7 @@ class OAuthError(Exception):
     status: ClassVar[int] = 400
 
     def __init__(self, description: str) -> None:
-        self.description = client_description(description)
+        self.description = error_description(description)
         super().__init__(f"{self.error}: {self.description}")
 
     def body(self) -> dict[str, str]:

@@ -1,27 +1,44 @@
 """Verifying a compact JWS the RFC 8725 way, and remembering signatures already checked.
 
 The algorithm comes from the key, never from the header alone (§3.1); only compact serialization with
-base64url segments is accepted (RFC 8725bis §3.14); the claims are checked against a `now` passed in.
+base64url segments is accepted (RFC 8725bis §3.14); every claim value must be one that the policy
+engine, the store and the audit trail can hold exactly as it was signed (`check_claim_values`); the
+claims are checked against a `now` passed in.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
 import jwt
 
+from .errors import shown
 from .keys import KeyLookupError, KeySource
 
 MAX_TOKEN_BYTES = 16 * 1024
 LEEWAY_S = 30
+MAX_CLAIM_DEPTH = 32  # the policy input holds 64 levels, the claims sit 2 deep in it
+MAX_NUMERIC_DATE = 2**53 - 1  # RFC 7493 §2.2: the integers every JSON implementation holds exactly
+_INT64 = range(-(2**63), 2**63)
+_TIME_CLAIMS = ("exp", "nbf", "iat")
+_IDENTIFIERS = ("iss", "sub", "client_id", "jti")  # top level; in act and may_act: iss, sub, client_id
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CLAIM_NAME = re.compile(r"[A-Za-z0-9_-]{1,40}")
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 _FORBIDDEN_HEADERS = frozenset({"jku", "x5u", "x5c", "jwk", "crit", "zip", "enc"})
+# pyjwt checks the signature only: every claim is Deputy's to check, in Deputy's words ("Subject must be a
+# string" was pyjwt's); its key-length floor repeats, at verification, the check made when keys are loaded.
+_SIGNATURE_ONLY: jwt.types.Options = {
+    "verify_exp": False, "verify_nbf": False, "verify_iat": False, "verify_aud": False, "verify_iss": False,
+    "verify_sub": False, "verify_jti": False, "enforce_minimum_key_length": True,
+}
 
 
 class TokenError(Exception):
@@ -45,8 +62,8 @@ def unverified_parts(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
         header = jwt.get_unverified_header(token)
         claims = jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError as exc:
-        raise TokenError(f"malformed: {exc}") from exc
+    except jwt.PyJWTError as exc:  # pyjwt's text names its own internals: say it in Deputy's words
+        raise TokenError("malformed: header and payload must be base64url JSON objects in UTF-8") from exc
     return header, claims
 
 
@@ -60,30 +77,112 @@ async def verify_signature(
     if forbidden := sorted(_FORBIDDEN_HEADERS & header.keys()):
         raise TokenError(f"header parameter {forbidden[0]} is not accepted")
     alg = header.get("alg")
-    if not isinstance(alg, str) or alg not in allowed:  # a list or object `alg` is unhashable
-        raise TokenError(f"algorithm {str(alg)[:16]!r} is not allowed")
+    if not isinstance(alg, str):  # a list or object `alg` is unhashable
+        raise TokenError("alg header is missing or not a string")
+    if alg not in allowed:
+        raise TokenError(f"algorithm {shown(alg, 16)} is not allowed")
     try:
         key = await keys.key_for(kid)
     except KeyLookupError as exc:
         raise TokenError(str(exc)) from exc
     if alg != key.algorithm:
-        raise TokenError(f"algorithm {alg} does not match key {kid[:64]!r} ({key.algorithm})")
+        raise TokenError(f"algorithm {alg} does not match key {shown(kid)} ({key.algorithm})")
     try:
-        claims = jwt.decode(
-            token,
-            key.public_key,
-            algorithms=[key.algorithm],
-            options={
-                "verify_exp": False,
-                "verify_nbf": False,
-                "verify_iat": False,
-                "verify_aud": False,
-                "verify_iss": False,
-            },
-        )
+        claims = jwt.decode(token, key.public_key, algorithms=[key.algorithm], options=_SIGNATURE_ONLY)
     except jwt.PyJWTError as exc:
-        raise TokenError(f"signature rejected: {exc}") from exc
+        raise TokenError(f"signature rejected: it does not verify with key {shown(kid)}") from exc
     return SignedToken(MappingProxyType(header), MappingProxyType(claims))
+
+
+def check_claim_values(claims: Mapping[str, Any]) -> None:
+    """Refuse a token whose claims cannot reach the policy, the store and the audit exactly as signed.
+
+    Registered claims, when present, have their RFC 7519 §4.1 types: `exp`, `nbf`, `iat` integers from 0
+    to 2**53 - 1 (a NumericDate, §2, in the RFC 7493 §2.2 range); `aud` a string or a list of strings;
+    identifiers (`iss`, `sub`, `client_id`, `jti`, and `iss`, `sub`, `client_id` in `act` at any depth
+    and in `may_act`) strings without a C0 control character or DEL. Everywhere, member names included:
+    no U+0000 (the policy engine's C strings end there), no text that is not Unicode (RFC 8725 §3.7), no
+    integer beyond 64 bits, no NaN or infinity, at most 32 levels of nesting. Messages name the claim,
+    never its value.
+    """
+    for name in _TIME_CLAIMS:
+        value = claims.get(name, 0)
+        if type(value) is not int or not 0 <= value <= MAX_NUMERIC_DATE:
+            raise TokenError(f"{name} claim is not an integer from 0 to 2**53 - 1 (a NumericDate)")
+    aud = claims.get("aud", "")
+    if not isinstance(aud, str) and not (isinstance(aud, list) and all(isinstance(a, str) for a in aud)):
+        raise TokenError("aud claim is not a string or a list of strings")
+    for path, value in _identifiers(claims):
+        if not isinstance(value, str):
+            raise TokenError(f"{path} claim is not a string")
+        if _CONTROL.search(value):
+            raise TokenError(f"{path} claim contains a control character")
+    _check_values(claims)
+
+
+def _identifiers(claims: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
+    """(path, value) of every identifier claim: the top-level ones, then those of `act` (nested) and `may_act`."""
+    yield from ((name, claims[name]) for name in _IDENTIFIERS if name in claims)
+    for path, actor in _actors(claims):
+        yield from ((f"{path}.{name}", actor[name]) for name in _IDENTIFIERS[:3] if name in actor)
+
+
+def _actors(claims: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    if isinstance(may_act := claims.get("may_act"), dict):
+        yield "may_act", may_act
+    path, act = "act", claims.get("act")
+    while isinstance(act, dict) and path.count(".") < MAX_CLAIM_DEPTH:  # RFC 8693 §4.1: prior actors nest
+        yield path, act
+        path, act = f"{path}.act", act.get("act")
+
+
+def _check_values(claims: Mapping[str, Any]) -> None:
+    """One iterative walk over every value, so no nesting can exhaust the stack; paths are built only
+    for the message."""
+    pending: list[tuple[tuple[str, ...], Any, int]] = [((), claims, 0)]
+    while pending:
+        path, value, depth = pending.pop()
+        kind = type(value)
+        if kind is dict or kind is list or kind is MappingProxyType:
+            if depth >= MAX_CLAIM_DEPTH:
+                raise TokenError(f"claims are nested more than {MAX_CLAIM_DEPTH} levels deep")
+            if kind is list:
+                pending.extend((path, item, depth + 1) for item in value)
+                continue
+            for name, item in value.items():
+                if problem := _text_problem(name):
+                    where = f"a member name of {_claim(path)}" if path else "a claim name"
+                    raise TokenError(f"{where} {problem}")
+                pending.append(((*path, name), item, depth + 1))
+        elif kind is str:
+            if problem := _text_problem(value):
+                raise TokenError(f"{_claim(path)} {problem}")
+        elif kind is int and value not in _INT64:
+            raise TokenError(f"{_claim(path)} is an integer beyond 64 bits")
+        elif kind is float and not math.isfinite(value):
+            raise TokenError(f"{_claim(path)} is not a finite number")
+
+
+def _text_problem(text: str) -> str | None:
+    if "\x00" in text:
+        return "contains a NUL character"
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")  # RFC 8725 §3.7: a JSON escape such as \ud800 decodes to no Unicode text
+    except UnicodeEncodeError:
+        return "is not valid Unicode"
+    return None
+
+
+def _claim(path: tuple[str, ...]) -> str:
+    """`a.b claim` for the path to a value, as far as its names are [A-Za-z0-9_-]; else `a claim`."""
+    shown_names = []
+    for name in path:
+        if not _CLAIM_NAME.fullmatch(name):
+            break
+        shown_names.append(name)
+    return f"{'.'.join(shown_names)} claim" if shown_names else "a claim"
 
 
 def check_time_claims(claims: Mapping[str, Any], *, now: int) -> int:
@@ -142,7 +241,8 @@ class SignatureCache:
 
     async def verified(self, token: str, *, now: int, choose: KeyChoice) -> SignedToken:
         """The token's verified signature: from the cache while the token is unexpired, else checked
-        with the keys `choose` picks from the unverified header and claims (RFC 8725 §3.1, §3.8)."""
+        with the keys `choose` picks from the unverified header and claims (RFC 8725 §3.1, §3.8), whose
+        values `check_claim_values` has accepted first; so a cached proof covers them too."""
         digest = hashlib.sha256(token.encode()).digest()
         entry = self._entries.get(digest)
         if entry is not None:
@@ -150,6 +250,7 @@ class SignatureCache:
                 return entry[1]
             del self._entries[digest]
         header, claims = unverified_parts(token)
+        check_claim_values(claims)  # before they choose the key (RFC 8725 §3.10); the same bytes are signed
         keys, allowed = choose(header, claims)
         signed = await verify_signature(token, header, keys, allowed=allowed)
         if type(exp := signed.claims.get("exp")) is int:

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from .errors import InvalidRequest
+from .errors import InvalidRequest, shown
 
 REPEATABLE = frozenset({"resource", "audience"})
 
@@ -49,7 +49,7 @@ class FormParams:
             if name in REPEATABLE:
                 repeated.setdefault(name, []).append(value)
             elif name in single:
-                raise InvalidRequest(f"{printable_name(name)} is repeated")
+                raise InvalidRequest(f"{shown(name, 40, otherwise='a parameter')} is repeated")
             else:
                 single[name] = value
         return cls(MappingProxyType(single), MappingProxyType({k: tuple(v) for k, v in repeated.items()}))
@@ -59,8 +59,3 @@ class FormParams:
 
     def all(self, name: str) -> tuple[str, ...]:
         return self.repeated.get(name, ())
-
-
-def printable_name(name: str) -> str:
-    """A parameter name fit to quote in a description."""
-    return name[:40] if name.isascii() and name.isprintable() else "a parameter"

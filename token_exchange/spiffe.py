@@ -95,9 +95,9 @@ class JwtSvidVerifier:
     ) -> tuple[KeySource, frozenset[str]]:
         """JWT-SVID §2, §2.3: only alg, kid, typ (JWT or JOSE); the bundle of the sub's trust domain."""
         if header.keys() - {"alg", "kid", "typ"}:
-            raise SvidError("header parameters other than alg, kid and typ are not allowed (JWT-SVID §2)")
+            raise SvidError("header parameters other than alg, kid and typ are not allowed (JWT-SVID section 2)")
         if header.get("typ", "JWT") not in ("JWT", "JOSE"):
-            raise SvidError("typ must be JWT or JOSE (JWT-SVID §2.3)")
+            raise SvidError("typ must be JWT or JOSE (JWT-SVID section 2.3)")
         bundle = self._bundles.get(self._trust_domain_of(claims))
         if bundle is None:
             raise SvidError("trust domain of sub is not trusted")

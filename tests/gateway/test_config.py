@@ -18,8 +18,10 @@ from pathlib import Path
 
 import httpx2
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from joserfc import jwt as jose_jwt
 from joserfc.jwk import KeySet
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from gateway.cli import main
 from tests.conftest import MAIL, make_setup, running
@@ -95,6 +97,10 @@ def _whole(content: bytes) -> Edit:
 
 
 BAD_EC_JWK = {"kty": "EC", "crv": "P-256", "kid": "k", "x": "AAAA", "y": "AAAA", "alg": "ES256"}
+WEAK_RSA_JWK = {**RSAAlgorithm.to_jwk(rsa.generate_private_key(public_exponent=65537, key_size=1024).public_key(),
+                                      as_dict=True), "kid": "weak", "alg": "RS256"}
+P384_AS_ES256_JWK = {**ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP384R1()).public_key(), as_dict=True),
+                     "kid": "p384", "alg": "ES256", "use": "jwt-svid"}
 
 CASES = [
     Case("unknown_key", _append('colour = "blue"\n'), "colour", "unknown"),
@@ -153,6 +159,13 @@ CASES = [
     Case("jwks_file_not_a_jwk_set", _write("idp.jwks.json", "[1, 2]"), "subject_issuers[0].jwks_file"),
     Case("bad_key_material", _write("idp.jwks.json", json.dumps({"keys": [BAD_EC_JWK]})),
          "subject_issuers[0].jwks_file", "key"),
+    Case("weak_rsa_key", _write("idp.jwks.json", json.dumps({"keys": [WEAK_RSA_JWK]})),
+         "subject_issuers[0].jwks_file", "kid 'weak': RSA key of 1024 bits; at least 2048 are required"),
+    Case("weak_rsa_key_among_good_ones", _write("idp.jwks.json", json.dumps(
+        {"keys": [SigningKey.generate("ES256").public_jwk, WEAK_RSA_JWK]})), "subject_issuers[0].jwks_file",
+         "idp.jwks.json: kid 'weak': RSA key of 1024 bits"),
+    Case("bundle_key_on_the_wrong_curve", _write("bundle.jwks", json.dumps({"keys": [P384_AS_ES256_JWK]})),
+         "trust_domains[0].bundle_file", "kid 'p384': an EC key on P-384 cannot be used with ES256"),
     Case("symmetric_key_material", _write("idp.jwks.json", json.dumps(
         {"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "k", "alg": "HS256"}]})), "subject_issuers[0].jwks_file"),
     Case("bundle_without_jwt_svid_keys", _write("bundle.jwks", json.dumps(
