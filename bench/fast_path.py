@@ -23,12 +23,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from exchange import write_deployment  # noqa: E402
+from exchange import write_deployment
 
-from gateway import keystore  # noqa: E402
-from gateway.app import build_app  # noqa: E402
-from gateway.settings import load_settings  # noqa: E402
-from gateway.wiring import prepare  # noqa: E402
+from gateway import keystore
+from gateway.app import build_app
+from gateway.settings import load_settings
+from gateway.wiring import prepare
 
 
 async def call(app: Any, body: bytes) -> int:
