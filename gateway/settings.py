@@ -151,22 +151,38 @@ def parse_settings(document: dict[str, Any], *, base: Path) -> Settings:
                     admin)
 
 
+KNOWN_KEYS: dict[str, frozenset[str]] = {
+    "": frozenset({"issuer", "listen", "state_dir", "tokens", "store", "policy", "subject_issuers", "trust_domains",
+                   "resources", "tasks", "admin"}),
+    "tokens": frozenset({"signing_alg", "default_ttl", "max_ttl"}),
+    "store": frozenset({"url"}),
+    "policy": frozenset({"engine", "dir", "opa_url"}),
+    "subject_issuers": frozenset({"issuer", "jwks_file", "jwks_uri", "audience"}),
+    "trust_domains": frozenset({"name", "bundle_file", "bundle_uri"}),
+    "resources": frozenset({"audience", "scopes", "max_ttl", "clients"}),
+    "tasks": frozenset({"default_ttl", "max_ttl", "retention"}),
+    "admin": frozenset({"claim", "value", "spiffe_ids"}),
+}
+"""Every key of `deputy.toml`, by table (an array of tables by its name)."""
+
+
 class _Table:
-    """One TOML table being read: typed takes, and unknown keys rejected by `done()`."""
+    """One TOML table being read: typed takes, and unknown keys rejected by `done()`, or as soon as a
+    required key is missing (a misspelt key is reported as unknown, not as the key it was meant to be)."""
 
     def __init__(self, data: Any, path: str, base: Path) -> None:
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: must be a table")
         self.data, self.path_prefix, self.base = data, path, base
-        self.seen: set[str] = set()
+        self.known = KNOWN_KEYS[path.partition("[")[0].rpartition(".")[2]]
 
     def key(self, name: str) -> str:
         return f"{self.path_prefix}.{name}" if self.path_prefix else name
 
     def take(self, name: str, kind: type[T], default: T | None = None) -> T:
-        self.seen.add(name)
         if name not in self.data:
             if default is None:
+                self.done()
                 raise ConfigError(f"{self.key(name)}: required")
             return default
         value = self.data[name]
@@ -184,18 +200,16 @@ class _Table:
         return self.base / self.take(name, str, default)
 
     def table(self, name: str) -> _Table:
-        self.seen.add(name)
         return _Table(self.data.get(name, {}), self.key(name), self.base)
 
     def tables(self, name: str) -> list[_Table]:
-        self.seen.add(name)
         items = self.data.get(name, [])
         if not isinstance(items, list):
             raise ConfigError(f"{self.key(name)}: must be an array of tables ([[{name}]])")
         return [_Table(item, f"{self.key(name)}[{i}]", self.base) for i, item in enumerate(items)]
 
     def done(self) -> None:
-        if unknown := sorted(set(self.data) - self.seen):
+        if unknown := sorted(set(self.data) - self.known):
             raise ConfigError(f"{self.key(unknown[0])}: unknown key")
 
 
