@@ -28,18 +28,14 @@ class TokenState(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class TokenView:
-    """One issued token, as `/admin/tasks/{id}` lists it."""
+    """One issued token, as `/admin/tasks/{id}` lists it: its record and when it was revoked on its own."""
 
-    jti: str
-    user_issuer: str
-    user_subject: str
-    agent: str
-    audience: str
-    scope: str
-    issued_at: int
-    expires_at: int
-    task_id: str | None
+    record: IssuedTokenRecord
     revoked_at: int | None
+
+    def as_dict(self) -> dict[str, Any]:
+        fields = {name: getattr(self.record, name) for name in IssuedTokenRecord.__dataclass_fields__}
+        return {**fields, "revoked_at": self.revoked_at}
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from token_exchange.errors import InvalidRequest, OAuthError, UnsupportedGrantType
 from token_exchange.rfc6749 import FormParams, TokenRequest
@@ -37,7 +37,7 @@ class FlowContext:
 class TokenFlow(Protocol):
     """One way to answer a token request (fosite's TokenEndpointHandler): it says whether it can, then does."""
 
-    action: str  # the audit action: exchange, open_task, delegate
+    action: ClassVar[str]  # the audit action: exchange, open_task, delegate
 
     def can_handle(self, exchange: ExchangeRequest) -> bool: ...
 

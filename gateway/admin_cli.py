@@ -104,8 +104,8 @@ def _show(args: argparse.Namespace) -> int:
     print(f"{'deadline':<10} {_when(task.deadline)}")
     print()
     print(table(("JTI", "AUDIENCE", "SCOPE", "EXPIRES", "REVOKED"),
-                [(t.jti[:12], t.audience, t.scope, _when(t.expires_at), "yes" if t.revoked_at else "")
-                 for t in detail.tokens]))
+                [(t.record.jti[:12], t.record.audience, t.record.scope, _when(t.record.expires_at),
+                  "yes" if t.revoked_at else "") for t in detail.tokens]))
     return 0
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -47,7 +46,7 @@ async def show_task(task_id: str, request: Request, _: Admin) -> JSONResponse:
     if detail is None:
         raise NotFound("no such task")
     body = {**task_view(detail.task), "children": list(detail.children),
-            "tokens": [asdict(token) for token in detail.tokens]}
+            "tokens": [token.as_dict() for token in detail.tokens]}
     return JSONResponse(body, headers=NO_STORE)
 
 

@@ -4,22 +4,18 @@ its own identity. A replacement only narrows (transaction tokens draft §13.15):
 from __future__ import annotations
 
 from token_exchange.errors import InvalidRequest, InvalidTarget, UnauthorizedClient
-from token_exchange.rfc8693 import TXN_TOKEN_TYPE, ExchangeRequest, TokenResponse
+from token_exchange.rfc8693 import ExchangeRequest, TokenResponse
 from token_exchange.txn_tokens import TaskContext
 
 from ..policy import PolicyInput
 from ..token_endpoint import FlowContext
-from .steps import ExchangeSteps, granted, narrowed
+from .steps import ExchangeFlow, granted, narrowed
 
 
-class Delegate:
+class Delegate(ExchangeFlow):
     action = "delegate"
-
-    def __init__(self, steps: ExchangeSteps) -> None:
-        self.steps = steps
-
-    def can_handle(self, exchange: ExchangeRequest) -> bool:
-        return exchange.subject.token_type == TXN_TOKEN_TYPE and exchange.requested_token_type == TXN_TOKEN_TYPE
+    subject_is_task = True
+    issues_task = True
 
     async def handle(self, ctx: FlowContext) -> TokenResponse:
         steps, req, now = self.steps, ctx.exchange, ctx.now

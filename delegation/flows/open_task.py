@@ -4,23 +4,19 @@ and a scope ceiling, from the user's token."""
 from __future__ import annotations
 
 from token_exchange.errors import InvalidRequest
-from token_exchange.rfc8693 import TXN_TOKEN_TYPE, ExchangeRequest, TokenResponse
+from token_exchange.rfc8693 import TokenResponse
 from token_exchange.txn_tokens import TaskContext
 
 from ..policy import PolicyInput
 from ..tasks import Task
 from ..token_endpoint import FlowContext
-from .steps import ExchangeSteps, granted, narrowed, union_scopes
+from .steps import ExchangeFlow, granted, narrowed, union_scopes
 
 
-class OpenTask:
+class OpenTask(ExchangeFlow):
     action = "open_task"
-
-    def __init__(self, steps: ExchangeSteps) -> None:
-        self.steps = steps
-
-    def can_handle(self, exchange: ExchangeRequest) -> bool:
-        return exchange.subject.token_type != TXN_TOKEN_TYPE and exchange.requested_token_type == TXN_TOKEN_TYPE
+    subject_is_task = False
+    issues_task = True
 
     async def handle(self, ctx: FlowContext) -> TokenResponse:
         steps, req, now = self.steps, ctx.exchange, ctx.now

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 from token_exchange.actors import ActorVerifier, VerifiedActor, actor_claim
 from token_exchange.errors import (
@@ -181,6 +181,22 @@ class ExchangeSteps:
         except StoreError as exc:
             log.error("exchange.store_failed", extra={"error": str(exc)})
             raise TemporarilyUnavailable("the gateway could not reach its store; nothing was issued") from exc
+
+
+class ExchangeFlow:
+    """What each token-exchange flow declares: its audit action and which requests it takes, by whether
+    the subject is a task token and whether a task token is asked for (RFC 8693 §2.1 token types)."""
+
+    action: ClassVar[str]
+    subject_is_task: ClassVar[bool]
+    issues_task: ClassVar[bool]
+
+    def __init__(self, steps: ExchangeSteps) -> None:
+        self.steps = steps
+
+    def can_handle(self, exchange: ExchangeRequest) -> bool:
+        return ((exchange.subject.token_type == TXN_TOKEN_TYPE) == self.subject_is_task
+                and (exchange.requested_token_type == TXN_TOKEN_TYPE) == self.issues_task)
 
 
 def narrowed(wanted: Scope, where: str) -> Scope:

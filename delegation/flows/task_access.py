@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 from token_exchange.errors import InvalidRequest, InvalidTarget
-from token_exchange.rfc8693 import ACCESS_TOKEN_TYPE, TXN_TOKEN_TYPE, ExchangeRequest, TokenResponse
+from token_exchange.rfc8693 import TokenResponse
 
 from ..policy import PolicyInput
 from ..token_endpoint import FlowContext
-from .steps import ExchangeSteps, granted, narrowed
+from .steps import ExchangeFlow, granted, narrowed
 
 
-class TaskAccess:
+class TaskAccess(ExchangeFlow):
     action = "exchange"
-
-    def __init__(self, steps: ExchangeSteps) -> None:
-        self.steps = steps
-
-    def can_handle(self, exchange: ExchangeRequest) -> bool:
-        return exchange.subject.token_type == TXN_TOKEN_TYPE and exchange.requested_token_type == ACCESS_TOKEN_TYPE
+    subject_is_task = True
+    issues_task = False
 
     async def handle(self, ctx: FlowContext) -> TokenResponse:
         steps, req = self.steps, ctx.exchange

@@ -126,9 +126,8 @@ class SqliteStore:
         if not rows:
             return None
         row = rows[0]
-        record = IssuedTokenRecord(*(row[c] for c in _TOKEN_COLUMNS))
         task = await self.task(row["task_id"]) if row["task_id"] else None
-        return TokenState(record, row["revoked_at"] is not None, task)
+        return TokenState(_token_record(row), row["revoked_at"] is not None, task)
 
     async def end_tasks(self, roots: Sequence[str], *, state: str, reason: str, now: int,
                         event: AuditEvent | None = None) -> Revocation | None:
@@ -205,7 +204,7 @@ class SqliteStore:
             return None
         children = await self._db.read("SELECT id FROM tasks WHERE parent_id = ? ORDER BY created_at", (task_id,))
         tokens = await self._db.read("SELECT * FROM issued_tokens WHERE task_id = ? ORDER BY issued_at", (task_id,))
-        views = tuple(TokenView(*(r[name] for name in TokenView.__dataclass_fields__)) for r in tokens)
+        views = tuple(TokenView(_token_record(r), r["revoked_at"]) for r in tokens)
         return TaskDetail(task, tuple(r["id"] for r in children), views)
 
     async def audit_events(self, query: AuditQuery) -> list[AuditRecord]:
@@ -278,6 +277,10 @@ def _audit_row(event: AuditEvent) -> tuple[Any, ...]:
 def _audit_event(row: sqlite3.Row) -> AuditEvent:
     fields: dict[str, Any] = {c: row[c] for c in _AUDIT_COLUMNS}
     return AuditEvent(**{**fields, "reasons": tuple(json.loads(row["reasons"]))})
+
+
+def _token_record(row: sqlite3.Row) -> IssuedTokenRecord:
+    return IssuedTokenRecord(*(row[c] for c in _TOKEN_COLUMNS))
 
 
 def _token_row(token: IssuedTokenRecord) -> tuple[Any, ...]:

@@ -5,12 +5,19 @@ bounded; a delegated child keeps its parent's `tctx` and may only add to it (§1
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import jwt
 import pytest
 
-from tests.delegation.test_task_lifecycle import SUB, Env, _ok, _refused, env  # noqa: F401
+from tests.delegation.test_task_lifecycle import SUB, Env, _ok, _refused, running_env
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    with running_env(tmp_path_factory.mktemp("context")) as running:
+        yield running
 
 
 def claims(token: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,14 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    ids = DemoIdentities(tmp_path_factory.mktemp("tasks") / "deployment")
+    with running_env(tmp_path_factory.mktemp("tasks")) as running:
+        yield running
+
+
+@contextmanager
+def running_env(directory: Path) -> Iterator[Env]:
+    """A gateway with two resources, agents that may delegate to each other, a resource client and admins."""
+    ids = DemoIdentities(directory / "deployment")
     grants = {MAIL: ["mail.read", "mail.send"], DOCS: ["docs.read"]}
     data = {"access": {
         "grants": {AGENT: grants, SUB: {MAIL: ["mail.read"], DOCS: ["docs.read"]}, OTHER: grants,
