@@ -17,7 +17,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from delegation.records import StoreError
-from token_exchange.errors import InvalidClient, OAuthError, TemporarilyUnavailable, rfc6749_charset
+from token_exchange.errors import InvalidClient, OAuthError, TemporarilyUnavailable, error_description
 from token_exchange.rfc6749 import TokenRequest
 
 from . import admin_routes, discovery_routes, keystore, task_routes
@@ -141,7 +141,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         body = {"error": "invalid_request", "error_description": f"method {request.method[:16]} is not allowed here"}
     else:
         body = {"error": "invalid_request", "error_description": f"request refused (HTTP {exc.status_code})"}
-    body["error_description"] = rfc6749_charset(body["error_description"])
+    body["error_description"] = error_description(body["error_description"])
     return JSONResponse(body, status_code=exc.status_code, headers={**NO_STORE, **(exc.headers or {})})
 
 

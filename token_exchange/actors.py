@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, Protocol
 
-from .jws import TokenError, unverified_parts
+from .jws import TokenError, issued_at, unverified_parts
 
 ActorKind = Literal["spiffe", "kubernetes", "oidc"]
 
@@ -46,8 +46,7 @@ class VerifiedActor:
 
     @property
     def issued_at(self) -> int | None:
-        iat = self.claims.get("iat")
-        return iat if type(iat) is int else None
+        return issued_at(self.claims)
 
 
 class ActorVerifier(Protocol):

@@ -203,6 +203,12 @@ def check_time_claims(claims: Mapping[str, Any], *, now: int) -> int:
     return exp
 
 
+def issued_at(claims: Mapping[str, Any]) -> int | None:
+    """A verified token's `iat` (checked to be an integer by `check_claim_values`), or None without one."""
+    iat = claims.get("iat")
+    return iat if type(iat) is int else None
+
+
 def check_audience(claims: Mapping[str, Any], audience: str) -> None:
     """RFC 7519 §4.1.3, RFC 8725 §3.9: `aud` present and containing this recipient."""
     aud = claims.get("aud")

@@ -13,6 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm, RSAPSSAlgorithm
 
+from .keys import key_problem
+
 SIGNING_ALGORITHMS = ("ES256", "EdDSA", "PS256", "RS256")
 _JWK_WRITERS: dict[str, Any] = {
     "ES256": ECAlgorithm, "EdDSA": OKPAlgorithm, "PS256": RSAPSSAlgorithm, "RS256": RSAAlgorithm
@@ -69,11 +71,6 @@ def _new_private_key(algorithm: str) -> PrivateKeyTypes:
 
 
 def _check_key_fits(algorithm: str, key: Any) -> None:
-    fits = {
-        "ES256": isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1),
-        "EdDSA": isinstance(key, ed25519.Ed25519PrivateKey),
-        "PS256": isinstance(key, rsa.RSAPrivateKey) and key.key_size >= 2048,
-        "RS256": isinstance(key, rsa.RSAPrivateKey) and key.key_size >= 2048,
-    }[algorithm]
-    if not fits:
+    """Deputy's own keys follow the rules its verifiers apply to everyone else's (`keys.key_problem`)."""
+    if not hasattr(key, "public_key") or key_problem(algorithm, key.public_key()) is not None:
         raise ValueError(f"key material does not fit {algorithm}")

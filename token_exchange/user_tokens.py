@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from .jws import SignatureCache, TokenError, check_audience, check_time_claims, string_claim
+from .jws import SignatureCache, TokenError, check_audience, check_time_claims, issued_at, string_claim
 from .keys import ASYMMETRIC_ALGORITHMS, KeySource
 from .scope import Scope
 
@@ -40,8 +40,7 @@ class VerifiedSubject:
 
     @property
     def issued_at(self) -> int | None:
-        iat = self.claims.get("iat")
-        return iat if type(iat) is int else None
+        return issued_at(self.claims)
 
 
 def user_scope(claims: Mapping[str, Any]) -> Scope:
