@@ -11,7 +11,7 @@ from typing import Any
 
 from delegation.stores import open_store
 
-from . import admin_cli, keystore, logs, workers
+from . import admin_cli, dev, keystore, logs, workers
 from .settings import DEFAULT_LISTEN, ConfigError, Settings, load_settings
 from .wiring import Prepared, prepare
 
@@ -75,8 +75,8 @@ def _add_serve(commands: Any) -> None:
 
 
 def _add_dev(commands: Any) -> None:
-    dev = commands.add_parser("dev", help="DEMO ONLY: tokens from the demo identities of `deputy serve --dev`")
-    dev_commands = dev.add_subparsers(required=True, metavar="ACTION")
+    dev_parser = commands.add_parser("dev", help="DEMO ONLY: tokens from the demo identities of `deputy serve --dev`")
+    dev_commands = dev_parser.add_subparsers(required=True, metavar="ACTION")
     user_token = dev_commands.add_parser("user-token", help="print a demo user token for USER")
     user_token.add_argument("user")
     user_token.set_defaults(run=_dev_token)
@@ -84,7 +84,8 @@ def _add_dev(commands: Any) -> None:
     svid.add_argument("spiffe_id")
     svid.set_defaults(run=_dev_token)
     for command in (user_token, svid):
-        command.add_argument("--dir", type=Path, default=DEV_DIR, help=f"demo state (default {DEV_DIR})")
+        command.add_argument("--dir", type=Path, help=f"demo state (default: ./{DEV_DIR} if there, else the one "
+                                                      "the last `deputy serve --dev` on this machine uses)")
 
 
 def _config_option(parser: argparse.ArgumentParser) -> None:
@@ -106,9 +107,8 @@ def _ready(settings: Settings, *, dev_listen: str | None) -> tuple[Prepared, key
     """Everything made once before serving, once the port is known to be free: with --dev (`dev_listen`) the
     demo identities and their config, then the policy compiled, keys and schema."""
     if dev_listen is not None:
-        from .dev import DemoIdentities
-
-        settings = load_settings(DemoIdentities(DEV_DIR).create(listen=dev_listen))
+        settings = load_settings(dev.DemoIdentities(DEV_DIR).create(listen=dev_listen))
+        dev.remember(DEV_DIR)
     prepared = prepare(settings)
     keys = keystore.load_or_create(settings.state_dir, settings.tokens.signing_alg)
     _migrate(settings)
@@ -190,9 +190,7 @@ Exchange them for a token to the demo resource:
 
 def _dev_token(args: argparse.Namespace) -> int:
     """`deputy dev user-token USER` or `deputy dev svid SPIFFE_ID`, from the dev mode's demo identities."""
-    from .dev import DemoIdentities
-
-    identities = DemoIdentities(args.dir)
+    identities = dev.DemoIdentities(args.dir or dev.find(DEV_DIR))
     try:
         print(identities.user_token(args.user) if "user" in args else identities.svid(args.spiffe_id))
     except FileNotFoundError as exc:
@@ -212,7 +210,7 @@ def _rotate(args: argparse.Namespace) -> int:
     print(f"new signing key {ring.current.kid} ({ring.current.algorithm})")
     if ring.previous:
         print(f"previous key {ring.previous.kid} stays published until the next rotation")
-    print("restart the gateway to sign with the new key")
+    print("running gateways sign with it within seconds (each worker checks the key ring every second)")
     return 0
 
 

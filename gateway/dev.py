@@ -7,6 +7,7 @@ the benches and the tests. The private keys are written unprotected: never use t
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -142,3 +143,29 @@ class DemoIdentities:
         path = self.directory / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(document, indent=2))
+
+
+def dev_pointer() -> Path:
+    """Where `serve --dev` records its state directory for this user, so `deputy dev` finds it anywhere."""
+    state_home = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state_home) / "deputy" / "dev-gateway.json"
+
+
+def remember(directory: Path) -> None:
+    """Record `directory` as the running dev gateway's state (DEMO ONLY; readable by this user only)."""
+    pointer = dev_pointer()
+    pointer.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    pointer.write_text(json.dumps({"dir": str(directory.resolve())}))
+    pointer.chmod(0o600)
+
+
+def find(local: Path) -> Path:
+    """The demo identities to use: `local` (./.deputy-dev) if it holds them, else the ones the last
+    `serve --dev` on this machine recorded, else `local` (whose absence is then reported)."""
+    if (local / "demo.json").exists():
+        return local
+    try:
+        recorded = Path(json.loads(dev_pointer().read_text())["dir"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return local
+    return recorded if (recorded / "demo.json").exists() else local

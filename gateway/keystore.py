@@ -49,6 +49,18 @@ def rotate(state_dir: Path, algorithm: str) -> KeyRing:
         return _save(directory, SigningKey.generate(algorithm), ring.current if ring else None)
 
 
+def stamp(state_dir: Path) -> tuple[int, int] | None:
+    """Identifies the key ring on disk as it is now (its manifest's inode and mtime), None if absent:
+    `rotate` replaces the manifest, so the stamp changes with every rotation."""
+    try:
+        status = (state_dir / "keys" / MANIFEST).stat()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise KeyStoreError(f"{state_dir / 'keys'}: {exc.strerror or exc}") from exc
+    return status.st_ino, status.st_mtime_ns
+
+
 def load(state_dir: Path) -> KeyRing:
     """The existing key ring; raises KeyStoreError when there is none."""
     ring = _load(state_dir / "keys")

@@ -23,7 +23,6 @@ from policies import PACKAGED_POLICIES
 from token_exchange.actors import WorkloadVerifiers
 from token_exchange.keys import ASYMMETRIC_ALGORITHMS, KeySource, RemoteKeys, StaticKeys, parse_key_set, read_key_set
 from token_exchange.rfc8414 import metadata
-from token_exchange.rfc9068 import Signer
 from token_exchange.scope import Scope
 from token_exchange.signing import SIGNING_ALGORITHMS
 from token_exchange.spiffe import SVID_ALGORITHMS, JwtSvidVerifier
@@ -31,6 +30,7 @@ from token_exchange.txn_tokens import OwnTokenVerifier
 from token_exchange.user_tokens import SubjectIssuer, UserTokenVerifier
 
 from .keystore import KeyRing
+from .live_keys import LiveKeys
 from .settings import ConfigError, KeySetSettings, PolicySettings, Settings
 
 SVID_KEY_USE = "jwt-svid"
@@ -91,7 +91,7 @@ class Deputy:
     token_endpoint: TokenEndpoint
     lifecycle: TaskLifecycle
     callers: Callers
-    keys: KeyRing
+    keys: LiveKeys
     metadata: dict[str, Any]
     store: Store
 
@@ -121,18 +121,17 @@ def verifiers(settings: Settings, sources: KeySources) -> tuple[WorkloadVerifier
     return actors, UserTokenVerifier(issuers)
 
 
-def assemble(prepared: Prepared, keys: KeyRing, store: Store, sources: KeySources) -> Deputy:
+def assemble(prepared: Prepared, ring: KeyRing, store: Store, sources: KeySources) -> Deputy:
     """Every part of the gateway, from its settings, key ring, store and key sources."""
     settings = prepared.settings
     actors, users = verifiers(settings, sources)
     resources = Resources(Resource(r.audience, Scope(frozenset(r.scopes)), r.max_ttl, frozenset(r.clients))
                           for r in settings.resources)
-    own_keys = StaticKeys(parse_key_set(keys.public_jwks(), allowed=frozenset(SIGNING_ALGORITHMS)))
-    own_tokens = OwnTokenVerifier(own_keys, issuer=settings.issuer, allowed=frozenset(SIGNING_ALGORITHMS))
+    keys = LiveKeys.of(settings.state_dir, ring, issuer=settings.issuer)
+    own_tokens = OwnTokenVerifier(keys.own_keys, issuer=settings.issuer, allowed=frozenset(SIGNING_ALGORITHMS))
     lifetimes = Lifetimes(settings.tokens.default_ttl, settings.tokens.max_ttl, settings.tasks.default_ttl,
                           settings.tasks.max_ttl)
-    steps = ExchangeSteps(actors, users, own_tokens, resources, prepared.policy,
-                          Signer(issuer=settings.issuer, key=keys.current), store, lifetimes)
+    steps = ExchangeSteps(actors, users, own_tokens, resources, prepared.policy, keys.signer, store, lifetimes)
     endpoint = TokenEndpoint([token_exchange_grant(steps)], audit=store, policy=prepared.policy)
     admins = AdminRule(settings.admin.claim, settings.admin.value, frozenset(settings.admin.spiffe_ids))
     callers = Callers(actors=actors, users=users, credentials=store, resources=resources, admins=admins)

@@ -8,6 +8,7 @@ denies, one IdP and one trust domain whose key sets cannot be fetched.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import tempfile
 import textwrap
@@ -316,6 +317,11 @@ _EARLY = pytest.StashKey[dict[str, Any]]()
 class EarlyGateway:
     deployment: Deployment
     first_fetch_at: float
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """`deputy serve --dev` records its state for this user (gateway.dev.dev_pointer): keep the tests' own."""
+    os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="deputy-test-state-")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,5 +1,6 @@
 """`deputy demo` runs the whole story from a fresh install (issue 3: a test runs the demo)."""
 
+import os
 import subprocess
 import sys
 import time
@@ -62,3 +63,48 @@ def test_serve_dev_prints_commands_that_work(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_issue7_14_deputy_dev_finds_the_dev_gateway_from_any_directory(tmp_path: Path) -> None:
+    """`deputy dev user-token|svid` work from another directory than the one `serve --dev` runs in."""
+    port, served, elsewhere = free_port(), tmp_path / "served", tmp_path / "elsewhere"
+    served.mkdir()
+    elsewhere.mkdir()
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
+    process = subprocess.Popen(deputy_command("serve", "--dev", "--listen", f"127.0.0.1:{port}"), cwd=served,
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while not _healthy(url):
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+
+        def dev(*args: str) -> str:
+            result = subprocess.run(deputy_command("dev", *args), cwd=elsewhere, env=env, capture_output=True,
+                                    text=True, timeout=60)
+            assert result.returncode == 0, result.stderr
+            return result.stdout.strip()
+
+        response = httpx2.post(url + "/token", data={
+            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+            "subject_token": dev("user-token", "alice"),
+            "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+            "actor_token": dev("svid", "spiffe://demo.test/agent/mail"),
+            "actor_token_type": "urn:ietf:params:oauth:token-type:jwt",
+            "resource": "https://mail.demo.test", "scope": "mail.read"})
+        assert response.status_code == 200, response.text
+        assert not (elsewhere / ".deputy-dev").exists()
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    missing = subprocess.run(deputy_command("dev", "user-token", "alice"), cwd=elsewhere, capture_output=True,
+                             text=True, timeout=60, env={**os.environ, "XDG_STATE_HOME": str(tmp_path / "none")})
+    assert missing.returncode == 2 and "serve --dev" in missing.stderr
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx2.get(url + "/healthz", timeout=0.5).status_code == 200
+    except httpx2.HTTPError:
+        return False

@@ -203,9 +203,13 @@ def read_key_set(path: str, *, allowed: frozenset[str], use: str | None = None) 
 
 
 class StaticKeys:
-    """Keys fixed at start-up (a JWKS or bundle file)."""
+    """Keys held in memory: read at start-up from a JWKS or bundle file, or Deputy's own key ring."""
 
     def __init__(self, keys: Mapping[str, VerificationKey]) -> None:
+        self._keys = dict(keys)
+
+    def replace(self, keys: Mapping[str, VerificationKey]) -> None:
+        """Use `keys` from now on (Deputy's own key ring after a rotation)."""
         self._keys = dict(keys)
 
     async def key_for(self, kid: str) -> VerificationKey:

@@ -45,6 +45,10 @@ class Signer:
         self.issuer = issuer
         self._key = key
 
+    def use(self, key: SigningKey) -> None:
+        """Sign with `key` from now on (a rotated key ring)."""
+        self._key = key
+
     def sign(self, claims: Mapping[str, Any], *, typ: str) -> MintedToken:
         """Adds `iss` and a fresh `jti`; `iat` and `exp` come with the claims."""
         jti = new_id()

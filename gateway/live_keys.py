@@ -1,0 +1,71 @@
+"""The signing key ring in force: reloaded when `deputy keys rotate` changes it on disk, so every worker
+of a running gateway signs with the new key within seconds, without a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from token_exchange.keys import KeySet, StaticKeys, parse_key_set
+from token_exchange.rfc9068 import Signer
+from token_exchange.signing import SIGNING_ALGORITHMS
+
+from . import keystore
+
+log = logging.getLogger(__name__)
+RELOAD_CHECK_S = 1.0
+
+
+class LiveKeys:
+    """The ring, the signer that signs with its current key and the verifier keys of Deputy's own tokens
+    (current and previous), kept in step."""
+
+    def __init__(self, state_dir: Path, ring: keystore.KeyRing, *, signer: Signer, own_keys: StaticKeys) -> None:
+        self.state_dir = state_dir
+        self.ring = ring
+        self._signer = signer
+        self._own_keys = own_keys
+        self._stamp = keystore.stamp(state_dir)
+
+    @classmethod
+    def of(cls, state_dir: Path, ring: keystore.KeyRing, *, issuer: str) -> LiveKeys:
+        signer = Signer(issuer=issuer, key=ring.current)
+        return cls(state_dir, ring, signer=signer, own_keys=StaticKeys(_verification_keys(ring)))
+
+    @property
+    def signer(self) -> Signer:
+        return self._signer
+
+    @property
+    def own_keys(self) -> StaticKeys:
+        return self._own_keys
+
+    def public_jwks(self) -> dict[str, list[dict[str, object]]]:
+        return self.ring.public_jwks()
+
+    async def follow(self, every: float = RELOAD_CHECK_S) -> None:
+        """Check the ring on disk every `every` seconds; never ends."""
+        while True:
+            await asyncio.sleep(every)
+            await self.refresh()
+
+    async def refresh(self) -> bool:
+        """Take up a rotated ring; an unreadable one is logged and the ring in force kept. True if changed."""
+        try:
+            stamp = await asyncio.to_thread(keystore.stamp, self.state_dir)
+            if stamp == self._stamp or stamp is None:
+                return False
+            ring = await asyncio.to_thread(keystore.load, self.state_dir)
+        except keystore.KeyStoreError as exc:
+            log.error("keys.reload_failed", extra={"error": str(exc)})
+            return False
+        self._own_keys.replace(_verification_keys(ring))
+        self._signer.use(ring.current)
+        self.ring, self._stamp = ring, stamp
+        log.warning("keys.reloaded", extra={"kid": ring.current.kid, "previous": ring.previous and ring.previous.kid})
+        return True
+
+
+def _verification_keys(ring: keystore.KeyRing) -> KeySet:
+    return parse_key_set(ring.public_jwks(), allowed=frozenset(SIGNING_ALGORITHMS))
