@@ -98,7 +98,7 @@ class TokenEndpoint:
     async def _audit_refusal(self, exc: OAuthError, draft: AuditDraft) -> None:
         event = draft.refused(exc.error, exc.description)
         if log.isEnabledFor(logging.INFO):
-            log.info(f"{draft.action}.refused", extra={"event": event.as_dict()})
+            log.info(f"{draft.action}.refused", extra={"decision": event.as_dict()})
         try:
             await self._audit.append_audit(event)
         except StoreError as error:

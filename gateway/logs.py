@@ -1,4 +1,4 @@
-"""Operator logs: one JSON object a line, an event name plus fields; never a token."""
+"""Operator logs: one JSON object a line, an event name plus fields; never a token (docs/operations.md)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "event": record.getMessage(),
         }
-        entry.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
+        entry.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD and k not in entry})
         if record.exc_info:
             entry["traceback"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)

@@ -19,13 +19,15 @@ class GatewayFailed(RuntimeError):
 
 @contextlib.contextmanager
 def gateway_process(config: Path, url: str, *, workers: int = 1, log: Path | None = None,
-                    timeout: float = 30.0) -> Iterator[subprocess.Popen[bytes]]:
+                    timeout: float = 30.0, log_level: str = "warning") -> Iterator[subprocess.Popen[bytes]]:
     """Run `deputy serve --config CONFIG --workers N` until the block ends; output goes to `log`
     (default: `gateway.log` beside the config), never to a pipe nobody reads."""
     log = log or config.parent / "gateway.log"
+    command = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config), "--workers", str(workers),
+               "--log-level", log_level]
     with open(log, "ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config), "--workers", str(workers)],
+            command,
             stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     try:

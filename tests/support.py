@@ -166,12 +166,14 @@ def gateway_log(config: Path) -> Path:
 
 
 @contextmanager
-def gateway_process(config: Path, *, workers: int = 1, timeout: float = 20.0) -> Iterator[str]:
+def gateway_process(config: Path, *, workers: int = 1, timeout: float = 20.0, log_level: str = "warning"
+                    ) -> Iterator[str]:
     """Run `deputy serve --config` as a real process; yield its base URL once /healthz answers.
 
     Output goes to a file beside the config (`gateway_log`), never to a pipe nobody reads."""
     text = config.read_text()
     listen = next(line.split("=")[1].strip().strip('"') for line in text.splitlines() if line.startswith("listen"))
     url = f"http://{listen}"
-    with shared_gateway_process(config, url, workers=workers, log=gateway_log(config), timeout=timeout):
+    with shared_gateway_process(config, url, workers=workers, log=gateway_log(config), timeout=timeout,
+                                log_level=log_level):
         yield url

@@ -221,4 +221,4 @@ def union_scopes(resources: Sequence[Resource]) -> Scope:
 
 def _log_granted(event: AuditEvent) -> None:
     if log.isEnabledFor(logging.INFO):
-        log.info(f"{event.action}.granted", extra={"event": event.as_dict()})
+        log.info(f"{event.action}.granted", extra={"decision": event.as_dict()})
