@@ -12,9 +12,8 @@ import os
 import sqlite3
 import tempfile
 import textwrap
-import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -306,54 +305,6 @@ def probe(deployment: Deployment) -> Probe:
     return Probe(deployment, deployment.issued_count(), len(deployment.audit()))
 
 
-# A remote SPIFFE bundle refetches an unknown kid at most once per 30 s, so proving that a rotated
-# bundle is picked up needs a gateway whose first fetch happened 30 s earlier. It is started when
-# collection finishes and its test runs last, so the wait overlaps the rest of the suite.
-ROTATION_TEST = "test_jwt_svid_6_remote_bundle_rotated_to_a_new_key_is_refetched_on_unknown_kid"
-_EARLY = pytest.StashKey[dict[str, Any]]()
-
-
-@dataclass
-class EarlyGateway:
-    deployment: Deployment
-    first_fetch_at: float
-
-
 def pytest_configure(config: pytest.Config) -> None:
     """`deputy serve --dev` records its state for this user (gateway.dev.dev_pointer): keep the tests' own."""
     os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="deputy-test-state-")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: item.name == ROTATION_TEST)  # stable: only moves that test to the end
-
-
-def pytest_collection_finish(session: pytest.Session) -> None:
-    if session.config.option.collectonly or not any(item.name == ROTATION_TEST for item in session.items):
-        return
-    stack = ExitStack()
-    state: dict[str, Any] = {"stack": stack}
-    session.config.stash[_EARLY] = state
-    try:
-        directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="deputy-rotation-")))
-        deployment = stack.enter_context(deployed(directory, check_log=False))
-        response = deployment.exchange(actor_token=deployment.remote_domain.svid(audience=deployment.issuer))
-        assert response.status_code == 200, response.text
-        state["gateway"] = EarlyGateway(deployment, time.monotonic())
-    except Exception as exc:  # reported by the test that needs it, not by the whole session
-        state["error"] = exc
-
-
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    state = session.config.stash.get(_EARLY, None)
-    if state is not None:
-        state["stack"].close()
-
-
-@pytest.fixture
-def early_gateway(request: pytest.FixtureRequest) -> EarlyGateway:
-    state = request.config.stash.get(_EARLY, None)
-    assert state is not None, "the early gateway starts only when its test is collected"
-    if "error" in state:
-        raise state["error"]
-    return state["gateway"]  # type: ignore[no-any-return]
