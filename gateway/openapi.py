@@ -187,5 +187,5 @@ ERRORS = {status: {"model": OAuthErrorBody, "description": text} for status, tex
 
 def form(model: type[BaseModel]) -> dict[str, Any]:
     """`openapi_extra` for a route whose body is `model` form-encoded (the route reads it itself)."""
-    return {"requestBody": {"required": True, "content": {
-        "application/x-www-form-urlencoded": {"schema": model.model_json_schema(ref_template="#/components/schemas/{model}")}}}}
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    return {"requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": schema}}}}

@@ -9,6 +9,7 @@ claims are checked against a `now` passed in.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 from collections import OrderedDict
@@ -41,6 +42,9 @@ _SIGNATURE_ONLY: jwt.types.Options = {
 }
 
 
+_BYTE_ORDER_MARK = chr(0xFEFF)
+
+
 class TokenError(Exception):
     """A presented token is malformed, untrusted or not valid now. The message names why, never the token."""
 
@@ -59,12 +63,24 @@ def unverified_parts(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
         raise TokenError(f"longer than {MAX_TOKEN_BYTES} bytes")
     if not _COMPACT_JWS.fullmatch(token):
         raise TokenError("not a compact JWS (three base64url segments)")
+    encoded_header, encoded_claims, _ = token.split(".")
+    header = _json_object(encoded_header)
+    if not isinstance(header.get("kid", ""), str):  # RFC 7515 §4.1.4: a case-sensitive string
+        raise TokenError("malformed: the kid header must be a string")
+    return header, _json_object(encoded_claims)
+
+
+def _json_object(segment: str) -> dict[str, Any]:
+    """A base64url segment holding a JSON object in UTF-8 (RFC 7515 §2, RFC 8725 §3.7): no other encoding,
+    no byte order mark (the JSON parser would accept either silently)."""
     try:
-        header = jwt.get_unverified_header(token)
-        claims = jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError as exc:  # pyjwt's text names its own internals: say it in Deputy's words
+        text = jwt.utils.base64url_decode(segment).decode("utf-8")
+        value = json.loads(text) if not text.startswith(_BYTE_ORDER_MARK) else None
+    except (ValueError, RecursionError) as exc:  # binascii.Error, UnicodeDecodeError and JSONDecodeError too
         raise TokenError("malformed: header and payload must be base64url JSON objects in UTF-8") from exc
-    return header, claims
+    if not isinstance(value, dict):
+        raise TokenError("malformed: header and payload must be base64url JSON objects in UTF-8")
+    return value
 
 
 async def verify_signature(

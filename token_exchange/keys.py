@@ -182,6 +182,17 @@ def parse_key_set(document: Any, *, allowed: frozenset[str], use: str | None = N
     return KeySet(keys, rejected)
 
 
+def json_document(raw: bytes) -> Any:
+    """A key set's bytes as JSON: at most MAX_JWKS_BYTES, UTF-8 (RFC 8259 §8.1); raises a ValueError
+    (UnicodeDecodeError and JSONDecodeError are ones)."""
+    if len(raw) > MAX_JWKS_BYTES:
+        raise ValueError(f"larger than {MAX_JWKS_BYTES} bytes")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except RecursionError as exc:
+        raise ValueError("not JSON: nested too deeply") from exc
+
+
 def read_key_set(path: str, *, allowed: frozenset[str], use: str | None = None) -> KeySet:
     """Load a JWK Set file; raises OSError or ValueError with a readable message.
 
@@ -189,10 +200,8 @@ def read_key_set(path: str, *, allowed: frozenset[str], use: str | None = None) 
     ones (a fetched set only skips it: see `RemoteKeys`)."""
     with open(path, "rb") as f:
         raw = f.read(MAX_JWKS_BYTES + 1)
-    if len(raw) > MAX_JWKS_BYTES:
-        raise ValueError(f"larger than {MAX_JWKS_BYTES} bytes")
     try:
-        document = json.loads(raw)
+        document = json_document(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"not JSON: {exc}") from exc
     keys = parse_key_set(document, allowed=allowed, use=use)
@@ -262,14 +271,21 @@ class RemoteKeys:
         age = self._clock() - self._fetched_at
         return age >= MAX_KEY_AGE_S or (kid not in self._keys and age >= REFETCH_INTERVAL_S)
 
+    async def _download(self) -> bytes:
+        """The key set's body, read no further than one byte past MAX_JWKS_BYTES."""
+        body = bytearray()
+        async with self._client.stream("GET", self.uri, headers={"Accept": "application/json"}) as response:
+            response.raise_for_status()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_JWKS_BYTES:
+                    break
+        return bytes(body)
+
     async def _refetch(self) -> None:
         self._fetched_at = self._clock()  # failures count too: no refetch storm
         try:
-            response = await self._client.get(self.uri, headers={"Accept": "application/json"})
-            response.raise_for_status()
-            if len(response.content) > MAX_JWKS_BYTES:
-                raise ValueError(f"larger than {MAX_JWKS_BYTES} bytes")
-            keys = self._parse(response.json())
+            keys = self._parse(json_document(await self._download()))
             for kid, reason in keys.rejected.items():  # skipped, never used; the others still are
                 log.warning("jwks.key_skipped", extra={"uri": self.uri, "kid": kid[:256], "reason": reason})
             self._keys, self._last_error = keys, None

@@ -7,6 +7,7 @@ Also the transaction-token request parameters `request_context` and `request_det
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -55,7 +56,7 @@ class Target:
             or not rest
             or "#" in value
             or not value.isascii()
-            or any(c.isspace() or ord(c) < 0x21 for c in value)
+            or any(c.isspace() or ord(c) < 0x21 or c == "\x7f" for c in value)
         ):
             raise InvalidTarget("resource must be an absolute URI without a fragment (RFC 8707 section 2)")
         return cls("resource", value)
@@ -119,7 +120,9 @@ def _purpose(form: FormParams) -> str | None:
 
 def _task_ttl(form: FormParams) -> int | None:
     task_ttl = form.get("task_ttl")
-    if task_ttl is not None and not (task_ttl.isascii() and task_ttl.isdigit() and 0 < int(task_ttl) <= 86400 * 7):
+    # at most 7 digits before int(): Python refuses to convert a string of more than 4,300 digits
+    if task_ttl is not None and not (task_ttl.isascii() and task_ttl.isdigit() and len(task_ttl) <= 7
+                                     and 0 < int(task_ttl) <= 86400 * 7):
         raise InvalidRequest("task_ttl must be a positive number of seconds")
     return int(task_ttl) if task_ttl else None
 
@@ -133,7 +136,7 @@ def _json_object(form: FormParams, name: str) -> Mapping[str, Any]:
         raise InvalidRequest(f"{name} is longer than {MAX_CONTEXT_BYTES} bytes")
     try:
         value = json.loads(text, parse_constant=_no_constant)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested past the parser's own limit
         raise InvalidRequest(f"{name} is not valid JSON") from exc
     if not isinstance(value, dict):
         raise InvalidRequest(f"{name} must be a JSON object")
@@ -146,16 +149,19 @@ def _no_constant(token: str) -> Any:
 
 
 def _check_context_value(name: str, value: Any, depth: int) -> None:
-    if depth > MAX_CONTEXT_DEPTH:
-        raise InvalidRequest(f"{name} is nested deeper than {MAX_CONTEXT_DEPTH} levels")
-    if isinstance(value, str) and "\0" in value:
+    """Strings without U+0000, exact integers, finite numbers, and at most MAX_CONTEXT_DEPTH containers deep."""
+    if isinstance(value, dict | list):
+        if depth >= MAX_CONTEXT_DEPTH:
+            raise InvalidRequest(f"{name} is nested deeper than {MAX_CONTEXT_DEPTH} levels")
+        for key, item in value.items() if isinstance(value, dict) else enumerate(value):
+            _check_context_value(name, key, depth + 1)
+            _check_context_value(name, item, depth + 1)
+    elif isinstance(value, str) and "\0" in value:
         raise InvalidRequest(f"{name} holds a string with U+0000")
-    if isinstance(value, int) and not isinstance(value, bool) and not -(2**53) < value < 2**53:
+    elif isinstance(value, int) and not isinstance(value, bool) and not -(2**53) < value < 2**53:
         raise InvalidRequest(f"{name} holds an integer beyond 2^53")
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for key, item in items:
-        _check_context_value(name, key, depth + 1)
-        _check_context_value(name, item, depth + 1)
+    elif isinstance(value, float) and not math.isfinite(value):  # 1e400 parses as infinity
+        raise InvalidRequest(f"{name} holds a number beyond the range of a double")
 
 
 def _presented(form: FormParams, name: str, types: frozenset[str]) -> PresentedToken:

@@ -3,7 +3,7 @@ its own identity. A replacement only narrows (transaction tokens draft §13.15):
 
 from __future__ import annotations
 
-from token_exchange.errors import InvalidRequest, InvalidTarget, UnauthorizedClient
+from token_exchange.errors import InvalidRequest, InvalidTarget, UnauthorizedClient, shown
 from token_exchange.rfc8693 import ExchangeRequest, TokenResponse
 from token_exchange.txn_tokens import TaskContext
 
@@ -40,7 +40,11 @@ class Delegate(ExchangeFlow):
 
 
 def _narrowed_context(parent: TaskContext, req: ExchangeRequest) -> TaskContext:
-    """The parent's `tctx` stays (§13.15: it may gain values, never change them); `rctx` is this request's."""
+    """The parent's `tctx` stays (§13.15: it may gain values, never change them), its purpose included;
+    `rctx` is this request's."""
+    if parent.purpose is not None and req.purpose is not None and req.purpose != parent.purpose:
+        raise InvalidRequest("purpose cannot change in a delegated task (the parent task has one)")
     if changed := sorted(k for k, v in req.details.items() if k in parent.details and parent.details[k] != v):
-        raise InvalidRequest(f"request_details cannot change {changed[0][:40]!r} of the parent task")
-    return TaskContext(req.purpose or parent.purpose, {**parent.details, **req.details}, req.context)
+        raise InvalidRequest(f"request_details cannot change {shown(changed[0], 40, otherwise='a key')} of the "
+                             "parent task")
+    return TaskContext(parent.purpose or req.purpose, {**parent.details, **req.details}, req.context)

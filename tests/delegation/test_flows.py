@@ -755,10 +755,6 @@ async def test_txn_tokens_13_15_a_delegation_may_give_a_purpose_to_a_task_that_h
     assert child.claims["tctx"] == {"purpose": "summarise"}
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "product bug: Delegate's _narrowed_context takes `req.purpose or parent.purpose`, so a sub-agent's purpose "
-    "parameter replaces the parent's tctx purpose, which section 13.15 (and the function's own docstring) "
-    "says may gain values but never change (delegation/flows/delegate.py, _narrowed_context)"))
 async def test_txn_tokens_13_15_a_delegation_cannot_change_the_parent_purpose(world: World) -> None:
     parent = await world.open_task(purpose="triage the inbox")
     form = task_token_form(parent, actor_token="helper-token", requested_token_type=TXN_TOKEN_TYPE, resource=None,

@@ -297,10 +297,6 @@ async def test_deputy_a_body_that_is_not_json_is_unavailable(
         await remote(raw_server.url + path, client, FakeClock()).key_for("any")
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError, reason=(
-    "product bug: json.loads raises RecursionError (not ValueError) for a deeply nested body; RemoteKeys._refetch "
-    "catches only httpx2.HTTPError and ValueError, so the lookup raises RecursionError instead of "
-    "KeySetUnavailable and the token endpoint answers 500 (token_exchange/keys.py, RemoteKeys._refetch)"))
 async def test_deputy_a_deeply_nested_body_is_unavailable(raw_server: RawServer, client: httpx2.AsyncClient) -> None:
     path = f"/raw/{next(_paths)}"
     raw_server.bodies[path] = b'{"keys": ' + b"[" * 10_000 + b"]" * 10_000 + b"}"
