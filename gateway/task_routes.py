@@ -60,13 +60,15 @@ async def revocations(request: Request, since: Annotated[int, Query(ge=0, le=MAX
 @router.get("/revocations/stream")
 async def revocation_stream(request: Request, since: Annotated[int, Query(ge=0, le=MAX_CURSOR)] = 0,
                             caller: VerifiedActor = Depends(resource_client)) -> EventSourceResponse:  # noqa: B008
-    """The same events as Server-Sent Events; `id` is the cursor (resume with Last-Event-ID)."""
+    """The same events as Server-Sent Events; `id` is the cursor (resume with Last-Event-ID). The stream ends
+    before its next event once the caller's SVID has expired or been revoked."""
     last = request.headers.get("last-event-id", "")
     cursor = int(last) if last.isascii() and last.isdigit() and len(last) < 19 else since
 
     async def events() -> AsyncIterator[ServerSentEvent]:
         yield ServerSentEvent(comment="deputy revocation feed")
-        async for event in deputy(request).store.follow(cursor):
+        parts = deputy(request)
+        async for event in parts.callers.while_valid(caller, parts.store.follow(cursor)):
             yield ServerSentEvent(data=json.dumps(event.as_dict()), event="revocation", id=str(event.seq))
 
     return EventSourceResponse(events(), ping=KEEP_ALIVE_S, headers={"Cache-Control": "no-store"})
