@@ -69,8 +69,8 @@ class Callers:
             if caller.expires_at <= now:
                 return
             try:
-                await self._not_revoked(Presented(caller.ref, caller.issued_at), "JWT-SVID rejected")
-            except InvalidClient:
+                await check_credentials(self._credentials, Presented(caller.ref, caller.issued_at))
+            except CredentialRevoked:
                 return
             yield item
 

@@ -1,13 +1,17 @@
 """A revocation leaves nothing usable, even while exchanges are in flight (issue 7, item 2).
 
 A real gateway with `--workers 2` on loopback. Each round puts about 40 exchanges for one party in
-flight at once (one-shot access tokens, task openings, tokens within tasks opened just before), each on
-a fresh connection so that both workers serve them (SO_REUSEPORT spreads connections by their ports),
-and sends `/admin/revoke?user=` (or `?agent=`) about 20 ms in. Once the revoke has answered 200:
+flight (one-shot access tokens, task openings, tokens within tasks opened just before; sent one a
+millisecond, so the gateway is still taking new ones when the revoke arrives), each on a fresh
+connection so that both workers serve them (SO_REUSEPORT spreads connections by their ports), and sends
+`/admin/revoke?user=` (or `?agent=`) 20 ms in. Each granted access token is introspected at once, as a
+resource server would. Once the revoke has answered 200:
 
-- no access token granted in the round introspects as active, whichever worker issued it;
+- no access token granted in the round introspects as active, whichever worker issued it, nor did any
+  introspection sent after the revoke answered;
 - no task opened before or during the round mints any more, even for a fresh SVID of its agent;
-- every access token granted in the round is named in the revocation feed, with its task.
+- every access token granted in the round (each answered active, or would have) is named with its task
+  in the paged feed and in the SSE stream, which was open throughout.
 
 Why this fails without the check inside the write's transaction (the code before the reshape, which
 checked cutoffs once, early, then asked the policy, signed, and wrote): an exchange that passed the early
