@@ -18,7 +18,7 @@ import jwt
 import pytest
 
 from tests.conftest import MAIL_AGENT, POLICY_DATA, Deployment, deployed
-from tests.support import ACCESS_TOKEN, GRANT, JWT
+from tests.support import ACCESS_TOKEN, GRANT, JWT, feed_head
 
 TXN = "urn:ietf:params:oauth:token-type:txn_token"
 DOCS, PHOTOS = "https://docs.example.com", "https://photos.example.com"
@@ -82,10 +82,7 @@ def page(env: Deployment, reader: str, since: int, limit: int = 500) -> dict[str
 
 
 def head(env: Deployment, reader: str) -> int:
-    cursor = 0
-    while (body := page(env, reader, cursor))["events"]:
-        cursor = body["next"]
-    return int(body["next"])
+    return feed_head(env.client, env.svid(sub=reader))
 
 
 def told(env: Deployment, reader: str, since: int) -> list[dict[str, Any]]:

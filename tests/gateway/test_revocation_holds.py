@@ -22,7 +22,7 @@ import jwt
 import pytest
 
 from tests.conftest import IDP, MAIL_AGENT, POLICY_DATA, Deployment, deployed
-from tests.support import ACCESS_TOKEN, GRANT, JWT, TrustDomain
+from tests.support import ACCESS_TOKEN, GRANT, JWT, TrustDomain, feed_head
 
 NOTES = "https://notes.example.com"
 OPS = "spiffe://example.org/ops/admin"  # revokes; never revoked itself
@@ -156,16 +156,6 @@ def test_issue7_1_revoking_a_user_at_one_issuer_spares_that_sub_at_another(env: 
     assert call(env, "admin", elsewhere) == 401
 
 
-def feed_head(env: Env, reader: str) -> int:
-    """The cursor after every event `reader` may see now."""
-    cursor = 0
-    while True:
-        page = env.client.get("/revocations", params={"since": cursor}, headers=bearer(env.svid(reader))).json()
-        if not page["events"]:
-            return int(page["next"])
-        cursor = page["next"]
-
-
 def notes_token(env: Env) -> str:
     """A one-shot access token for NOTES, of MAIL_AGENT for alice."""
     user = env.deployment.user_token(scope="notes.read")
@@ -180,7 +170,7 @@ def notes_token(env: Env) -> str:
 def two_streams(env: Env, doomed_svid: str) -> Iterator[tuple[Iterator[str], Iterator[str]]]:
     """`/revocations/stream` from the head, read with `doomed_svid` and with the control reader's SVID:
     the lines of each, once both streams are open."""
-    head, timeout = feed_head(env, CONTROL_RS), httpx2.Timeout(10.0)
+    head, timeout = feed_head(env.client, env.svid(CONTROL_RS)), httpx2.Timeout(10.0)
     with httpx2.Client(base_url=env.deployment.url, timeout=timeout) as doomed_client, \
             httpx2.Client(base_url=env.deployment.url, timeout=timeout) as control_client, \
             doomed_client.stream("GET", "/revocations/stream", params={"since": head},
