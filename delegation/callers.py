@@ -8,7 +8,10 @@ with theirs, or with a user token that holds the admin group. A task token never
 
 from __future__ import annotations
 
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from token_exchange.actors import ActorVerifier, VerifiedActor
 from token_exchange.errors import AccessDenied, InvalidClient
@@ -18,6 +21,8 @@ from token_exchange.user_tokens import UserTokenVerifier, VerifiedSubject
 from .records import CredentialRevoked, Presented
 from .resources import Resources
 from .store import Credentials, check_credentials
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +58,21 @@ class Callers:
         if not self._resources.is_client(caller.id):
             raise AccessDenied("this SPIFFE ID is not a client of any resource")
         return caller
+
+    async def while_valid(self, caller: VerifiedActor, items: AsyncIterator[T], *,
+                          clock: Callable[[], float] = time.time) -> AsyncIterator[T]:
+        """`items` for a request that lasts (the feed's stream), each only while the caller's identity still
+        holds: once its token has expired, or an admin revocation has cut it off since it was verified, the
+        next item is not given and the iteration ends."""
+        async for item in items:
+            now = int(clock())
+            if caller.expires_at <= now:
+                return
+            try:
+                await check_credentials(self._credentials, Presented(caller.ref, caller.issued_at))
+            except CredentialRevoked:
+                return
+            yield item
 
     async def admin(self, token: str, *, now: int) -> str:
         """An admin: a workload in the admin list, or a user whose token's admin claim holds the value."""

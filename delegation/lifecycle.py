@@ -3,7 +3,8 @@ Callers arrive already authenticated (`callers.py`)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
 
 from token_exchange.actors import ActorRef
 from token_exchange.errors import InvalidRequest, OAuthError, UnauthorizedClient
@@ -13,17 +14,21 @@ from token_exchange.txn_tokens import TASK_TOKEN_JWT_TYPE, OwnToken, OwnTokenVer
 
 from .admin import NotFound, TaskAdmin, audit_event, task_state
 from .resources import Resources
-from .store import TaskEnding
-from .tasks import COMPLETED
+from .store import FeedPage, RevocationFeed, TaskEnding
+from .tasks import COMPLETED, Revocation
 
 INACTIVE: dict[str, Any] = {"active": False}
 _INTROSPECTED = ("scope", "client_id", "sub", "aud", "iss", "exp", "iat", "jti", "act", "txn")
 
 
-class TaskLifecycle:
-    """What agents and resource servers do once tasks exist: complete, revoke, introspect."""
+class LifecycleStore(TaskEnding, RevocationFeed, Protocol):
+    """What the lifecycle uses of the store: ending tasks and tokens, and the feed that tells of it."""
 
-    def __init__(self, *, store: TaskEnding, own_tokens: OwnTokenVerifier, resources: Resources) -> None:
+
+class TaskLifecycle:
+    """What agents and resource servers do once tasks exist: complete, revoke, introspect, read the feed."""
+
+    def __init__(self, *, store: LifecycleStore, own_tokens: OwnTokenVerifier, resources: Resources) -> None:
         self.store = store
         self.own_tokens = own_tokens
         self.resources = resources
@@ -83,6 +88,15 @@ class TaskLifecycle:
         if revoked or (record.task_id is not None and (task is None or task.ended(now))):
             return INACTIVE  # a task purged after it ended counts as ended
         return {"active": True, "token_type": "Bearer", **{k: claims[k] for k in _INTROSPECTED if k in claims}}
+
+    async def feed(self, caller: str, *, since: int, limit: int) -> FeedPage:
+        """The revocation feed as `caller` may see it: like introspection, only about the tokens and tasks
+        of the resources that list it in `clients`."""
+        return await self.store.revocations(since, limit, audiences=self.resources.audiences_of(caller))
+
+    def follow(self, caller: str, cursor: int) -> AsyncIterator[Revocation]:
+        """The same events as they are committed (`feed`), for the stream."""
+        return self.store.follow(cursor, audiences=self.resources.audiences_of(caller))
 
     async def _own(self, token: str, now: int) -> OwnToken | None:
         if not token:

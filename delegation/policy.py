@@ -37,6 +37,7 @@ class Decision:
     ttl: int | None = None
     reasons: tuple[str, ...] = ()
     error: str | None = None
+    outlive_subject: bool = False  # a task may live past the user token it is opened with (docs/policy.md)
     revision: str | None = field(default=None, compare=False)  # about the evaluation, not what was decided
     decision_id: str | None = field(default=None, compare=False)
 
@@ -53,7 +54,8 @@ class Decision:
         if problem is not None:
             return cls.deny(problem, **made)
         return cls(document["allow"], tuple(document.get("scope", [])), document.get("ttl"),
-                   tuple(document.get("reasons", [])), document.get("error"), **made)
+                   tuple(document.get("reasons", [])), document.get("error"),
+                   document.get("outlive_subject", False), **made)
 
 
 def _malformed(document: Any) -> str | None:
@@ -70,6 +72,8 @@ def _malformed(document: Any) -> str | None:
         return "policy result ttl is not a positive integer"
     if error is not None and not isinstance(error, str):
         return "policy result error is not a string"
+    if "outlive_subject" in document and type(document["outlive_subject"]) is not bool:
+        return "policy result outlive_subject is not a boolean"
     return None
 
 

@@ -21,6 +21,9 @@ class Resource:
 class Resources:
     def __init__(self, resources: Iterable[Resource]) -> None:
         self._by_audience = {r.audience: r for r in resources}
+        clients = {c for r in self._by_audience.values() for c in r.clients}
+        self._audiences_of = {c: frozenset(a for a, r in self._by_audience.items() if c in r.clients)
+                              for c in clients}
 
     def resolve(self, target: Target) -> Resource:
         """Exact string match: no case folding, no trailing-slash or port normalization."""
@@ -34,7 +37,11 @@ class Resources:
 
     def is_client(self, spiffe_id: str) -> bool:
         """Whether this SPIFFE ID is listed in some resource's `clients` (may read the revocation feed)."""
-        return any(spiffe_id in r.clients for r in self._by_audience.values())
+        return spiffe_id in self._audiences_of
+
+    def audiences_of(self, spiffe_id: str) -> frozenset[str]:
+        """The audiences of the resources whose `clients` list this SPIFFE ID: what it may be told about."""
+        return self._audiences_of.get(spiffe_id, frozenset())
 
     def all_scopes(self) -> list[str]:
         return sorted({s for r in self._by_audience.values() for s in r.scopes.values})

@@ -128,12 +128,25 @@ class TaskEnding(Protocol):
                            ) -> Revocation | None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class FeedPage:
+    """Feed events as one reader may see them, and `next`, the cursor to ask with next: past every event
+    looked at, shown or not, so a reader never asks again for events it may not see."""
+
+    events: tuple[Revocation, ...]
+    next: int
+
+
 class RevocationFeed(Protocol):
-    async def revocations(self, since: int, limit: int) -> list[Revocation]:
-        """Events after cursor `since`, oldest first."""
+    """The revocation feed, told to each resource server about its own resources only (as introspection
+    is): an event names the jtis of tokens whose audience is in `audiences` and the ids of tasks that
+    include one of them; an event with nothing left for the reader is not given to it."""
+
+    async def revocations(self, since: int, limit: int, *, audiences: frozenset[str]) -> FeedPage:
+        """Events after cursor `since`, oldest first; fewer than `limit` means the feed was read to its end."""
         ...
 
-    def follow(self, cursor: int) -> AsyncIterator[Revocation]:
+    def follow(self, cursor: int, *, audiences: frozenset[str]) -> AsyncIterator[Revocation]:
         """Every event after `cursor`, as soon as it is committed by any worker; never ends."""
         ...
 

@@ -51,22 +51,24 @@ async def introspect(request: Request, caller: VerifiedActor = Depends(resource_
 async def revocations(request: Request, since: Annotated[int, Query(ge=0, le=MAX_CURSOR)] = 0,
                       limit: Annotated[int, Query(ge=1, le=FEED_PAGE)] = FEED_PAGE,
                       caller: VerifiedActor = Depends(resource_client)) -> JSONResponse:  # noqa: B008
-    """The revocation feed, paged: events after cursor `since`; `next` is the cursor to ask with next."""
-    events = await deputy(request).store.revocations(since, limit)
-    cursor = events[-1].seq if events else since
-    return JSONResponse({"events": [e.as_dict() for e in events], "next": cursor}, headers=NO_STORE)
+    """The revocation feed, paged, about the caller's resources only: events after cursor `since`; `next`
+    is the cursor to ask with next (past events the caller is not told about, too)."""
+    page = await deputy(request).lifecycle.feed(caller.id, since=since, limit=limit)
+    return JSONResponse({"events": [e.as_dict() for e in page.events], "next": page.next}, headers=NO_STORE)
 
 
 @router.get("/revocations/stream")
 async def revocation_stream(request: Request, since: Annotated[int, Query(ge=0, le=MAX_CURSOR)] = 0,
                             caller: VerifiedActor = Depends(resource_client)) -> EventSourceResponse:  # noqa: B008
-    """The same events as Server-Sent Events; `id` is the cursor (resume with Last-Event-ID)."""
+    """The same events as Server-Sent Events; `id` is the cursor (resume with Last-Event-ID). The stream ends
+    before its next event once the caller's SVID has expired or been revoked."""
     last = request.headers.get("last-event-id", "")
     cursor = int(last) if last.isascii() and last.isdigit() and len(last) < 19 else since
 
     async def events() -> AsyncIterator[ServerSentEvent]:
         yield ServerSentEvent(comment="deputy revocation feed")
-        async for event in deputy(request).store.follow(cursor):
+        parts = deputy(request)
+        async for event in parts.callers.while_valid(caller, parts.lifecycle.follow(caller.id, cursor)):
             yield ServerSentEvent(data=json.dumps(event.as_dict()), event="revocation", id=str(event.seq))
 
     return EventSourceResponse(events(), ping=KEEP_ALIVE_S, headers={"Cache-Control": "no-store"})

@@ -12,7 +12,7 @@ import os
 import sqlite3
 import tempfile
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,15 +159,18 @@ def write_config(directory: Path, *, port: int, idp: UserIdp, remote_idp: UserId
     return config
 
 
-def make_setup(directory: Path, *, extra: str = "") -> Setup:
+def make_setup(directory: Path, *, extra: str = "", policy_files: Mapping[str, str] | None = None) -> Setup:
     """Keys, JWKS files and server, packaged Rego with test data, and a deputy.toml in `directory`.
 
-    `extra` is appended to the TOML (tables only, e.g. `[tokens]`)."""
+    `extra` is appended to the TOML (tables only, e.g. `[tokens]`); `policy_files` (path in the policy
+    directory → text) replace or add to the packaged Rego and the test data (`data.json`)."""
     policy_dir = directory / "policies"
     (policy_dir / "deputy").mkdir(parents=True)
     for rego in (ROOT / "policies" / "deputy").glob("*.rego"):
         (policy_dir / "deputy" / rego.name).write_text(rego.read_text())
     (policy_dir / "data.json").write_text(json.dumps(POLICY_DATA))
+    for name, text in (policy_files or {}).items():
+        (policy_dir / name).write_text(text)
     rsa_key = SigningKey.of("RS256", rsa.generate_private_key(public_exponent=65537, key_size=2048))
     x509_key = SigningKey.generate("ES256")
     x509_jwk = {k: v for k, v in x509_key.public_jwk.items() if k != "alg"} | {"use": "x509-svid"}
@@ -249,8 +252,9 @@ def running(setup: Setup) -> Iterator[Deployment]:
 
 
 @contextmanager
-def deployed(directory: Path, *, extra: str = "", check_log: bool = True) -> Iterator[Deployment]:
-    setup = make_setup(directory, extra=extra)
+def deployed(directory: Path, *, extra: str = "", check_log: bool = True,
+             policy_files: Mapping[str, str] | None = None) -> Iterator[Deployment]:
+    setup = make_setup(directory, extra=extra, policy_files=policy_files)
     try:
         with running(setup) as deployment:
             yield deployment

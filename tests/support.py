@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import jwt
 
 from gateway.process import gateway_process as shared_gateway_process
@@ -153,6 +154,17 @@ class JwksServer:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def feed_head(client: httpx2.Client, svid: str) -> int:
+    """The cursor past every revocation-feed event the holder of `svid` may be told about now."""
+    cursor = 0
+    while True:
+        response = client.get("/revocations", params={"since": cursor}, headers={"Authorization": f"Bearer {svid}"})
+        assert response.status_code == 200, response.text
+        if not response.json()["events"]:
+            return int(response.json()["next"])
+        cursor = response.json()["next"]
 
 
 def deputy_command(*args: str) -> list[str]:

@@ -1,5 +1,6 @@
 """Opening a task (transaction tokens draft §11): a task token for one user, one agent, a set of resources
-and a scope ceiling, from the user's token."""
+and a scope ceiling, from the user's token; it lives no longer than that token unless the policy says so
+(§6, `outlive_subject`)."""
 
 from __future__ import annotations
 
@@ -36,4 +37,5 @@ class OpenTask(ExchangeFlow):
         query = PolicyInput.build("open_task", task=task, subject=user, actor=actor, request=req,
                                   audiences=list(task.audiences), now=now)
         decision = await steps.decide(query, ctx)
-        return await steps.issue_task(task, granted(decision, wanted), decision, ctx, presented)
+        return await steps.issue_task(task, granted(decision, wanted), decision, ctx, presented,
+                                      subject_expires_at=user.expires_at)

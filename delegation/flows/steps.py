@@ -37,6 +37,7 @@ from ..token_endpoint import FlowContext
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+OUTLIVED_SUBJECT = "policy let the task outlive the user token"
 REVOKED_CREDENTIAL = {
     "actor": "actor_token rejected: issued before an admin revoked this agent",
     "user": "subject_token rejected: issued before an admin revoked this user",
@@ -154,11 +155,12 @@ class ExchangeSteps:
         return TokenResponse(token.token, ACCESS_TOKEN_TYPE, "Bearer", ttl, scope, (("task_id", task.id),))
 
     async def issue_task(self, task: Task, scope: Scope, decision: Decision, ctx: FlowContext,
-                         presented: Presented) -> TokenResponse:
-        """Sign and record a task token: the task as decided (its scope, and a deadline the policy may shorten)."""
+                         presented: Presented, *, subject_expires_at: int | None = None) -> TokenResponse:
+        """Sign and record a task token: the task as decided (its scope, and a deadline the policy may
+        shorten), within the life of the user token it is opened with (`subject_expires_at`)."""
         now = ctx.now
         deadline = min(task.deadline, now + decision.ttl) if decision.ttl is not None else task.deadline
-        task = replace(task, scope=scope, deadline=deadline)
+        task = replace(task, scope=scope, deadline=_within_subject(deadline, subject_expires_at, decision, ctx))
         token = self.signer.sign(
             task_token_claims(task_id=task.id, user=task.user_subject, chain=task.chain, scope=scope,
                               audience=self.signer.issuer, context=task.context, now=now, deadline=task.deadline),
@@ -197,6 +199,18 @@ class ExchangeFlow:
     def can_handle(self, exchange: ExchangeRequest) -> bool:
         return ((exchange.subject.token_type == TXN_TOKEN_TYPE) == self.subject_is_task
                 and (exchange.requested_token_type == TXN_TOKEN_TYPE) == self.issues_task)
+
+
+def _within_subject(deadline: int, subject_expires_at: int | None, decision: Decision, ctx: FlowContext) -> int:
+    """A task does not outlive the user's authority: its deadline is capped by the user token's `exp`,
+    unless the policy lets it outlive that token explicitly (transaction tokens §6: MAY, by policy), and
+    then the audit record says so."""
+    if subject_expires_at is None or deadline <= subject_expires_at:
+        return deadline
+    if not decision.outlive_subject:
+        return subject_expires_at
+    ctx.audit.reasons = (*ctx.audit.reasons, OUTLIVED_SUBJECT)
+    return deadline
 
 
 def narrowed(wanted: Scope, where: str) -> Scope:

@@ -23,7 +23,7 @@ from token_exchange.txn_tokens import TaskContext
 
 from ..audit import AuditEvent
 from ..records import CredentialRevoked, IssuedTokenRecord, Party, Presented, TaskEnded, barred
-from ..store import AuditQuery, AuditRecord, TaskDetail, TaskQuery, TokenState, TokenView
+from ..store import AuditQuery, AuditRecord, FeedPage, TaskDetail, TaskQuery, TokenState, TokenView
 from ..tasks import EXPIRED, OPEN, REVOKED, Revocation, Task
 from .sqlite_writes import SqliteDatabase
 
@@ -46,6 +46,12 @@ _CUTOFFS = (
     " max(CASE WHEN kind = 'user' THEN issued_before END) FROM credential_cutoffs"
     " WHERE (kind = 'agent' AND subject = ? AND issuer IN (?, '')) OR (kind = 'domain' AND subject = ?)"
     " OR (kind = 'user' AND subject = ? AND issuer IN (?, ''))"
+)
+_FEED = (  # the page's events (those with something for these audiences), then their rows for them
+    "WITH page AS (SELECT DISTINCT seq FROM revocation_audiences WHERE audience IN ({marks})"
+    " AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?)"
+    " SELECT r.seq, r.at, r.reason, a.task_ids, a.jtis FROM page JOIN revocations r ON r.seq = page.seq"
+    " JOIN revocation_audiences a ON a.seq = page.seq AND a.audience IN ({marks}) ORDER BY r.seq, a.audience"
 )
 _OPEN_TASKS_OF = {  # the party's id, then its domain (None: any), for the columns that hold them
     "agent": ("agent", "agent_domain"),
@@ -156,7 +162,10 @@ class SqliteStore:
             ).rowcount
             if event is not None:
                 connection.execute(_INSERT_AUDIT, _audit_row(event))
-            return _revocation(connection, now, reason, [], [jti]) if changed else None
+            if not changed:
+                return None
+            audience = connection.execute("SELECT audience FROM issued_tokens WHERE jti = ?", (jti,)).fetchone()
+            return _revocation(connection, now, reason, [], [(jti, audience[0])])
 
         return self._announce(await self._db.write(work))
 
@@ -168,20 +177,24 @@ class SqliteStore:
             self._revoked = asyncio.Event()
         return revocation
 
-    async def revocations(self, since: int, limit: int) -> list[Revocation]:
-        rows = await self._db.read("SELECT * FROM revocations WHERE seq > ? ORDER BY seq LIMIT ?", (since, limit))
-        return [
-            Revocation(r["seq"], r["at"], r["reason"], tuple(json.loads(r["task_ids"])), tuple(json.loads(r["jtis"])))
-            for r in rows
-        ]
+    async def revocations(self, since: int, limit: int, *, audiences: frozenset[str]) -> FeedPage:
+        """The events up to the feed's head at the time of asking (every event up to it is committed:
+        writers take sequence numbers one after another), narrowed to `audiences`."""
+        head = max(since, self._db.lookup("SELECT coalesce(max(seq), 0) FROM revocations", ())[0][0])
+        if head == since or not audiences:
+            return FeedPage((), head)
+        marks = ", ".join("?" * len(audiences))
+        rows = await self._db.read(_FEED.format(marks=marks), (*audiences, since, head, limit, *audiences))
+        events = _narrowed_events(rows)
+        return FeedPage(events, events[-1].seq if len(events) == limit else head)
 
-    async def follow(self, cursor: int) -> AsyncIterator[Revocation]:
+    async def follow(self, cursor: int, *, audiences: frozenset[str]) -> AsyncIterator[Revocation]:
         while True:
-            batch = await self.revocations(cursor, FEED_PAGE)
-            for event in batch:
-                cursor = event.seq
+            page = await self.revocations(cursor, FEED_PAGE, audiences=audiences)
+            for event in page.events:
                 yield event
-            if not batch:
+            cursor = page.next
+            if not page.events:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._revoked.wait(), FEED_POLL_S)
 
@@ -321,29 +334,53 @@ def _end_tasks(connection: sqlite3.Connection, roots: list[str], state: str, rea
     if not roots:
         return None
     marks = ", ".join("?" * len(roots))
-    ids = [r[0] for r in connection.execute(
+    tasks = [(r[0], json.loads(r[1])) for r in connection.execute(
         f"""WITH RECURSIVE subtree(id) AS (
                 SELECT id FROM tasks WHERE id IN ({marks})
                 UNION SELECT t.id FROM tasks t JOIN subtree s ON t.parent_id = s.id)
-            SELECT tasks.id FROM tasks JOIN subtree USING (id) WHERE tasks.state = ?""",
+            SELECT tasks.id, tasks.audiences FROM tasks JOIN subtree USING (id) WHERE tasks.state = ?""",
         (*roots, OPEN))]
-    if not ids:
+    if not tasks:
         return None
+    ids = [task_id for task_id, _ in tasks]
     marks = ", ".join("?" * len(ids))
     connection.execute(f"UPDATE tasks SET state = ?, ended_at = ? WHERE id IN ({marks})", (state, now, *ids))
-    jtis = [r[0] for r in connection.execute(
-        f"SELECT jti FROM issued_tokens WHERE task_id IN ({marks}) AND revoked_at IS NULL AND expires_at > ?",
-        (*ids, now))]
+    tokens = [(r[0], r[1]) for r in connection.execute(
+        f"SELECT jti, audience FROM issued_tokens WHERE task_id IN ({marks}) AND revoked_at IS NULL"
+        " AND expires_at > ?", (*ids, now))]
     # Each token carries its own revocation too, so it stays revoked after its task's row is purged.
     connection.execute(f"UPDATE issued_tokens SET revoked_at = ? WHERE task_id IN ({marks}) AND revoked_at IS NULL",
                        (now, *ids))
-    return _revocation(connection, now, reason, ids, jtis)
+    return _revocation(connection, now, reason, tasks, tokens)
 
 
-def _revocation(connection: sqlite3.Connection, now: int, reason: str, task_ids: list[str], jtis: list[str]
-                ) -> Revocation:
+def _revocation(connection: sqlite3.Connection, now: int, reason: str, tasks: Sequence[tuple[str, Sequence[str]]],
+                tokens: Sequence[tuple[str, str]]) -> Revocation:
+    """A feed event, and for each audience concerned what it tells that audience's resource servers: the
+    tasks that include the audience and the tokens issued for it."""
+    task_ids, jtis = [task_id for task_id, _ in tasks], [jti for jti, _ in tokens]
     cursor = connection.execute(
         "INSERT INTO revocations (at, reason, task_ids, jtis) VALUES (?, ?, ?, ?)",
         (now, reason, json.dumps(task_ids), json.dumps(jtis)),
     )
-    return Revocation(int(cursor.lastrowid or 0), now, reason, tuple(task_ids), tuple(jtis))
+    seq = int(cursor.lastrowid or 0)
+    told: dict[str, tuple[list[str], list[str]]] = {}
+    for task_id, audiences in tasks:
+        for audience in audiences:
+            told.setdefault(audience, ([], []))[0].append(task_id)
+    for jti, audience in tokens:
+        told.setdefault(audience, ([], []))[1].append(jti)
+    connection.executemany("INSERT INTO revocation_audiences VALUES (?, ?, ?, ?)",
+                           [(aud, seq, json.dumps(t), json.dumps(j)) for aud, (t, j) in told.items()])
+    return Revocation(seq, now, reason, tuple(task_ids), tuple(jtis))
+
+
+def _narrowed_events(rows: Sequence[sqlite3.Row]) -> tuple[Revocation, ...]:
+    """One event per `seq` from its rows for the reader's audiences: their task ids and jtis, each once."""
+    events: dict[int, tuple[sqlite3.Row, dict[str, None], dict[str, None]]] = {}
+    for row in rows:
+        _, task_ids, jtis = events.setdefault(row["seq"], (row, {}, {}))
+        task_ids.update(dict.fromkeys(json.loads(row["task_ids"])))
+        jtis.update(dict.fromkeys(json.loads(row["jtis"])))
+    return tuple(Revocation(seq, row["at"], row["reason"], tuple(task_ids), tuple(jtis))
+                 for seq, (row, task_ids, jtis) in events.items())

@@ -97,6 +97,29 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE agent LIKE 'spiffe://%';
     UPDATE credential_cutoffs SET kind = 'domain' WHERE kind = 'trust_domain';
     """,
+    # 3: the feed tells each resource server only about its own tokens and tasks: per event, per audience,
+    # the jtis of that audience's tokens and the ids of the tasks that include it. Events recorded before
+    # are filled in from the tasks and tokens still kept (anything purged has outlived its tokens).
+    """
+    CREATE TABLE revocation_audiences (
+        audience TEXT NOT NULL,
+        seq INTEGER NOT NULL REFERENCES revocations (seq) ON DELETE CASCADE,
+        task_ids TEXT NOT NULL,
+        jtis TEXT NOT NULL,
+        PRIMARY KEY (audience, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX revocation_audiences_seq ON revocation_audiences (seq);
+    INSERT INTO revocation_audiences (audience, seq, task_ids, jtis)
+        SELECT audience, seq, json_group_array(task_id) FILTER (WHERE task_id IS NOT NULL),
+               json_group_array(jti) FILTER (WHERE jti IS NOT NULL)
+        FROM (SELECT r.seq AS seq, a.value AS audience, t.value AS task_id, NULL AS jti
+                  FROM revocations r, json_each(r.task_ids) t JOIN tasks ON tasks.id = t.value,
+                       json_each(tasks.audiences) a
+              UNION ALL
+              SELECT r.seq, i.audience, NULL, j.value
+                  FROM revocations r, json_each(r.jtis) j JOIN issued_tokens i ON i.jti = j.value)
+        GROUP BY audience, seq;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -1,10 +1,12 @@
 """The store contract: every store implementation, on a real database, passes the same cases (schema
-versioning, atomic grants, cascading revocation, expiry and retention, credential cutoffs, and checks
-made inside the write's transaction). Implementations: SQLite (PostgreSQL with the scale-out issue)."""
+versioning, atomic grants, cascading revocation, expiry and retention, credential cutoffs, checks made
+inside the write's transaction, and a revocation feed told per audience whose cursors pass what a reader
+is not told). Implementations: SQLite (PostgreSQL with the scale-out issue)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -121,7 +123,7 @@ async def test_ending_a_task_ends_descendants_and_their_tokens_atomically(store:
     assert (await store.task("grandchild")).state == "completed"  # type: ignore[union-attr]
     assert (await store.task("other")).state == "open"  # type: ignore[union-attr]
     assert await store.end_tasks(["root"], state="completed", reason="again", now=NOW + 2) is None
-    feed = await store.revocations(0, 10)
+    feed = (await store.revocations(0, 10, audiences=frozenset({"https://mail"}))).events
     assert [e.task_ids for e in feed] == [revocation.task_ids]
 
 
@@ -255,5 +257,121 @@ async def test_schema_1_tasks_are_migrated_to_actor_chains_and_domains(tmp_path:
         assert await store.cutoffs(A, user=None) == (NOW, None)
         revocation = await store.end_matching(Party("domain", "example.org"), reason="x", now=NOW + 1)
         assert revocation is not None and revocation.task_ids == ("old",)
+    finally:
+        await store.close()
+
+
+MAIL_AUD, FILES_AUD = "https://mail", "https://files"
+ONLY_MAIL, ONLY_FILES, BOTH = frozenset({MAIL_AUD}), frozenset({FILES_AUD}), frozenset({MAIL_AUD, FILES_AUD})
+
+
+async def opened(store: Store, task_id: str, *audiences: str) -> Task:
+    t = replace(task(task_id), audiences=audiences)
+    await record_task(store, t, event("open_task", task_id))
+    return t
+
+
+async def granted(store: Store, jti: str, task_id: str, audience: str) -> None:
+    await record_grant(store, replace(token(jti, task_id), audience=audience), event("exchange", jti))
+
+
+async def feed(store: Store, audiences: frozenset[str], since: int = 0, limit: int = 100
+               ) -> list[tuple[int, tuple[str, ...], tuple[str, ...]]]:
+    page = await store.revocations(since, limit, audiences=audiences)
+    return [(e.seq, e.task_ids, e.jtis) for e in page.events]
+
+
+async def test_the_feed_tells_each_audience_only_of_its_tokens_and_the_tasks_that_include_it(store: Store) -> None:
+    await opened(store, "both", MAIL_AUD, FILES_AUD)
+    await granted(store, "j-mail", "both", MAIL_AUD)
+    await granted(store, "j-files", "both", FILES_AUD)
+    await opened(store, "files-only", FILES_AUD)
+    await opened(store, "mail-only", MAIL_AUD)
+    await granted(store, "j-lone", "mail-only", MAIL_AUD)
+    first = await store.end_tasks(["both"], state="completed", reason="done", now=NOW + 1)
+    second = await store.end_tasks(["files-only"], state="completed", reason="done", now=NOW + 1)
+    third = await store.revoke_token("j-lone", reason="revoked", now=NOW + 1)
+    assert first and second and third
+    assert set(first.jtis) == {"j-mail", "j-files"}  # what the store returns is the whole event
+    assert await feed(store, ONLY_MAIL) == [(first.seq, ("both",), ("j-mail",)), (third.seq, (), ("j-lone",))]
+    assert await feed(store, ONLY_FILES) == [(first.seq, ("both",), ("j-files",)), (second.seq, ("files-only",), ())]
+    merged = await feed(store, BOTH)
+    assert [seq for seq, _, _ in merged] == [first.seq, second.seq, third.seq]
+    assert merged[0][1] == ("both",) and set(merged[0][2]) == {"j-mail", "j-files"}  # one event, each id once
+    nobody = await store.revocations(0, 100, audiences=frozenset({"https://calendar"}))
+    assert nobody.events == () and nobody.next == third.seq  # nothing to tell, but the cursor reaches the head
+
+
+async def test_feed_cursors_pass_events_the_reader_is_not_told_about_and_never_loop(store: Store) -> None:
+    audiences = [MAIL_AUD, FILES_AUD, FILES_AUD, MAIL_AUD, FILES_AUD]
+    seqs = []
+    for i, audience in enumerate(audiences):
+        await opened(store, f"t{i}", audience)
+        revocation = await store.end_tasks([f"t{i}"], state="revoked", reason="x", now=NOW + 1)
+        assert revocation is not None
+        seqs.append(revocation.seq)
+    for reader, limit in ((ONLY_MAIL, 1), (ONLY_FILES, 2), (BOTH, 3)):
+        told, cursor, asked = [], 0, 0
+        while asked < 10:  # a reader that looped would ask forever
+            page = await store.revocations(cursor, limit, audiences=reader)
+            asked += 1
+            assert page.next >= cursor and len(page.events) <= limit
+            told += [e.seq for e in page.events]
+            if len(page.events) < limit:  # the end of the feed, as a paged reader concludes
+                break
+            cursor = page.next
+        assert told == [s for s, a in zip(seqs, audiences, strict=True) if a in reader]
+        assert page.next == seqs[-1]
+    unfilled = await store.revocations(0, 10, audiences=ONLY_MAIL)
+    assert [e.seq for e in unfilled.events] == [seqs[0], seqs[3]] and unfilled.next == seqs[-1]
+    beyond = await store.revocations(seqs[-1] + 100, 10, audiences=ONLY_MAIL)
+    assert beyond.events == () and beyond.next == seqs[-1] + 100  # a cursor never moves back
+
+
+async def test_following_the_feed_gives_only_the_readers_events_as_they_commit(store: Store) -> None:
+    await opened(store, "early", FILES_AUD)
+    await store.end_tasks(["early"], state="revoked", reason="x", now=NOW + 1)
+    followed = store.follow(0, audiences=ONLY_MAIL)
+    pending = asyncio.ensure_future(anext(followed))
+    await asyncio.sleep(0.2)
+    assert not pending.done()  # the files event is not given to a mail reader
+    await opened(store, "late", MAIL_AUD)
+    await store.end_tasks(["late"], state="revoked", reason="y", now=NOW + 2)
+    revocation = await asyncio.wait_for(pending, 5)
+    assert revocation.task_ids == ("late",) and revocation.reason == "y"
+    await followed.aclose()  # type: ignore[attr-defined]  # an async generator
+
+
+async def test_purging_an_event_purges_what_it_told_each_audience(tmp_path: Path) -> None:
+    store = await open_store(store_url("sqlite", tmp_path))
+    try:
+        await opened(store, "old", MAIL_AUD, FILES_AUD)
+        await store.end_tasks(["old"], state="revoked", reason="x", now=NOW + 1)
+        await store.expire_and_purge(now=NOW + 500, retention=100)
+        assert (await store.revocations(0, 10, audiences=BOTH)).events == ()
+    finally:
+        await store.close()
+    with sqlite3.connect(tmp_path / "deputy.db") as db:
+        assert db.execute("SELECT count(*) FROM revocation_audiences").fetchone()[0] == 0
+
+
+async def test_schema_2_feed_events_are_told_per_audience_after_migration(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "deputy.db") as db:
+        db.executescript(MIGRATIONS[0] + ";" + MIGRATIONS[1] + "; PRAGMA user_version = 2;")
+        db.execute("INSERT INTO tasks (id, parent_id, root_id, chain, agent, user_issuer, user_subject, scope,"
+                   " audiences, purpose, created_at, deadline, implicit, state, ended_at, agent_domain) VALUES"
+                   " ('t', NULL, 't', ?, ?, 'https://idp', 'alice', 'mail.read', ?, NULL, ?, ?, 0, 'revoked', ?, ?)",
+                   (f'[{{"id": "{A.id}", "kind": "spiffe", "domain": "{A.domain}"}}]', A.id,
+                    json.dumps([MAIL_AUD, FILES_AUD]), NOW, NOW + 600, NOW + 1, A.domain))
+        for jti, audience in (("j-mail", MAIL_AUD), ("j-files", FILES_AUD)):
+            db.execute("INSERT INTO issued_tokens VALUES (?, 'https://idp', 'alice', ?, ?, 'x', ?, ?, 't', ?, ?)",
+                       (jti, A.id, audience, NOW, NOW + 300, NOW + 1, A.domain))
+        db.execute("INSERT INTO revocations VALUES (7, ?, 'done', ?, ?)",
+                   (NOW + 1, json.dumps(["t"]), json.dumps(["j-mail", "j-files", "j-purged"])))
+    store = await open_store(store_url("sqlite", tmp_path))
+    try:
+        assert await feed(store, ONLY_MAIL) == [(7, ("t",), ("j-mail",))]
+        assert await feed(store, ONLY_FILES) == [(7, ("t",), ("j-files",))]
+        assert await feed(store, frozenset({"https://calendar"})) == []
     finally:
         await store.close()
