@@ -55,7 +55,7 @@ class Callers:
     async def resource_client(self, token: str, *, now: int) -> VerifiedActor:
         """An agent listed in some resource's `clients`: may introspect and read the revocation feed."""
         caller = await self.agent(token, now=now)
-        if not self._resources.is_client(caller.id):
+        if caller.kind != "spiffe" or not self._resources.is_client(caller.id):  # `clients` are SPIFFE IDs
             raise AccessDenied("this SPIFFE ID is not a client of any resource")
         return caller
 
@@ -81,7 +81,7 @@ class Callers:
         except TokenError:
             return await self._admin_user(token, now)
         await self._not_revoked(Presented(actor.ref, actor.issued_at), "JWT-SVID rejected")
-        if actor.id in self._admins.workload_ids:
+        if actor.kind == "spiffe" and actor.id in self._admins.workload_ids:  # `[admin] spiffe_ids`
             return actor.id
         raise AccessDenied("this SPIFFE ID is not an admin")
 

@@ -109,6 +109,8 @@ class RevocationFeed:
                 if not isinstance(events, list):
                     raise ValueError("feed page has no events array")
                 self.state.apply(events)
+                if type(cursor := body.get("next")) is int:  # past events of other resources, too
+                    self.state.cursor = max(self.state.cursor, cursor)
                 if len(events) < FEED_PAGE:
                     self.state.confirm(asked_at)
                     return

@@ -34,8 +34,11 @@ class MintedToken:
 
 
 def new_id() -> str:
-    """An unguessable identifier: 192 random bits (RFC 6749 §10.10 asks at least 128, better 160)."""
-    return secrets.token_urlsafe(24)
+    """An unguessable identifier: 192 random bits (RFC 6749 §10.10 asks at least 128, better 160), never
+    starting with "-" (a command line would take it for an option)."""
+    while (identifier := secrets.token_urlsafe(24)).startswith("-"):
+        pass
+    return identifier
 
 
 class Signer:
