@@ -158,8 +158,21 @@ class AdminViews(Protocol):
 
 
 class Maintenance(Protocol):
+    def lead_sweeps(self) -> bool:
+        """Whether this process is the one (of every worker or replica) that runs the sweeps now."""
+        ...
+
     async def expire_and_purge(self, *, now: int, retention: int) -> tuple[int, int]:
-        """Expire open tasks past their deadline; purge what ended over `retention` seconds ago."""
+        """Expire open tasks past their deadline; purge what ended over `retention` seconds ago, in short
+        transactions. Returns (tasks expired, root tasks purged)."""
+        ...
+
+    async def audit_before(self, before: int, limit: int) -> list[AuditRecord]:
+        """The oldest audit events recorded before `before`, at most `limit`, oldest first."""
+        ...
+
+    async def drop_audit(self, ids: Sequence[int]) -> int:
+        """Delete these audit events (once written out elsewhere); returns how many were deleted."""
         ...
 
     async def close(self) -> None: ...

@@ -21,12 +21,14 @@ from token_exchange.errors import InvalidClient, OAuthError, TemporarilyUnavaila
 from token_exchange.rfc6749 import TokenRequest
 
 from . import admin_routes, discovery_routes, keystore, task_routes
+from .audit_export import audit_export, retire_audit
 from .auth import deputy
 from .http_forms import read_form
 from .wiring import Deputy, Prepared, running
 
 log = logging.getLogger(__name__)
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+SWEEP_EVERY_S = 30.0
 GC_THRESHOLDS = (50_000, 50, 100)  # CPython's defaults are (700, 10, 10)
 
 
@@ -57,7 +59,7 @@ def _lifespan(prepared: Prepared, keys: keystore.KeyRing) -> Callable[[FastAPI],
             # Measured: with the default thresholds, full collections stall a worker for tens of ms and
             # make most of the p99 at 500 exchanges/s; rarer, larger young collections keep it under 25 ms.
             gc.set_threshold(*GC_THRESHOLDS)
-            background = [asyncio.create_task(_expire_tasks(parts)), asyncio.create_task(parts.keys.follow())]
+            background = [asyncio.create_task(_sweep(parts)), asyncio.create_task(parts.keys.follow())]
             try:
                 yield
             finally:
@@ -110,11 +112,18 @@ async def token(request: Request) -> JSONResponse:
     return JSONResponse(response.body(), headers=NO_STORE)
 
 
-async def _expire_tasks(parts: Deputy, every: float = 30.0) -> None:
-    """Mark tasks past their deadline expired and purge rows past retention, without manual work."""
+async def _sweep(parts: Deputy, every: float = SWEEP_EVERY_S) -> None:
+    """One worker of all (the one that leads the sweeps) expires tasks past their deadline, purges rows past
+    `[tasks] retention` and retires audit events past `[audit] retention`, in short transactions."""
+    export = audit_export(parts.settings.audit)
     while True:
         try:
-            await parts.store.expire_and_purge(now=int(time.time()), retention=parts.settings.tasks.retention)
+            if parts.store.lead_sweeps():
+                now = int(time.time())
+                await parts.store.expire_and_purge(now=now, retention=parts.settings.tasks.retention)
+                await retire_audit(parts.store, export, now=now, retention=parts.settings.audit.retention)
+        except (StoreError, OSError) as exc:  # the store or the export is unavailable: try again next time
+            log.error("tasks.sweep_failed", extra={"error": f"{type(exc).__name__}: {exc}"})
         except Exception:
             log.exception("tasks.sweep_failed")
         await asyncio.sleep(every)

@@ -10,7 +10,7 @@ import ipaddress
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import SplitResult, urlsplit
 
 from token_exchange.scope import Scope
@@ -37,6 +37,15 @@ class TaskSettings:
     default_ttl: int = 900
     max_ttl: int = 3600
     retention: int = 86400  # how long ended tasks, their tokens and feed events are kept
+
+
+@dataclass(frozen=True, slots=True)
+class AuditSettings:
+    """How long audit events stay in the store, and where they are written out before they leave it."""
+
+    retention: int = 30 * 86400  # seconds; 0 keeps every event in the store
+    export: Literal["files", "stdout"] = "files"
+    export_dir: Path = Path(".deputy/audit")  # with "files": one JSON-lines file per UTC day
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +107,7 @@ class Settings:
     resources: tuple[ResourceSettings, ...] = ()
     tasks: TaskSettings = field(default_factory=TaskSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
 
 
 def load_settings(path: Path | None, *, listen: str | None = None) -> Settings:
@@ -138,6 +148,7 @@ def parse_settings(document: dict[str, Any], *, base: Path) -> Settings:
     resources = tuple(_resource(s, tokens) for s in t.tables("resources"))
     tasks = _tasks(t.table("tasks"))
     admin = _admin(t.table("admin"))
+    audit = _audit(t.table("audit"), state_dir)
     t.done()
     _unique("subject_issuers", [s.issuer for s in issuers], "issuer")
     _unique("trust_domains", [d.name for d in domains], "name")
@@ -148,12 +159,13 @@ def parse_settings(document: dict[str, Any], *, base: Path) -> Settings:
     if any(r.audience == issuer for r in resources):
         raise ConfigError("resources: no resource audience may equal the gateway issuer (task tokens use it)")
     return Settings(issuer, host, port, state_dir, store_url, tokens, policy, issuers, domains, resources, tasks,
-                    admin)
+                    admin, audit)
 
 
 KNOWN_KEYS: dict[str, frozenset[str]] = {
     "": frozenset({"issuer", "listen", "state_dir", "tokens", "store", "policy", "subject_issuers", "trust_domains",
-                   "resources", "tasks", "admin"}),
+                   "resources", "tasks", "admin", "audit"}),
+    "audit": frozenset({"retention", "export", "export_dir"}),
     "tokens": frozenset({"signing_alg", "default_ttl", "max_ttl"}),
     "store": frozenset({"url"}),
     "policy": frozenset({"engine", "dir", "opa_url"}),
@@ -325,6 +337,18 @@ def _tasks(t: _Table) -> TaskSettings:
     retention = t.positive("retention", 86400)
     t.done()
     return TaskSettings(default_ttl, max_ttl, retention)
+
+
+def _audit(t: _Table, state_dir: Path) -> AuditSettings:
+    retention = t.take("retention", int, 30 * 86400)
+    if retention < 0:
+        raise ConfigError("audit.retention: must be a number of seconds (0 keeps every event in the store)")
+    export = t.take("export", str, "files")
+    if export not in ("files", "stdout"):
+        raise ConfigError("audit.export: must be 'files' or 'stdout'")
+    export_dir = t.path("export_dir", "") if "export_dir" in t.data else state_dir / "audit"
+    t.done()
+    return AuditSettings(retention, "stdout" if export == "stdout" else "files", export_dir)
 
 
 def _admin(t: _Table) -> AdminSettings:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import IO, Any
 
 from token_exchange.actors import ActorRef
 from token_exchange.rfc9068 import new_id
@@ -29,6 +30,7 @@ from .sqlite_writes import SqliteDatabase
 
 FEED_PAGE = 500
 FEED_POLL_S = 0.05  # other workers' revocations; this process's own wake `follow` at once
+SWEEP_BATCH = 500  # rows a sweep transaction touches at most (each a few ms of write lock)
 
 _AUDIT_COLUMNS = tuple(AuditEvent.__dataclass_fields__)
 _INSERT_AUDIT = (
@@ -74,6 +76,7 @@ class SqliteStore:
         self.path = path
         self._db = SqliteDatabase(path)
         self._revoked = asyncio.Event()
+        self._sweep_lock: IO[str] | None = None
 
     @classmethod
     async def open(cls, path: Path) -> SqliteStore:
@@ -83,6 +86,8 @@ class SqliteStore:
 
     async def close(self) -> None:
         await self._db.close()
+        if self._sweep_lock is not None:
+            self._sweep_lock.close()
 
     # The token endpoint's writes
     async def record_grant(self, token: IssuedTokenRecord, event: AuditEvent, *, presented: Presented,
@@ -199,9 +204,43 @@ class SqliteStore:
                     await asyncio.wait_for(self._revoked.wait(), FEED_POLL_S)
 
     # Maintenance
-    async def expire_and_purge(self, *, now: int, retention: int) -> tuple[int, int]:
-        """Mark tasks past their deadline expired (a feed event); delete what ended over `retention` ago."""
-        return await self._db.write(lambda connection: _expire_and_purge(connection, now, retention))
+    async def expire_and_purge(self, *, now: int, retention: int, batch: int = SWEEP_BATCH) -> tuple[int, int]:
+        """Mark tasks past their deadline expired (a feed event); delete what ended over `retention` ago.
+
+        In transactions of at most `batch` rows each, so the write lock is never held for long and the
+        token endpoint's writes go in between. Returns (tasks expired, root tasks purged)."""
+        expired = await self._until_done(lambda c: _expire_batch(c, now, batch), batch)
+        counts = [await self._until_done(_purge(sql, now - retention, batch), batch) for sql in _PURGES]
+        return expired, counts[0]
+
+    async def _until_done(self, work: Callable[[sqlite3.Connection], int], batch: int) -> int:
+        """Run `work` (one bounded batch, one transaction) until a batch comes back short; the total."""
+        total = 0
+        while (done := await self._db.write(work)) >= batch:
+            total += done
+        return total + done
+
+    async def audit_before(self, before: int, limit: int) -> list[AuditRecord]:
+        rows = await self._db.read("SELECT * FROM audit_events WHERE at < ? ORDER BY id LIMIT ?", (before, limit))
+        return [AuditRecord(r["id"], _audit_event(r)) for r in rows]
+
+    async def drop_audit(self, ids: Sequence[int]) -> int:
+        marks = ", ".join("?" * len(ids))
+        return int(await self._db.write(
+            lambda c: c.execute(f"DELETE FROM audit_events WHERE id IN ({marks})", tuple(ids)).rowcount))
+
+    def lead_sweeps(self) -> bool:
+        """Whether this process is the one that sweeps: the first to take the sweep lock beside the database
+        holds it until it exits (the lock then passes to another worker's next try)."""
+        if self._sweep_lock is None:
+            lock = open(self.path.with_name(self.path.name + ".sweeper"), "a")  # noqa: SIM115 (held open)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.close()
+                return False
+            self._sweep_lock = lock
+        return True
 
     # Admin views
     async def tasks(self, query: TaskQuery) -> list[Task]:
@@ -260,10 +299,11 @@ def _require_open(connection: sqlite3.Connection, task_id: str, now: int) -> Non
         raise TaskEnded(f"task {task_id[:12]} has ended")
 
 
-def _expire_and_purge(connection: sqlite3.Connection, now: int, retention: int) -> tuple[int, int]:
+def _expire_batch(connection: sqlite3.Connection, now: int, batch: int) -> int:
+    """Up to `batch` open tasks past their deadline: expired (a feed event, an audit event each)."""
     expired = connection.execute(
-        "SELECT id, agent, user_issuer, user_subject FROM tasks WHERE state = 'open' AND deadline <= ?", (now,)
-    ).fetchall()
+        "SELECT id, agent, user_issuer, user_subject FROM tasks WHERE state = 'open' AND deadline <= ? LIMIT ?",
+        (now, batch)).fetchall()
     for row in expired:
         connection.execute(_INSERT_AUDIT, _audit_row(AuditEvent(
             decision_id=new_id(), at=now, action="expire", outcome="granted", agent=row["agent"],
@@ -271,16 +311,22 @@ def _expire_and_purge(connection: sqlite3.Connection, now: int, retention: int) 
             reasons=("task deadline passed",))))
     if expired:
         _end_tasks(connection, [r["id"] for r in expired], EXPIRED, "deadline passed", now, None)
-    cutoff = now - retention
-    purged = connection.execute(
-        "DELETE FROM tasks WHERE state != 'open' AND ended_at < ? AND parent_id IS NULL", (cutoff,)
-    ).rowcount
-    connection.execute(
-        "DELETE FROM issued_tokens WHERE expires_at < ? AND (task_id IS NULL OR task_id NOT IN "
-        "(SELECT id FROM tasks))", (cutoff,)
-    )
-    connection.execute("DELETE FROM revocations WHERE at < ?", (cutoff,))
-    return len(expired), purged
+    return len(expired)
+
+
+# Each purges at most `batch` rows (with a task, its descendants): ended before the cutoff, or, for tokens,
+# expired before it and no longer under a kept task (a token's own revocation outlives its task's row).
+_PURGES = (
+    "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE state != 'open' AND ended_at < ?"
+    " AND parent_id IS NULL LIMIT ?)",
+    "DELETE FROM issued_tokens WHERE jti IN (SELECT jti FROM issued_tokens WHERE expires_at < ? AND"
+    " (task_id IS NULL OR NOT EXISTS (SELECT 1 FROM tasks WHERE tasks.id = issued_tokens.task_id)) LIMIT ?)",
+    "DELETE FROM revocations WHERE seq IN (SELECT seq FROM revocations WHERE at < ? LIMIT ?)",
+)
+
+
+def _purge(sql: str, before: int, batch: int) -> Callable[[sqlite3.Connection], int]:
+    return lambda connection: int(connection.execute(sql, (before, batch)).rowcount)
 
 
 def _audit_row(event: AuditEvent) -> tuple[Any, ...]:

@@ -375,3 +375,35 @@ async def test_schema_2_feed_events_are_told_per_audience_after_migration(tmp_pa
         assert await feed(store, frozenset({"https://calendar"})) == []
     finally:
         await store.close()
+
+
+async def test_issue7_9_expiry_and_purge_run_in_bounded_transactions_and_reach_every_row(store: Store) -> None:
+    for i in range(10):
+        await record_task(store, task(f"late-{i}", deadline=NOW + 10), event("open_task", f"late-{i}"))
+        await record_grant(store, token(f"j-{i}", f"late-{i}", expires_at=NOW + 20), event("exchange", f"j-{i}"))
+    assert await store.expire_and_purge(now=NOW + 11, retention=100, batch=3) == (10, 0)  # type: ignore[call-arg]
+    assert {(await store.task(f"late-{i}")).state for i in range(10)} == {"expired"}  # type: ignore[union-attr]
+    assert await store.expire_and_purge(now=NOW + 500, retention=100, batch=3) == (0, 10)  # type: ignore[call-arg]
+    assert [await store.token(f"j-{i}") for i in range(10)] == [None] * 10
+    assert (await store.revocations(0, 100, audiences=frozenset({"https://mail"}))).events == ()
+
+
+async def test_issue7_9_one_process_leads_the_sweeps_until_it_closes(tmp_path: Path) -> None:
+    first, second = [await open_store(store_url("sqlite", tmp_path)) for _ in range(2)]
+    try:
+        assert first.lead_sweeps() and first.lead_sweeps()  # held, and asking again keeps it
+        assert not second.lead_sweeps()
+        await first.close()
+        assert second.lead_sweeps()
+    finally:
+        await second.close()
+
+
+async def test_issue7_10_old_audit_events_are_read_oldest_first_and_dropped_by_id(store: Store) -> None:
+    for i in range(5):
+        await store.append_audit(AuditEvent(decision_id=f"d{i}", at=NOW + i, action="exchange", outcome="granted"))
+    old = await store.audit_before(NOW + 3, 10)
+    assert [r.event.decision_id for r in old] == ["d0", "d1", "d2"]
+    assert [r.event.decision_id for r in await store.audit_before(NOW + 3, 2)] == ["d0", "d1"]
+    assert await store.drop_audit([r.id for r in old]) == 3
+    assert [r.event.decision_id for r in await store.audit_events(AuditQuery(limit=10))] == ["d4", "d3"]
