@@ -217,7 +217,8 @@ def _rotate(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     prepared = prepare(settings)
-    print(f"config ok: {len(settings.resources)} resources, policy revision {prepared.policy.revision}")
+    count = len(settings.resources)
+    print(f"config ok: {count} resource{'s' * (count != 1)}, policy revision {prepared.policy.revision}")
     return 0
 
 
