@@ -77,9 +77,17 @@ def _push(handle: int, value: Any, depth: int) -> None:
         raise PolicyError("input document nested too deeply")
     kind = type(value)
     if kind is str:
-        failed = _INPUT.regoInputString(handle, _c_string(value))
+        if b"\0" in (encoded := value.encode()):
+            raise PolicyError(_HOLDS_NUL)
+        failed = _INPUT.regoInputString(handle, encoded)
     elif kind is dict or kind is MappingProxyType:
-        _push_object(handle, value, depth)
+        for key, item in value.items():
+            if type(key) is not str or b"\0" in (encoded := key.encode()):
+                raise PolicyError(f"input object keys must be strings; {_HOLDS_NUL}")
+            failed = _INPUT.regoInputString(handle, encoded)
+            _push(handle, item, depth + 1)
+            if failed or _INPUT.regoInputObjectItem(handle):
+                raise PolicyError("rego-cpp refused an input object item")
         failed = _INPUT.regoInputObject(handle, len(value))
     elif kind is list or kind is tuple:
         for item in value:
@@ -101,20 +109,7 @@ def _push(handle: int, value: Any, depth: int) -> None:
         raise PolicyError("rego-cpp refused an input value")
 
 
-def _push_object(handle: int, value: Mapping[Any, Any], depth: int) -> None:
-    for key, item in value.items():
-        if type(key) is not str or _INPUT.regoInputString(handle, _c_string(key)):
-            raise PolicyError("input object keys must be strings")
-        _push(handle, item, depth + 1)
-        if _INPUT.regoInputObjectItem(handle):
-            raise PolicyError("rego-cpp refused an input object item")
-
-
-def _c_string(text: str) -> bytes:
-    encoded = text.encode()
-    if b"\0" in encoded:
-        raise PolicyError("input holds a string with U+0000, which the engine would cut short")
-    return encoded
+_HOLDS_NUL = "no string may hold U+0000, which the engine would cut short"
 
 
 def _compiler_message(text: str, modules: Mapping[str, str]) -> str:

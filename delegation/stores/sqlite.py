@@ -348,10 +348,15 @@ def _token_row(token: IssuedTokenRecord) -> tuple[Any, ...]:
 
 def _task_row(task: Task) -> tuple[Any, ...]:
     chain = [{"id": a.id, "kind": a.kind, "domain": a.domain} for a in task.chain]
-    context = {"details": dict(task.context.details), "environment": dict(task.context.environment)}
+    context = task.context
+    context_json = json.dumps({"details": dict(context.details), "environment": dict(context.environment)}) \
+        if context.details or context.environment else _NO_CONTEXT
     return (task.id, task.parent_id, task.root_id, json.dumps(chain), task.agent.id, task.agent.domain,
             task.user_issuer, task.user_subject, str(task.scope), json.dumps(list(task.audiences)), task.purpose,
-            json.dumps(context), task.created_at, task.deadline, int(task.implicit), task.state, task.ended_at)
+            context_json, task.created_at, task.deadline, int(task.implicit), task.state, task.ended_at)
+
+
+_NO_CONTEXT = json.dumps({"details": {}, "environment": {}})
 
 
 def _task(row: sqlite3.Row) -> Task:
