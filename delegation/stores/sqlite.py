@@ -43,11 +43,9 @@ _INSERT_TOKEN = (
 _TASK_COLUMNS = ("id", "parent_id", "root_id", "chain", "agent", "agent_domain", "user_issuer", "user_subject",
                  "scope", "audiences", "purpose", "context", "created_at", "deadline", "implicit", "state", "ended_at")
 _INSERT_TASK = f"INSERT INTO tasks ({', '.join(_TASK_COLUMNS)}) VALUES ({', '.join('?' * len(_TASK_COLUMNS))})"
-_CUTOFFS = (
-    "SELECT max(CASE WHEN kind != 'user' THEN issued_before END),"
-    " max(CASE WHEN kind = 'user' THEN issued_before END) FROM credential_cutoffs"
-    " WHERE (kind = 'agent' AND subject = ? AND issuer IN (?, '')) OR (kind = 'domain' AND subject = ?)"
-    " OR (kind = 'user' AND subject = ? AND issuer IN (?, ''))"
+_CUTOFFS = (  # the cutoffs that may bear on an agent (by id, by domain) and a user; `_cutoffs_of` picks
+    "SELECT kind, issuer, issued_before FROM credential_cutoffs"
+    " WHERE (kind, subject) IN (VALUES ('agent', ?), ('domain', ?), ('user', ?))"
 )
 _FEED = (  # the page's events (those with something for these audiences), then their rows for them
     "WITH page AS (SELECT DISTINCT seq FROM revocation_audiences WHERE audience IN ({marks})"
@@ -124,8 +122,7 @@ class SqliteStore:
 
     async def cutoffs(self, actor: ActorRef | None, *, user: tuple[str, str] | None
                       ) -> tuple[int | None, int | None]:
-        row = self._db.lookup(_CUTOFFS, _cutoff_params(actor, user))[0]
-        return row[0], row[1]
+        return _cutoffs_of(self._db.lookup(_CUTOFFS, _cutoff_params(actor, user)), actor, user)
 
     # Tasks and tokens
     async def task(self, task_id: str) -> Task | None:
@@ -281,14 +278,23 @@ def _open_tasks_of(party: Party) -> tuple[str, tuple[str | None, ...]]:
 def _cutoff_params(actor: ActorRef | None, user: tuple[str, str] | None) -> tuple[str, ...]:
     """Parameters of `_CUTOFFS`; an absent party matches nothing (U+0000 is in no id)."""
     agent, domain = (actor.id, actor.domain) if actor is not None else ("\0", "\0")
-    issuer, subject = user if user is not None else ("", "\0")
-    return agent, domain, domain, subject, issuer
+    return agent, domain, user[1] if user is not None else "\0"
+
+
+def _cutoffs_of(rows: Sequence[Sequence[Any]], actor: ActorRef | None, user: tuple[str, str] | None
+                ) -> tuple[int | None, int | None]:
+    """(the latest cutoff of the agent, at its domain or any, or of its domain; the latest of the user, at
+    its issuer or any): a cutoff recorded without a domain or issuer ('') holds at every one."""
+    agent = [at for kind, issuer, at in rows
+             if kind == "domain" or (kind == "agent" and actor is not None and issuer in (actor.domain, ""))]
+    of_user = [at for kind, issuer, at in rows if kind == "user" and user is not None and issuer in (user[0], "")]
+    return max(agent, default=None), max(of_user, default=None)
 
 
 def _require_credentials(connection: sqlite3.Connection, presented: Presented) -> None:
     """Inside the writing transaction: a revocation of the agent or user that committed first bars it."""
-    row = connection.execute(_CUTOFFS, _cutoff_params(presented.actor, presented.user)).fetchone()
-    if which := barred(presented, (row[0], row[1])):
+    rows = connection.execute(_CUTOFFS, _cutoff_params(presented.actor, presented.user)).fetchall()
+    if which := barred(presented, _cutoffs_of(rows, presented.actor, presented.user)):
         raise CredentialRevoked(which)
 
 
