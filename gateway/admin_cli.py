@@ -21,7 +21,7 @@ from delegation.stores import open_store
 from delegation.tasks import COMPLETED, REVOKED
 from token_exchange.errors import InvalidRequest
 
-from .admin_routes import revoked_party, task_view
+from .admin_views import revoked_party, task_view
 from .settings import ConfigError, load_settings
 
 T = TypeVar("T")

@@ -3,34 +3,21 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from delegation.admin import NotFound
-from delegation.records import Party
 from delegation.store import AuditQuery, TaskQuery
-from delegation.tasks import Task
-from token_exchange.errors import InvalidRequest
-from token_exchange.spiffe import SpiffeId, SpiffeIdError
 
+from .admin_views import revoked_party, task_view
 from .auth import admin, deputy
 
 router = APIRouter(prefix="/admin")
 NO_STORE = {"Cache-Control": "no-store"}
 MAX_TIME = 2**63 - 1  # SQLite integers
 Admin = Annotated[str, Depends(admin)]
-
-
-def task_view(task: Task) -> dict[str, Any]:
-    return {
-        "id": task.id, "parent_id": task.parent_id, "root_id": task.root_id, "chain": [a.id for a in task.chain],
-        "agent": task.agent.id, "user": {"iss": task.user_issuer, "sub": task.user_subject},
-        "scope": str(task.scope), "audiences": list(task.audiences), "purpose": task.purpose,
-        "created_at": task.created_at, "deadline": task.deadline, "implicit": task.implicit,
-        "state": task.state, "ended_at": task.ended_at,
-    }
 
 
 @router.get("/tasks")
@@ -64,21 +51,6 @@ async def revoke_matching(request: Request, who: Admin, agent: str | None = None
     party = revoked_party(agent=agent, trust_domain=trust_domain, user=user, issuer=issuer)
     result = await deputy(request).lifecycle.admin.revoke_matching(party, admin=who, now=int(time.time()))
     return JSONResponse(result, headers=NO_STORE)
-
-
-def revoked_party(*, agent: str | None, trust_domain: str | None, user: str | None, issuer: str | None) -> Party:
-    """The party an admin names, checked: exactly one of an agent's SPIFFE ID, a trust domain, a user."""
-    if sum(x is not None for x in (agent, trust_domain, user)) != 1:
-        raise InvalidRequest("give exactly one of agent, trust_domain or user")
-    try:
-        if agent is not None:
-            return Party("agent", str(SpiffeId.parse(agent)))
-        if trust_domain is not None:
-            return Party("domain", SpiffeId.check_trust_domain(trust_domain))
-    except SpiffeIdError as exc:
-        raise InvalidRequest(f"not a SPIFFE ID or trust domain: {exc}") from exc
-    assert user is not None
-    return Party("user", user, issuer)
 
 
 @router.get("/audit")

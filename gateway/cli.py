@@ -7,13 +7,16 @@ import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from delegation.stores import open_store
-
-from . import admin_cli, dev, keystore, logs, workers
+from . import admin_cli, dev, keystore, logs
 from .settings import DEFAULT_LISTEN, ConfigError, Settings, load_settings
-from .wiring import Prepared, prepare
+
+if TYPE_CHECKING:
+    from .wiring import Prepared
+
+# The serving stack (FastAPI, uvicorn, the policy engine, the store) is imported by the commands that use
+# it, so `deputy dev ...` and `deputy --help` start in a fraction of the time.
 
 EXIT_CONFIG = 2
 DEV_DIR = Path(".deputy-dev")
@@ -106,6 +109,8 @@ def _positive(text: str) -> int:
 def _ready(settings: Settings, *, dev_listen: str | None) -> tuple[Prepared, keystore.KeyRing]:
     """Everything made once before serving, once the port is known to be free: with --dev (`dev_listen`) the
     demo identities and their config, then the policy compiled, keys and schema."""
+    from .wiring import prepare
+
     if dev_listen is not None:
         settings = load_settings(dev.DemoIdentities(DEV_DIR).create(listen=dev_listen))
         dev.remember(DEV_DIR)
@@ -116,6 +121,8 @@ def _ready(settings: Settings, *, dev_listen: str | None) -> tuple[Prepared, key
 
 
 def _migrate(settings: Settings) -> None:
+    from delegation.stores import open_store
+
     async def run() -> None:
         store = await open_store(settings.store_url)
         await store.close()
@@ -128,6 +135,7 @@ def _migrate(settings: Settings) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     """Bind the port (or, for workers, check it) before any state is made; announce once serving."""
+    from . import workers
     from .app import build_app
 
     logs.configure(args.log_level.upper())
@@ -215,6 +223,8 @@ def _rotate(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from .wiring import prepare
+
     settings = load_settings(args.config)
     prepared = prepare(settings)
     count = len(settings.resources)

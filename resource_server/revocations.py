@@ -79,7 +79,7 @@ class RevocationFeed:
 
     async def start(self) -> None:
         """Catch up once (an unreachable feed does not raise), then follow in the background."""
-        with contextlib.suppress(httpx2.HTTPError, ValueError):
+        with contextlib.suppress(Exception):  # an unreachable feed, or no SVID yet: refuse until caught up
             await self.poll()
         self._tasks = [asyncio.create_task(self._follow_stream(), name="deputy-revocation-stream"),
                        asyncio.create_task(self._heartbeat(), name="deputy-revocation-heartbeat")]
@@ -119,7 +119,7 @@ class RevocationFeed:
         while True:
             try:
                 await self.poll()
-            except (httpx2.HTTPError, ValueError) as exc:
+            except Exception as exc:  # the svid callable is the caller's: whatever it raises, keep following
                 log.warning("revocation_feed.poll_failed", extra={"uri": self.uri, "error": _why(exc)})
             await asyncio.sleep(self._heartbeat_s)
 
@@ -131,7 +131,7 @@ class RevocationFeed:
             try:
                 retry = await self._read_stream()
                 backoff = BACKOFF_MIN_S
-            except (httpx2.HTTPError, ValueError) as exc:
+            except Exception as exc:  # as in `_heartbeat`: the state goes stale and tokens are refused meanwhile
                 log.warning("revocation_feed.stream_failed", extra={"uri": self.uri, "error": _why(exc)})
             await asyncio.sleep(retry if retry is not None else backoff)
             backoff = min(backoff * 2, BACKOFF_MAX_S)

@@ -252,3 +252,32 @@ async def test_rfc6750_a_route_cannot_require_an_empty_or_malformed_scope(env: E
     async with running(env) as v:
         with pytest.raises(ValueError):
             require_scope(v, scope)
+
+
+async def test_the_feed_keeps_following_when_the_svid_source_fails_for_a_while(env: Env) -> None:
+    """A missing SVID file (the source raises) makes the state go stale, never stops the followers."""
+    token = env.mint(env.open_task()["access_token"])
+    failing = {"now": False}
+
+    def svid() -> str:
+        if failing["now"]:
+            raise FileNotFoundError("svid.jwt")
+        return env.svid(WATCHER)
+
+    async with httpx2.AsyncClient(timeout=5) as client, AccessTokenVerifier(
+            issuer=env.issuer, audience=MAIL, client=client, svid=svid, max_feed_staleness=0.5) as verifier:
+        await verifier.verify(token, "mail.read")
+        failing["now"] = True
+        await asyncio.sleep(0.8)
+        with pytest.raises(FeedStale):
+            await verifier.verify(token, "mail.read")
+        failing["now"] = False
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            try:
+                await verifier.verify(token, "mail.read")
+                break
+            except FeedStale:
+                await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the verifier did not recover once the SVID source worked again")
