@@ -13,6 +13,7 @@ from delegation.store import AuditQuery, TaskQuery
 
 from .admin_views import revoked_party, task_view
 from .auth import admin, deputy
+from .openapi import AuditPage, RevokedBody, TaskDetailBody, TaskEndedBody, TaskList, documented
 
 router = APIRouter(prefix="/admin")
 NO_STORE = {"Cache-Control": "no-store"}
@@ -20,14 +21,14 @@ MAX_TIME = 2**63 - 1  # SQLite integers
 Admin = Annotated[str, Depends(admin)]
 
 
-@router.get("/tasks")
+@router.get("/tasks", **documented(TaskList, summary="Tasks, newest first"))
 async def list_tasks(request: Request, _: Admin, agent: str | None = None, user: str | None = None,
                      state: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> JSONResponse:
     tasks = await deputy(request).store.tasks(TaskQuery(agent=agent, user=user, state=state, limit=limit))
     return JSONResponse({"tasks": [task_view(t) for t in tasks]}, headers=NO_STORE)
 
 
-@router.get("/tasks/{task_id}")
+@router.get("/tasks/{task_id}", **documented(TaskDetailBody, summary="One task: its chain, children and tokens"))
 async def show_task(task_id: str, request: Request, _: Admin) -> JSONResponse:
     detail = await deputy(request).store.task_detail(task_id)
     if detail is None:
@@ -37,13 +38,15 @@ async def show_task(task_id: str, request: Request, _: Admin) -> JSONResponse:
     return JSONResponse(body, headers=NO_STORE)
 
 
-@router.post("/tasks/{task_id}/revoke")
+@router.post("/tasks/{task_id}/revoke", **documented(
+    TaskEndedBody, summary="Revoke a task, its descendants and their tokens"))
 async def revoke_task(task_id: str, request: Request, who: Admin) -> JSONResponse:
     result = await deputy(request).lifecycle.admin.revoke_task(task_id, admin=who, now=int(time.time()))
     return JSONResponse(result, headers=NO_STORE)
 
 
-@router.post("/revoke")
+@router.post("/revoke", **documented(
+    RevokedBody, summary="Revoke everything of an agent, a trust domain or a user, and bar their credentials"))
 async def revoke_matching(request: Request, who: Admin, agent: str | None = None, trust_domain: str | None = None,
                           user: str | None = None, issuer: str | None = None) -> JSONResponse:
     """Revoke everything of one agent (`agent`), one trust domain, or one user (`user`, with `issuer` to
@@ -53,7 +56,7 @@ async def revoke_matching(request: Request, who: Admin, agent: str | None = None
     return JSONResponse(result, headers=NO_STORE)
 
 
-@router.get("/audit")
+@router.get("/audit", **documented(AuditPage, summary="The audit trail, newest first"))
 async def audit(request: Request, _: Admin, task: str | None = None, agent: str | None = None,
                 user: str | None = None, since: Annotated[int | None, Query(ge=0, le=MAX_TIME)] = None,
                 until: Annotated[int | None, Query(ge=0, le=MAX_TIME)] = None,

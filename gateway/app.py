@@ -13,14 +13,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
-from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from delegation.records import StoreError
 from token_exchange.errors import InvalidClient, OAuthError, TemporarilyUnavailable, error_description
 from token_exchange.rfc6749 import TokenRequest
 
-from . import admin_routes, discovery_routes, keystore, task_routes
+from . import admin_routes, discovery_routes, keystore, openapi, task_routes
 from .audit_export import audit_export, retire_audit
 from .auth import deputy
 from .http_forms import read_form
@@ -34,7 +33,8 @@ GC_THRESHOLDS = (50_000, 50, 100)  # CPython's defaults are (700, 10, 10)
 
 def build_app(prepared: Prepared, keys: keystore.KeyRing) -> TokenFastPath:
     app = FastAPI(
-        title="Deputy", lifespan=_lifespan(prepared, keys), docs_url=None, redoc_url=None, openapi_url=None,
+        title="Deputy", lifespan=_lifespan(prepared, keys), docs_url=None, redoc_url=None,
+        openapi_url="/openapi.json",
         telemetry={"tracing": False, "metrics": False, "logs": False},  # Deputy's record is its audit trail
     )
     app.add_exception_handler(OAuthError, _oauth_error)
@@ -45,8 +45,13 @@ def build_app(prepared: Prepared, keys: keystore.KeyRing) -> TokenFastPath:
     app.include_router(task_routes.router)
     app.include_router(admin_routes.router)
     app.include_router(discovery_routes.router(prepared.settings.issuer))
-    # POST /token is served by TokenFastPath; the route stays so that other methods get 405, not 404.
-    app.router.routes.insert(0, Route("/token", token, methods=["POST"]))
+    # POST /token is served by TokenFastPath; the route is FastAPI's too, for other methods' 405 and the
+    # OpenAPI document.
+    app.add_api_route("/token", token, methods=["POST"], **openapi.documented(
+        openapi.TokenBody, form_body=openapi.TokenForm, bearer=False,
+        summary="RFC 8693 token exchange: one-shot access tokens, tasks, tokens within a task, delegation"))
+    app.router.routes.insert(0, app.router.routes.pop())
+    openapi.install(app)
     return TokenFastPath(app)
 
 

@@ -16,6 +16,7 @@ from token_exchange.errors import InvalidRequest, shown
 
 from .auth import agent, deputy, resource_client
 from .http_forms import read_form
+from .openapi import EmptyBody, FeedPage, IntrospectionBody, TaskEndedBody, TokenForm7009, documented
 
 router = APIRouter()
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -24,14 +25,16 @@ MAX_CURSOR = 2**63 - 1  # SQLite integers
 KEEP_ALIVE_S = 15
 
 
-@router.post("/tasks/{task_id}/complete")
+@router.post("/tasks/{task_id}/complete", **documented(
+    TaskEndedBody, summary="The task's own agent ends it, its descendants and every token under them"))
 async def complete(task_id: str, request: Request, caller: VerifiedActor = Depends(agent)) -> JSONResponse:  # noqa: B008
     """The task's agent ends it; every token derived from it stops working."""
     result = await deputy(request).lifecycle.complete(task_id, agent=caller.ref, now=int(time.time()))
     return JSONResponse(result, headers=NO_STORE)
 
 
-@router.post("/revoke")
+@router.post("/revoke", **documented(
+    EmptyBody, form_body=TokenForm7009, summary="RFC 7009: revoke an access token, or a task token's task"))
 async def revoke(request: Request, caller: VerifiedActor = Depends(agent)) -> JSONResponse:  # noqa: B008
     """RFC 7009 §2.1; §2.2: 200 also for invalid or unknown tokens."""
     form = dict(_single(await read_form(request)))
@@ -39,7 +42,8 @@ async def revoke(request: Request, caller: VerifiedActor = Depends(agent)) -> JS
     return JSONResponse({}, headers=NO_STORE)
 
 
-@router.post("/introspect")
+@router.post("/introspect", **documented(
+    IntrospectionBody, form_body=TokenForm7009, summary="RFC 7662: whether a token of the caller's resource is active"))
 async def introspect(request: Request, caller: VerifiedActor = Depends(resource_client)) -> JSONResponse:  # noqa: B008
     """RFC 7662 §2.1, §2.2."""
     form = dict(_single(await read_form(request)))
@@ -47,7 +51,8 @@ async def introspect(request: Request, caller: VerifiedActor = Depends(resource_
     return JSONResponse(body, headers=NO_STORE)
 
 
-@router.get("/revocations")
+@router.get("/revocations", **documented(
+    FeedPage, summary="The revocation feed, paged, limited to the caller's resources"))
 async def revocations(request: Request, since: Annotated[int, Query(ge=0, le=MAX_CURSOR)] = 0,
                       limit: Annotated[int, Query(ge=1, le=FEED_PAGE)] = FEED_PAGE,
                       caller: VerifiedActor = Depends(resource_client)) -> JSONResponse:  # noqa: B008
@@ -57,7 +62,8 @@ async def revocations(request: Request, since: Annotated[int, Query(ge=0, le=MAX
     return JSONResponse({"events": [e.as_dict() for e in page.events], "next": page.next}, headers=NO_STORE)
 
 
-@router.get("/revocations/stream")
+@router.get("/revocations/stream", **documented(
+    None, stream=True, summary="The revocation feed as Server-Sent Events"))
 async def revocation_stream(request: Request, since: Annotated[int, Query(ge=0, le=MAX_CURSOR)] = 0,
                             caller: VerifiedActor = Depends(resource_client)) -> EventSourceResponse:  # noqa: B008
     """The same events as Server-Sent Events; `id` is the cursor (resume with Last-Event-ID). The stream ends
