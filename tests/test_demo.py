@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx2
@@ -52,13 +53,7 @@ def test_serve_dev_prints_commands_that_work(tmp_path: Path) -> None:
 
         banner = log.read_text()
         assert "DEMO ONLY" in banner and "deputy dev user-token alice" in banner
-        response = httpx2.post(url + "/token", data={
-            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
-            "subject_token": dev("user-token", "alice"),
-            "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
-            "actor_token": dev("svid", "spiffe://demo.test/agent/mail"),
-            "actor_token_type": "urn:ietf:params:oauth:token-type:jwt",
-            "resource": "https://mail.demo.test", "scope": "mail.read"})
+        response = exchange_as_printed(url, dev)
         assert response.status_code == 200, response.text
     finally:
         process.terminate()
@@ -86,13 +81,7 @@ def test_issue7_14_deputy_dev_finds_the_dev_gateway_from_any_directory(tmp_path:
             assert result.returncode == 0, result.stderr
             return result.stdout.strip()
 
-        response = httpx2.post(url + "/token", data={
-            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
-            "subject_token": dev("user-token", "alice"),
-            "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
-            "actor_token": dev("svid", "spiffe://demo.test/agent/mail"),
-            "actor_token_type": "urn:ietf:params:oauth:token-type:jwt",
-            "resource": "https://mail.demo.test", "scope": "mail.read"})
+        response = exchange_as_printed(url, dev)
         assert response.status_code == 200, response.text
         assert not (elsewhere / ".deputy-dev").exists()
     finally:
@@ -108,3 +97,14 @@ def _healthy(url: str) -> bool:
         return httpx2.get(url + "/healthz", timeout=0.5).status_code == 200
     except httpx2.HTTPError:
         return False
+
+
+def exchange_as_printed(url: str, dev: Callable[..., str]) -> httpx2.Response:
+    """The exchange the dev banner prints, with tokens from `deputy dev`."""
+    return httpx2.post(url + "/token", data={
+        "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+        "subject_token": dev("user-token", "alice"),
+        "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+        "actor_token": dev("svid", "spiffe://demo.test/agent/mail"),
+        "actor_token_type": "urn:ietf:params:oauth:token-type:jwt",
+        "resource": "https://mail.demo.test", "scope": "mail.read"})
