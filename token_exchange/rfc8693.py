@@ -156,12 +156,21 @@ def _check_context_value(name: str, value: Any, depth: int) -> None:
         for key, item in value.items() if isinstance(value, dict) else enumerate(value):
             _check_context_value(name, key, depth + 1)
             _check_context_value(name, item, depth + 1)
-    elif isinstance(value, str) and "\0" in value:
-        raise InvalidRequest(f"{name} holds a string with U+0000")
+    elif isinstance(value, str) and ("\0" in value or not _is_unicode(value)):
+        raise InvalidRequest(f"{name} holds a string with U+0000 or a lone surrogate")
     elif isinstance(value, int) and not isinstance(value, bool) and not -(2**53) < value < 2**53:
         raise InvalidRequest(f"{name} holds an integer beyond 2^53")
     elif isinstance(value, float) and not math.isfinite(value):  # 1e400 parses as infinity
         raise InvalidRequest(f"{name} holds a number beyond the range of a double")
+
+
+def _is_unicode(text: str) -> bool:
+    """Whether `text` is Unicode text: a JSON escape such as \\ud800 decodes to a lone surrogate, which is not."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _presented(form: FormParams, name: str, types: frozenset[str]) -> PresentedToken:

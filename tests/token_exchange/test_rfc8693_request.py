@@ -477,3 +477,9 @@ def test_txn_tokens_11_1_parsed_context_is_read_only() -> None:
         req.context["a"] = 2  # type: ignore[index]
     with pytest.raises(TypeError):
         req.details["b"] = 3  # type: ignore[index]
+
+
+@pytest.mark.parametrize("name", CONTEXT_PARAMETERS)
+@pytest.mark.parametrize("text", ['{"a": "\\ud800"}', '{"\\udfff": 1}', '{"a": ["x\\ud83d"]}'])
+def test_txn_tokens_11_1_a_lone_surrogate_in_context_is_invalid_request(name: str, text: str) -> None:
+    refused(form(**{name: text}), InvalidRequest, f"{name} holds a string with U+0000 or a lone surrogate")
