@@ -50,6 +50,14 @@ def test_issue2_wheel_ships_the_packages_and_their_type_markers(wheel: Path) -> 
     assert not any(name.startswith("tests/") for name in names)
 
 
+def test_every_module_of_the_product_is_in_the_wheel(wheel: Path) -> None:
+    """A subpackage left out of pyproject's package list would install a gateway that cannot start."""
+    sources = {p.relative_to(ROOT).as_posix() for package in ("token_exchange", "delegation", "gateway",
+                                                                "resource_server", "policies")
+               for p in (ROOT / package).rglob("*.py")}
+    assert sources <= names_in(wheel), sorted(sources - names_in(wheel))
+
+
 def test_issue2_wheel_declares_the_deputy_command_and_python_3_11(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         dist_info = next(n.split("/")[0] for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
