@@ -34,7 +34,7 @@ GC_THRESHOLDS = (50_000, 50, 100)  # CPython's defaults are (700, 10, 10)
 def build_app(prepared: Prepared, keys: keystore.KeyRing) -> TokenFastPath:
     app = FastAPI(
         title="Deputy", lifespan=_lifespan(prepared, keys), docs_url=None, redoc_url=None,
-        openapi_url="/openapi.json",
+        openapi_url="/openapi.json", redirect_slashes=False,  # `/token/` is no endpoint: 404, not a redirect
         telemetry={"tracing": False, "metrics": False, "logs": False},  # Deputy's record is its audit trail
     )
     app.add_exception_handler(OAuthError, _oauth_error)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from token_exchange.errors import InvalidRequest, PayloadTooLarge
 
@@ -25,10 +25,13 @@ async def read_form(request: Request, *, limit: int = MAX_BODY_BYTES) -> list[tu
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise PayloadTooLarge(f"the body is larger than {limit} bytes")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+    except ClientDisconnect as exc:  # the client went away (or sent a broken body): a refusal, not a bug
+        raise InvalidRequest("the connection closed before the whole body arrived") from exc
     try:
         return parse_qsl(
             bytes(body).decode("utf-8"),
