@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from token_exchange.rfc9068 import new_id
@@ -59,8 +59,6 @@ class AuditDraft:
         return self._seal("refused", error, self.reasons or (description,))
 
     def _seal(self, outcome: str, error: str | None, reasons: tuple[str, ...]) -> AuditEvent:
-        event = AuditEvent(self.decision_id, self.at, self.action, outcome)
-        return replace(event, error=error, agent=self.agent, user_issuer=self.user_issuer,
-                       user_subject=self.user_subject, audience=self.audience, requested_scope=self.requested_scope,
-                       granted_scope=self.granted_scope, reasons=reasons, policy_revision=self.policy_revision,
-                       jti=self.jti, task_id=self.task_id)
+        return AuditEvent(self.decision_id, self.at, self.action, outcome, error, self.agent, self.user_issuer,
+                          self.user_subject, self.audience, self.requested_scope, self.granted_scope, reasons,
+                          self.policy_revision, self.jti, self.task_id)

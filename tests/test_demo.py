@@ -3,12 +3,12 @@
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx2
 
+from gateway.process import serving
 from tests.support import deputy_command, free_port
 
 
@@ -29,22 +29,8 @@ def test_deputy_demo_runs_the_whole_story() -> None:
 def test_serve_dev_prints_commands_that_work(tmp_path: Path) -> None:
     """`deputy serve --dev`, then the printed `deputy dev ...` commands and exchange, as the README says."""
     port = free_port()
-    log = tmp_path / "serve.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen([*deputy_command("serve", "--dev", "--listen", f"127.0.0.1:{port}")],
-                                   cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx2.get(url + "/healthz", timeout=0.5).status_code == 200:
-                    break
-            except httpx2.HTTPError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-
+    log, url = tmp_path / "serve.log", f"http://127.0.0.1:{port}"
+    with serving(["--dev", "--listen", f"127.0.0.1:{port}"], url, log=log, cwd=tmp_path):
         def dev(*args: str) -> str:
             result = subprocess.run(deputy_command("dev", *args), cwd=tmp_path, capture_output=True, text=True,
                                     timeout=60)
@@ -55,9 +41,6 @@ def test_serve_dev_prints_commands_that_work(tmp_path: Path) -> None:
         assert "DEMO ONLY" in banner and "deputy dev user-token alice" in banner
         response = exchange_as_printed(url, dev)
         assert response.status_code == 200, response.text
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def test_issue7_14_deputy_dev_finds_the_dev_gateway_from_any_directory(tmp_path: Path) -> None:
@@ -66,15 +49,8 @@ def test_issue7_14_deputy_dev_finds_the_dev_gateway_from_any_directory(tmp_path:
     served.mkdir()
     elsewhere.mkdir()
     env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
-    process = subprocess.Popen(deputy_command("serve", "--dev", "--listen", f"127.0.0.1:{port}"), cwd=served,
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while not _healthy(url):
-            assert process.poll() is None and time.monotonic() < deadline
-            time.sleep(0.1)
-
+    url = f"http://127.0.0.1:{port}"
+    with serving(["--dev", "--listen", f"127.0.0.1:{port}"], url, log=tmp_path / "serve.log", cwd=served, env=env):
         def dev(*args: str) -> str:
             result = subprocess.run(deputy_command("dev", *args), cwd=elsewhere, env=env, capture_output=True,
                                     text=True, timeout=60)
@@ -84,19 +60,9 @@ def test_issue7_14_deputy_dev_finds_the_dev_gateway_from_any_directory(tmp_path:
         response = exchange_as_printed(url, dev)
         assert response.status_code == 200, response.text
         assert not (elsewhere / ".deputy-dev").exists()
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
     missing = subprocess.run(deputy_command("dev", "user-token", "alice"), cwd=elsewhere, capture_output=True,
                              text=True, timeout=60, env={**os.environ, "XDG_STATE_HOME": str(tmp_path / "none")})
     assert missing.returncode == 2 and "serve --dev" in missing.stderr
-
-
-def _healthy(url: str) -> bool:
-    try:
-        return httpx2.get(url + "/healthz", timeout=0.5).status_code == 200
-    except httpx2.HTTPError:
-        return False
 
 
 def exchange_as_printed(url: str, dev: Callable[..., str]) -> httpx2.Response:

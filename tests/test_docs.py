@@ -35,14 +35,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx2
 import pytest
+
+from gateway.process import serving
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [Path("README.md"), *sorted(p.relative_to(ROOT) for p in (ROOT / "docs").glob("*.md"))]
@@ -202,29 +202,9 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
                XDG_STATE_HOME=str(tmp_path_factory.mktemp("xdg-state")))  # `deputy dev`'s pointer, not the user's
     ports = dict(zip(DOCUMENTED_PORTS, free_ports(len(DOCUMENTED_PORTS)), strict=True))
     log = directory / "serve-dev.log"
-    with open(log, "wb") as out:
-        gateway = subprocess.Popen(["deputy", "serve", "--dev", "--listen", f"127.0.0.1:{ports[8600]}"],
-                                   cwd=directory, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while not _healthy(f"http://127.0.0.1:{ports[8600]}"):
-            assert gateway.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
+    with serving(["--dev", "--listen", f"127.0.0.1:{ports[8600]}"], f"http://127.0.0.1:{ports[8600]}", log=log,
+                 cwd=directory, env=env):
         yield Workspace(directory, env, ports)
-    finally:
-        gateway.terminate()
-        try:
-            gateway.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            gateway.kill()
-            gateway.wait()
-
-
-def _healthy(url: str) -> bool:
-    try:
-        return httpx2.get(url + "/healthz", timeout=0.5).status_code == 200
-    except httpx2.HTTPError:
-        return False
 
 
 def _write(path: str, code: str) -> str:
