@@ -16,7 +16,7 @@ from typing import TypeVar
 from token_exchange.actors import ActorVerifier, VerifiedActor
 from token_exchange.errors import AccessDenied, InvalidClient
 from token_exchange.jws import TokenError
-from token_exchange.user_tokens import UserTokenVerifier, VerifiedSubject
+from token_exchange.user_tokens import SubjectVerifier, VerifiedSubject
 
 from .records import CredentialRevoked, Presented
 from .resources import Resources
@@ -35,7 +35,7 @@ class AdminRule:
 
 
 class Callers:
-    def __init__(self, *, actors: ActorVerifier, users: UserTokenVerifier, credentials: Credentials,
+    def __init__(self, *, actors: ActorVerifier, users: SubjectVerifier, credentials: Credentials,
                  resources: Resources, admins: AdminRule) -> None:
         self._actors = actors
         self._users = users

@@ -48,7 +48,10 @@ class LiveKeys:
         """Check the ring on disk every `every` seconds; never ends."""
         while True:
             await asyncio.sleep(every)
-            await self.refresh()
+            try:
+                await self.refresh()
+            except Exception:  # a bug, logged with its traceback; the ring in force stays, checks go on
+                log.exception("keys.reload_failed")
 
     async def refresh(self) -> bool:
         """Take up a rotated ring; an unreadable one is logged and the ring in force kept. True if changed."""

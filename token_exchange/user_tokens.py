@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 from .jws import SignatureCache, TokenError, check_audience, check_time_claims, issued_at, string_claim
 from .keys import ASYMMETRIC_ALGORITHMS, KeySource
@@ -41,6 +41,12 @@ class VerifiedSubject:
     @property
     def issued_at(self) -> int | None:
         return issued_at(self.claims)
+
+
+class SubjectVerifier(Protocol):
+    """Verifies a user's token (`subject_token`, or an admin's Bearer token); raises TokenError."""
+
+    async def verify(self, token: str, *, now: int) -> VerifiedSubject: ...
 
 
 def user_scope(claims: Mapping[str, Any]) -> Scope:

@@ -25,7 +25,7 @@ from token_exchange.rfc8693 import ACCESS_TOKEN_TYPE, ExchangeRequest, Target, T
 from token_exchange.rfc9068 import ACCESS_TOKEN_JWT_TYPE, Grant, Signer, access_token_claims
 from token_exchange.scope import Scope
 from token_exchange.txn_tokens import TASK_TOKEN_JWT_TYPE, TXN_TOKEN_TYPE, OwnTokenVerifier, task_token_claims
-from token_exchange.user_tokens import UserTokenVerifier, VerifiedSubject
+from token_exchange.user_tokens import SubjectVerifier, VerifiedSubject
 
 from ..audit import AuditEvent
 from ..policy import Decision, PolicyEngine, PolicyInput
@@ -57,7 +57,7 @@ class ExchangeSteps:
     """What the flows share: the verifiers, resources, policy, signer and store, and the steps on them."""
 
     actors: ActorVerifier
-    users: UserTokenVerifier
+    users: SubjectVerifier
     own_tokens: OwnTokenVerifier
     resources: Resources
     policy: PolicyEngine

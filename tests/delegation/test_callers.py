@@ -19,7 +19,7 @@ RESOURCES = Resources([Resource("https://mail.example.com", Scope(frozenset({"ma
 
 
 def callers(actor: VerifiedActor) -> Callers:
-    return Callers(actors=FakeActors({"token": actor}), users=FakeUsers({}),  # type: ignore[arg-type]
+    return Callers(actors=FakeActors({"token": actor}), users=FakeUsers({}),
                    credentials=FakeStore(), resources=RESOURCES, admins=AdminRule(workload_ids=frozenset({CLIENT})))
 
 

@@ -181,7 +181,7 @@ def make_world(signing_key: SigningKey, policy: FakePolicy | None = None) -> Wor
     actors, users, store, policy = FakeActors(ACTORS), FakeUsers(USERS), FakeStore(), policy or FakePolicy()
     own_keys = StaticKeys(parse_key_set({"keys": [signing_key.public_jwk]}, allowed=frozenset(SIGNING_ALGORITHMS)))
     own = OwnTokenVerifier(own_keys, issuer=ISSUER, allowed=frozenset(SIGNING_ALGORITHMS))
-    steps = ExchangeSteps(actors, users, own, Resources(RESOURCES), policy,  # type: ignore[arg-type]  # a FakeUsers
+    steps = ExchangeSteps(actors, users, own, Resources(RESOURCES), policy,
                           Signer(issuer=ISSUER, key=signing_key), store, LIFETIMES)
     endpoint = TokenEndpoint([token_exchange_grant(steps)], audit=store, policy=policy)
     return World(steps, endpoint, actors, users, store, policy, own)
