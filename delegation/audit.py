@@ -27,6 +27,11 @@ class AuditEvent:
     policy_revision: str | None = None
     jti: str | None = None
     task_id: str | None = None
+    agent_domain: str | None = None  # the agent's trust domain or workload issuer (its id is unique within it)
+    policy_engine: str | None = None  # the decision log (docs/policy.md): which engine decided, how fast,
+    policy_latency_us: int | None = None  # on what input and with what result (JSON text, never a token)
+    policy_input: str | None = None
+    policy_result: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -50,6 +55,11 @@ class AuditDraft:
     reasons: tuple[str, ...] = ()
     jti: str | None = None
     task_id: str | None = None
+    agent_domain: str | None = None
+    policy_engine: str | None = None
+    policy_latency_us: int | None = None
+    policy_input: str | None = None
+    policy_result: str | None = None
 
     def granted(self, *, scope: str, jti: str, task_id: str, audience: str) -> AuditEvent:
         self.granted_scope, self.jti, self.task_id, self.audience = scope, jti, task_id, audience
@@ -61,4 +71,5 @@ class AuditDraft:
     def _seal(self, outcome: str, error: str | None, reasons: tuple[str, ...]) -> AuditEvent:
         return AuditEvent(self.decision_id, self.at, self.action, outcome, error, self.agent, self.user_issuer,
                           self.user_subject, self.audience, self.requested_scope, self.granted_scope, reasons,
-                          self.policy_revision, self.jti, self.task_id)
+                          self.policy_revision, self.jti, self.task_id, self.agent_domain, self.policy_engine,
+                          self.policy_latency_us, self.policy_input, self.policy_result)

@@ -46,6 +46,7 @@ class AuditSettings:
     retention: int = 30 * 86400  # seconds; 0 keeps every event in the store
     export: Literal["files", "stdout"] = "files"
     export_dir: Path = Path(".deputy/audit")  # with "files": one JSON-lines file per UTC day
+    decision_log: Path | None = None  # OPA-style decision-log JSON lines, besides the audit store
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +60,17 @@ class AdminSettings:
 
 @dataclass(frozen=True, slots=True)
 class PolicySettings:
-    engine: str = "embedded"
+    engine: Literal["embedded", "opa"] = "embedded"
     dir: Path | None = None  # None: the packaged policies
     opa_url: str = "http://127.0.0.1:8181"
+    timeout_ms: int = 250  # per decision asked of an OPA server
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """The management listener for Prometheus' `/metrics`; None: no metrics are served."""
+
+    listen: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +86,33 @@ class SubjectIssuerSettings:
     issuer: str
     jwks: KeySetSettings
     audience: str
+
+
+@dataclass(frozen=True, slots=True)
+class AttesterSettings:
+    """A client attester (draft-ietf-oauth-attestation-based-client-auth): its keys, and how old (by `iat`)
+    an attestation may be and still count as fresh posture."""
+
+    name: str
+    keys: KeySetSettings
+    max_age: int = 300
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadIssuerSettings:
+    """An issuer of Kubernetes service-account or other OIDC workload tokens accepted as `actor_token`.
+
+    `keys` is None with `discovery`: the JWKS is found through OIDC discovery at the issuer."""
+
+    issuer: str
+    keys: KeySetSettings | None
+    audience: str
+    kind: Literal["kubernetes", "oidc"] = "oidc"
+    id_claim: str = "sub"
+
+    @property
+    def discovery(self) -> bool:
+        return self.keys is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +144,9 @@ class Settings:
     tasks: TaskSettings = field(default_factory=TaskSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
+    attesters: tuple[AttesterSettings, ...] = ()
+    workload_issuers: tuple[WorkloadIssuerSettings, ...] = ()
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
 
 def load_settings(path: Path | None, *, listen: str | None = None) -> Settings:
@@ -149,9 +188,15 @@ def parse_settings(document: dict[str, Any], *, base: Path) -> Settings:
     tasks = _tasks(t.table("tasks"))
     admin = _admin(t.table("admin"))
     audit = _audit(t.table("audit"), state_dir)
+    attesters = tuple(_attester(s) for s in t.tables("attesters"))
+    workloads = tuple(_workload_issuer(s, issuer) for s in t.tables("workload_issuers"))
+    metrics = _metrics(t.table("metrics"), (host, port))
     t.done()
     _unique("subject_issuers", [s.issuer for s in issuers], "issuer")
     _unique("trust_domains", [d.name for d in domains], "name")
+    _unique("attesters", [a.name for a in attesters], "name")
+    _unique("workload_issuers", [w.issuer for w in workloads], "issuer")
+    _apart(workloads, issuers)
     _unique("resources", [r.audience for r in resources], "audience")
     longest = max([tokens.max_ttl, *(r.max_ttl for r in resources)])
     if tasks.retention < max(longest, tasks.max_ttl):
@@ -159,16 +204,19 @@ def parse_settings(document: dict[str, Any], *, base: Path) -> Settings:
     if any(r.audience == issuer for r in resources):
         raise ConfigError("resources: no resource audience may equal the gateway issuer (task tokens use it)")
     return Settings(issuer, host, port, state_dir, store_url, tokens, policy, issuers, domains, resources, tasks,
-                    admin, audit)
+                    admin, audit, attesters, workloads, metrics)
 
 
 KNOWN_KEYS: dict[str, frozenset[str]] = {
     "": frozenset({"issuer", "listen", "state_dir", "tokens", "store", "policy", "subject_issuers", "trust_domains",
-                   "resources", "tasks", "admin", "audit"}),
-    "audit": frozenset({"retention", "export", "export_dir"}),
+                   "resources", "tasks", "admin", "audit", "attesters", "workload_issuers", "metrics"}),
+    "audit": frozenset({"retention", "export", "export_dir", "decision_log"}),
     "tokens": frozenset({"signing_alg", "default_ttl", "max_ttl"}),
     "store": frozenset({"url"}),
-    "policy": frozenset({"engine", "dir", "opa_url"}),
+    "policy": frozenset({"engine", "dir", "opa_url", "timeout_ms"}),
+    "attesters": frozenset({"name", "jwks_file", "jwks_uri", "max_age"}),
+    "workload_issuers": frozenset({"issuer", "jwks_file", "jwks_uri", "discovery", "audience", "kind", "id_claim"}),
+    "metrics": frozenset({"listen"}),
     "subject_issuers": frozenset({"issuer", "jwks_file", "jwks_uri", "audience"}),
     "trust_domains": frozenset({"name", "bundle_file", "bundle_uri"}),
     "resources": frozenset({"audience", "scopes", "max_ttl", "clients"}),
@@ -225,10 +273,10 @@ class _Table:
             raise ConfigError(f"{self.key(unknown[0])}: unknown key")
 
 
-def _listen(listen: str) -> tuple[str, int]:
+def _listen(listen: str, *, key: str = "listen") -> tuple[str, int]:
     host, colon, port = listen.rpartition(":")
     if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError("listen: must be host:port, e.g. 127.0.0.1:8600")
+        raise ConfigError(f"{key}: must be host:port, e.g. 127.0.0.1:8600")
     return host.strip("[]"), int(port)
 
 
@@ -283,12 +331,15 @@ def _policy(t: _Table) -> PolicySettings:
     engine = t.take("engine", str, "embedded")
     if engine not in ("embedded", "opa"):
         raise ConfigError("policy.engine: must be 'embedded' or 'opa'")
-    if engine == "opa":
-        raise ConfigError("policy.engine: 'opa' (an OPA server) is not available in this version; use 'embedded'")
     directory = t.path("dir", "") if "dir" in t.data else None
-    opa_url = _url(t, "opa_url") if "opa_url" in t.data else "http://127.0.0.1:8181"
+    opa_url = _url(t, "opa_url").rstrip("/") if "opa_url" in t.data else "http://127.0.0.1:8181"
+    if urlsplit(opa_url).path or urlsplit(opa_url).query:
+        raise ConfigError("policy.opa_url: must be the OPA server's address, without a path (e.g. http://127.0.0.1:8181)")
+    timeout_ms = t.take("timeout_ms", int, 250)
+    if not 0 < timeout_ms <= 60_000:
+        raise ConfigError("policy.timeout_ms: must be between 1 and 60000 milliseconds")
     t.done()
-    return PolicySettings(engine, directory, opa_url)
+    return PolicySettings("opa" if engine == "opa" else "embedded", directory, opa_url, timeout_ms)
 
 
 def _key_set(t: _Table, file_key: str, uri_key: str) -> KeySetSettings:
@@ -347,8 +398,58 @@ def _audit(t: _Table, state_dir: Path) -> AuditSettings:
     if export not in ("files", "stdout"):
         raise ConfigError("audit.export: must be 'files' or 'stdout'")
     export_dir = t.path("export_dir", "") if "export_dir" in t.data else state_dir / "audit"
+    decision_log = t.path("decision_log", "") if "decision_log" in t.data else None
     t.done()
-    return AuditSettings(retention, "stdout" if export == "stdout" else "files", export_dir)
+    return AuditSettings(retention, "stdout" if export == "stdout" else "files", export_dir, decision_log)
+
+
+def _attester(t: _Table) -> AttesterSettings:
+    name = t.take("name", str)
+    if not name.strip():
+        raise ConfigError(f"{t.key('name')}: must not be empty")
+    keys = _key_set(t, "jwks_file", "jwks_uri")
+    max_age = t.positive("max_age", 300)
+    t.done()
+    return AttesterSettings(name, keys, max_age)
+
+
+def _workload_issuer(t: _Table, gateway_issuer: str) -> WorkloadIssuerSettings:
+    issuer = _url(t, "issuer")
+    if t.take("discovery", bool, False):
+        if "jwks_file" in t.data or "jwks_uri" in t.data:
+            raise ConfigError(f"{t.key('discovery')}: give discovery = true or a jwks_file or jwks_uri, not both")
+        keys = None
+    else:
+        keys = _key_set(t, "jwks_file", "jwks_uri")
+    audience = t.take("audience", str, gateway_issuer)
+    kind = t.take("kind", str, "oidc")
+    if kind not in ("kubernetes", "oidc"):
+        raise ConfigError(f"{t.key('kind')}: must be 'kubernetes' or 'oidc'")
+    id_claim = t.take("id_claim", str, "sub")
+    if not id_claim:
+        raise ConfigError(f"{t.key('id_claim')}: must name a claim")
+    t.done()
+    return WorkloadIssuerSettings(issuer, keys, audience, "kubernetes" if kind == "kubernetes" else "oidc", id_claim)
+
+
+def _apart(workloads: tuple[WorkloadIssuerSettings, ...], users: tuple[SubjectIssuerSettings, ...]) -> None:
+    """An issuer is either the users' or the agents': one token must not serve as both."""
+    user_issuers = {u.issuer for u in users}
+    for i, workload in enumerate(workloads):
+        if workload.issuer in user_issuers:
+            raise ConfigError(f"workload_issuers[{i}].issuer: {workload.issuer!r} is also a subject issuer; "
+                              "a token must not serve both as a user's and as an agent's")
+
+
+def _metrics(t: _Table, public: tuple[str, int]) -> MetricsSettings:
+    if "listen" not in t.data:
+        t.done()
+        return MetricsSettings()
+    where = _listen(t.take("listen", str), key="metrics.listen")
+    if where[1] == public[1] and (where[0] == public[0] or "0.0.0.0" in (where[0], public[0])):
+        raise ConfigError("metrics.listen: must differ from listen (metrics are never served on the public port)")
+    t.done()
+    return MetricsSettings(where)
 
 
 def _admin(t: _Table) -> AdminSettings:

@@ -71,7 +71,7 @@ class ExchangeSteps:
             actor = await self.actors.verify(ctx.exchange.actor.token, now=ctx.now)
         except TokenError as exc:  # RFC 8693 §2.2.2: a bad actor token is invalid_request
             raise InvalidRequest(f"actor_token rejected: {exc}") from exc
-        ctx.audit.agent = actor.id
+        ctx.audit.agent, ctx.audit.agent_domain = actor.id, actor.domain
         if ctx.exchange.client_id is not None and ctx.exchange.client_id != actor.id:
             raise UnauthorizedClient("client_id does not match the actor_token SPIFFE ID")
         return actor

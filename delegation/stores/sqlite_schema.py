@@ -120,6 +120,22 @@ MIGRATIONS: tuple[str, ...] = (
                   FROM revocations r, json_each(r.jtis) j JOIN issued_tokens i ON i.jti = j.value)
         GROUP BY audience, seq;
     """,
+    # 4: the audit trail names the agent's domain and carries the decision log (engine, latency, input,
+    # result); single-use values (attestation PoP and DPoP proof jtis) are remembered until they expire.
+    """
+    ALTER TABLE audit_events ADD COLUMN agent_domain TEXT;
+    ALTER TABLE audit_events ADD COLUMN policy_engine TEXT;
+    ALTER TABLE audit_events ADD COLUMN policy_latency_us INTEGER;
+    ALTER TABLE audit_events ADD COLUMN policy_input TEXT;
+    ALTER TABLE audit_events ADD COLUMN policy_result TEXT;
+    CREATE TABLE seen_once (
+        namespace TEXT NOT NULL,
+        value TEXT NOT NULL,
+        expires_at INTEGER NOT NULL,
+        PRIMARY KEY (namespace, value)
+    ) WITHOUT ROWID;
+    CREATE INDEX seen_once_expiry ON seen_once (expires_at);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
