@@ -173,6 +173,11 @@ class AuditEventBody(Body):
     policy_revision: str | None
     jti: str | None
     task_id: str | None
+    agent_domain: str | None
+    policy_engine: str | None
+    policy_latency_us: int | None
+    policy_input: dict[str, Any] | None
+    policy_result: dict[str, Any] | None
 
 
 class AuditPage(Body):

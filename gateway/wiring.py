@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -13,6 +12,7 @@ import httpx2
 from delegation.callers import AdminRule, Callers
 from delegation.flows import ExchangeSteps, Lifetimes, token_exchange_grant
 from delegation.lifecycle import TaskLifecycle
+from delegation.opa import OpaServer
 from delegation.policy import PolicyEngine, PolicyError, PolicySource
 from delegation.rego import EmbeddedRego
 from delegation.resources import Resource, Resources
@@ -34,10 +34,11 @@ from .live_keys import LiveKeys
 from .settings import ConfigError, KeySetSettings, PolicySettings, Settings
 
 SVID_KEY_USE = "jwt-svid"
-POLICY_ENGINES: dict[str, Callable[[Path], PolicyEngine]] = {
-    "embedded": lambda directory: EmbeddedRego(PolicySource.read(directory)),
+POLICY_ENGINES: dict[str, Callable[[PolicySettings], PolicyEngine]] = {
+    "embedded": lambda settings: EmbeddedRego(PolicySource.read(settings.dir or PACKAGED_POLICIES)),
+    "opa": lambda settings: OpaServer(settings.opa_url, timeout_ms=settings.timeout_ms),
 }
-"""`[policy] engine` → how it is built from the policy directory (an OPA server comes next)."""
+"""`[policy] engine` → how it is built: compiled from the policy directory, or asked of an OPA server."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +66,7 @@ def prepare(settings: Settings) -> Prepared:
 
 def policy_engine(settings: PolicySettings) -> PolicyEngine:
     try:
-        return POLICY_ENGINES[settings.engine](settings.dir or PACKAGED_POLICIES)
+        return POLICY_ENGINES[settings.engine](settings)
     except PolicyError as exc:
         raise ConfigError(f"policy.dir: {exc}") from exc
 
@@ -94,6 +95,7 @@ class Deputy:
     keys: LiveKeys
     metadata: dict[str, Any]
     store: Store
+    policy: PolicyEngine
 
 
 class KeySources:
@@ -139,15 +141,17 @@ def assemble(prepared: Prepared, ring: KeyRing, store: Store, sources: KeySource
     document = metadata(settings.issuer, endpoints=endpoints, scopes=resources.all_scopes(),
                         grant_types=endpoint.grant_types)
     lifecycle = TaskLifecycle(store=store, own_tokens=own_tokens, resources=resources)
-    return Deputy(settings, endpoint, lifecycle, callers, keys, document, store)
+    return Deputy(settings, endpoint, lifecycle, callers, keys, document, store, prepared.policy)
 
 
 @asynccontextmanager
 async def running(prepared: Prepared, keys: KeyRing) -> AsyncIterator[Deputy]:
-    """Open the store and the HTTP client for remote key sets; close them on exit."""
+    """Open the store, the policy engine's client and the HTTP client for remote key sets; close them on exit."""
     store = await open_store(prepared.settings.store_url)
     try:
+        await prepared.policy.start()
         async with httpx2.AsyncClient(timeout=5.0, follow_redirects=False) as client:
             yield assemble(prepared, keys, store, KeySources(prepared, client))
     finally:
+        await prepared.policy.stop()
         await store.close()

@@ -6,9 +6,11 @@ the credentials against admin cutoffs, narrow target and scope, ask the policy, 
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import ClassVar, TypeVar
 
 from token_exchange.actors import ActorVerifier, VerifiedActor, actor_claim
@@ -28,7 +30,8 @@ from token_exchange.txn_tokens import TASK_TOKEN_JWT_TYPE, TXN_TOKEN_TYPE, OwnTo
 from token_exchange.user_tokens import SubjectVerifier, VerifiedSubject
 
 from ..audit import AuditEvent
-from ..policy import Decision, PolicyEngine, PolicyInput
+from ..observe import NoObserver, Observer
+from ..policy import Decision, PolicyEngine, PolicyInput, PolicyUnavailable
 from ..records import CredentialRevoked, IssuedTokenRecord, Presented, StoreError, TaskEnded
 from ..resources import Resource, Resources
 from ..store import TaskRecords, check_credentials
@@ -64,6 +67,7 @@ class ExchangeSteps:
     signer: Signer
     records: TaskRecords
     lifetimes: Lifetimes
+    observer: Observer = field(default_factory=NoObserver)
 
     async def actor(self, ctx: FlowContext) -> VerifiedActor:
         """The agent, by its workload identity token; a `client_id`, if sent, must name it."""
@@ -121,7 +125,21 @@ class ExchangeSteps:
         return resources
 
     async def decide(self, query: PolicyInput, ctx: FlowContext) -> Decision:
-        decision = await self.policy.decide(query)
+        """Ask the policy; the decision log (input, result, engine, latency) goes into the audit event.
+        An engine that cannot answer is the gateway's fault: 503, nothing issued, the cause audited."""
+        engine, started = self.policy.engine, time.perf_counter()
+        ctx.audit.policy_engine, ctx.audit.policy_input = engine, json.dumps(query.as_json(), separators=(",", ":"))
+        try:
+            decision = await self.policy.decide(query)
+        except PolicyUnavailable as exc:
+            self.observer.policy_failed(engine, exc.cause)
+            ctx.audit.reasons = (f"policy engine {engine} unavailable ({exc.cause}): {exc.detail}",)
+            raise TemporarilyUnavailable(f"the policy engine ({engine}) could not decide ({exc.cause}); "
+                                         "nothing was issued, try again") from exc
+        seconds = time.perf_counter() - started
+        self.observer.policy_decided(engine, seconds)
+        ctx.audit.policy_latency_us = round(seconds * 1e6)
+        ctx.audit.policy_result = json.dumps(decision.as_document(), separators=(",", ":"))
         ctx.audit.reasons, ctx.audit.policy_revision = decision.reasons, decision.revision
         if decision.decision_id is not None:
             ctx.audit.decision_id = decision.decision_id
