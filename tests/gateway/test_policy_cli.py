@@ -29,7 +29,8 @@ def test_policy_test_passes_the_decision_table_and_prints_one_line_per_case(caps
     out = capsys.readouterr().out
     count = sum(len(json.loads(f.read_text())) for f in CASES.glob("*.json"))
     assert out.count("PASS  ") == count and "FAIL" not in out
-    assert f"{count} passed, 0 failed (embedded engine, revision {PolicySource.read(PACKAGED_POLICIES).revision})" in out
+    revision = PolicySource.read(PACKAGED_POLICIES).revision
+    assert f"{count} passed, 0 failed (embedded engine, revision {revision})" in out
 
 
 def test_policy_test_exits_1_and_says_what_differs_when_a_case_fails(tmp_path: Path,
