@@ -26,6 +26,7 @@ import httpx2
 import jwt
 import pytest
 
+from resource_server import VerifiedAccess
 from tests.conftest import IDP, MAIL_AGENT, POLICY_DATA, Deployment, Probe, deployed
 from tests.support import ACCESS_TOKEN, GRANT, ID_TOKEN, JWT, Issuer, JwksServer, deputy_command
 
@@ -291,6 +292,17 @@ def test_issue8_4_a_spiffe_agent_delegates_to_a_kubernetes_sub_agent(env: Env) -
     child = ok(env.delegate(task["access_token"], env.sa_token(env.cluster_a, "spiffe-parent", "summarizer")))
     assert claims_of(child["access_token"])["act"] == {
         "sub": sa("spiffe-parent", "summarizer"), "iss": CLUSTER_A, "act": {"sub": MAIL_AGENT}}
+
+
+def test_issue8_4_a_resource_server_sees_the_agent_with_its_issuer(env: Env) -> None:
+    """resource_server.VerifiedAccess: `agent` is `client_id`, `agent_issuer` the current actor's `act.iss`."""
+    task = ok(env.open_task(env.sa_token(env.cluster_b, "cross")))
+    access = ok(env.within(task["access_token"], env.sa_token(env.cluster_b, "cross")))["access_token"]
+    seen = VerifiedAccess.of(claims_of(access))
+    assert (seen.agent, seen.agent_issuer, seen.task_id) == (sa("cross"), env.cluster_b.name, task["task_id"])
+    spiffe = ok(env.post(subject_token=env.deployment.user_token(scope="notes.read"), subject_token_type=ACCESS_TOKEN,
+                         actor_token=env.svid(MAIL_AGENT), actor_token_type=JWT, scope="notes.read", resource=NOTES))
+    assert (VerifiedAccess.of(claims_of(spiffe["access_token"])).agent_issuer) is None
 
 
 def test_gh_item_17_a_github_actions_token_is_an_agent(env: Env) -> None:
