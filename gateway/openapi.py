@@ -167,7 +167,6 @@ class AuditEventBody(Body):
     outcome: str
     error: str | None
     agent: str | None
-    agent_domain: str | None = Field(description="The agent's SPIFFE trust domain or workload issuer.")
     user_issuer: str | None
     user_subject: str | None
     audience: str | None
