@@ -22,12 +22,14 @@ from delegation.token_endpoint import TokenEndpoint
 from policies import PACKAGED_POLICIES
 from token_exchange.actors import WorkloadVerifiers
 from token_exchange.keys import ASYMMETRIC_ALGORITHMS, KeySource, RemoteKeys, StaticKeys, parse_key_set, read_key_set
+from token_exchange.oidc_discovery import DiscoveredKeys
 from token_exchange.rfc8414 import metadata
 from token_exchange.scope import Scope
 from token_exchange.signing import SIGNING_ALGORITHMS
 from token_exchange.spiffe import SVID_ALGORITHMS, JwtSvidVerifier
 from token_exchange.txn_tokens import OwnTokenVerifier
 from token_exchange.user_tokens import SubjectIssuer, UserTokenVerifier
+from token_exchange.workload_tokens import WorkloadIssuer, WorkloadTokenVerifier
 
 from .keystore import KeyRing
 from .live_keys import LiveKeys
@@ -61,6 +63,10 @@ def prepare(settings: Settings) -> Prepared:
         if domain.bundle.file is not None:
             key = f"trust_domains[{i}].bundle_file"
             static[key] = _read(domain.bundle, key, SVID_ALGORITHMS, SVID_KEY_USE)
+    for i, workload in enumerate(settings.workload_issuers):
+        if workload.keys is not None and workload.keys.file is not None:
+            key = f"workload_issuers[{i}].jwks_file"
+            static[key] = _read(workload.keys, key, ASYMMETRIC_ALGORITHMS, None)
     return Prepared(settings, policy_engine(settings.policy), static)
 
 
@@ -99,7 +105,8 @@ class Deputy:
 
 
 class KeySources:
-    """The key source for each configured key set: its file's keys, or its URI fetched with `client`."""
+    """The key source for each configured key set: its file's keys, or its URI fetched with `client`; and
+    for a workload issuer with `discovery = true`, the keys its OIDC discovery document names."""
 
     def __init__(self, prepared: Prepared, client: httpx2.AsyncClient) -> None:
         self._static = prepared.static_keys
@@ -111,16 +118,32 @@ class KeySources:
                               parse=lambda document: parse_key_set(document, allowed=allowed, use=use))
         return self._static[key]
 
+    def discovered(self, issuer: str, allowed: frozenset[str]) -> KeySource:
+        return DiscoveredKeys(issuer, client=self._client,
+                              parse=lambda document: parse_key_set(document, allowed=allowed))
+
 
 def verifiers(settings: Settings, sources: KeySources) -> tuple[WorkloadVerifiers, UserTokenVerifier]:
-    """The agents' verifier (SPIFFE trust domains for now) and the users' (the subject issuers)."""
+    """The agents' verifier (SPIFFE trust domains, and workload issuers by `iss`) and the users' (the
+    subject issuers)."""
     bundles = {d.name: sources(d.bundle, f"trust_domains[{i}].bundle_file", SVID_ALGORITHMS, SVID_KEY_USE)
                for i, d in enumerate(settings.trust_domains)}
     issuers = {s.issuer: SubjectIssuer(s.issuer, s.audience, sources(s.jwks, f"subject_issuers[{i}].jwks_file",
                                                                       ASYMMETRIC_ALGORITHMS, None))
                for i, s in enumerate(settings.subject_issuers)}
-    actors = WorkloadVerifiers(spiffe=JwtSvidVerifier(bundles, audience=settings.issuer))
+    actors = WorkloadVerifiers(spiffe=JwtSvidVerifier(bundles, audience=settings.issuer),
+                               by_issuer=workload_verifiers(settings, sources))
     return actors, UserTokenVerifier(issuers)
+
+
+def workload_verifiers(settings: Settings, sources: KeySources) -> dict[str, WorkloadTokenVerifier]:
+    """A verifier for each `[[workload_issuers]]` entry, by its issuer."""
+    verifiers: dict[str, WorkloadTokenVerifier] = {}
+    for i, w in enumerate(settings.workload_issuers):
+        keys = (sources.discovered(w.issuer, ASYMMETRIC_ALGORITHMS) if w.keys is None
+                else sources(w.keys, f"workload_issuers[{i}].jwks_file", ASYMMETRIC_ALGORITHMS, None))
+        verifiers[w.issuer] = WorkloadTokenVerifier(WorkloadIssuer(w.issuer, w.audience, keys, w.kind, w.id_claim))
+    return verifiers
 
 
 def assemble(prepared: Prepared, ring: KeyRing, store: Store, sources: KeySources) -> Deputy:

@@ -77,7 +77,7 @@ class ExchangeSteps:
             raise InvalidRequest(f"actor_token rejected: {exc}") from exc
         ctx.audit.agent, ctx.audit.agent_domain = actor.id, actor.domain
         if ctx.exchange.client_id is not None and ctx.exchange.client_id != actor.id:
-            raise UnauthorizedClient("client_id does not match the actor_token SPIFFE ID")
+            raise UnauthorizedClient("client_id does not match the actor_token's workload")
         return actor
 
     async def user(self, ctx: FlowContext) -> VerifiedSubject:
