@@ -295,7 +295,10 @@ def _feed(runner: Interpreter, document: Any) -> None:
             raise PolicyError("not an object")
         set_input(runner, document)
     except PolicyError:
-        runner.set_input_term(json.dumps(document))
+        try:
+            runner.set_input_term(json.dumps(document))
+        except (RegoError, ValueError) as exc:  # e.g. a number beyond float range, which Python reads as inf
+            raise bad_request(f"body contains malformed input document: {exc}") from exc
 
 
 def _entry_prefix(path: tuple[str | int, ...]) -> int:

@@ -552,7 +552,7 @@ def test_fault_down_refuses_connections_until_started_again() -> None:
         assert httpx2.post(f"{server.url}/v1/data/a", json={"input": {}}).json()["result"] == 1
 
 
-def test_fault_stop_is_prompt_while_a_delayed_decision_is_in_flight(opa: RunningOpa) -> None:
+def test_fault_stop_is_prompt_while_a_delayed_decision_is_in_flight() -> None:
     with running_opa() as server:
         server.delay_s = 30
         with pytest.raises(httpx2.TimeoutException):
