@@ -14,7 +14,7 @@ from delegation.policy import PolicyEngine, PolicySource
 from delegation.policy_cases import PolicyCase, read_cases, run_case
 from delegation.rego import EmbeddedRego
 from policies import PACKAGED_POLICIES
-from tests.opa_server import opa_url_for_tests
+from tests.opa_server import opa_for_tests
 
 CASES = read_cases(Path(__file__).parent / "cases")
 SOURCE = PolicySource.read(PACKAGED_POLICIES)
@@ -22,8 +22,8 @@ SOURCE = PolicySource.read(PACKAGED_POLICIES)
 
 @pytest.fixture(scope="module")
 def opa_url() -> Iterator[str]:
-    with opa_url_for_tests() as url:
-        yield url
+    with opa_for_tests() as opa:
+        yield opa.url
 
 
 @pytest.fixture(params=["embedded", "opa"])
