@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.support import compact, hmac_signer, signer_for
+from tests.support import DEFAULT_IMAGE, AgentInstance, compact, hmac_signer, signer_for
 from token_exchange.attestation import (
     ATTESTATION_TYP,
     POP_TYP,
@@ -36,8 +35,7 @@ from token_exchange.signing import SigningKey
 
 ISSUER = "https://deputy.example.com"
 AGENT = "spiffe://example.org/agents/mail"
-IMAGE = "sha256:" + "ab" * 32
-IMAGE_CLAIM = "image_digest"
+IMAGE = DEFAULT_IMAGE
 
 
 class MemorySeen:
@@ -59,34 +57,9 @@ def keys_of(*signing: SigningKey) -> StaticKeys:
     return StaticKeys({k.kid: bind_key(k.public_jwk, k.kid, k.algorithm) for k in signing})
 
 
-@dataclass
-class Instance:
-    """An attester, an agent instance with its key, and what they sign by default."""
-
-    attester: SigningKey = field(default_factory=lambda: SigningKey.generate("ES256"))
-    key: SigningKey = field(default_factory=lambda: SigningKey.generate("ES256"))
-    now: int = field(default_factory=lambda: int(time.time()))
-
-    def claims(self, **overrides: Any) -> dict[str, Any]:
-        public = {k: v for k, v in self.key.public_jwk.items() if k not in ("kid", "use")}
-        body = {"sub": AGENT, "iat": self.now - 10, "exp": self.now + 300, "cnf": {"jwk": public},
-                "dbgstat": "disabled", IMAGE_CLAIM: IMAGE, "swname": "mail-agent", "swversion": ["1.2.0"]}
-        return {k: v for k, v in {**body, **overrides}.items() if v is not None}
-
-    def attestation(self, header: dict[str, Any] | None = None, key: SigningKey | None = None, **claims: Any) -> str:
-        signer = key or self.attester
-        headers = {"typ": ATTESTATION_TYP, "kid": signer.kid, **(header or {})}
-        return jwt.encode(self.claims(**claims), signer.private_key, algorithm=signer.algorithm, headers=headers)
-
-    def pop_claims(self, **overrides: Any) -> dict[str, Any]:
-        body = {"aud": ISSUER, "iat": self.now, "jti": f"pop-{time.perf_counter_ns()}"}
-        return {k: v for k, v in {**body, **overrides}.items() if v is not None}
-
-    def pop(self, header: dict[str, Any] | None = None, key: SigningKey | None = None, **claims: Any) -> str:
-        signer = key or self.key
-        headers = {"typ": POP_TYP, **(header or {})}
-        return jwt.encode(self.pop_claims(**claims), signer.private_key, algorithm=signer.algorithm, headers=headers)
-
+def Instance(**kw: Any) -> AgentInstance:
+    kw.setdefault("now", int(time.time()))
+    return AgentInstance(AGENT, ISSUER, **kw)
 
 
 def request(attestation: str | list[str] | None, pop: str | list[str] | None) -> TokenRequest:
@@ -98,7 +71,7 @@ def request(attestation: str | list[str] | None, pop: str | list[str] | None) ->
 
 
 @pytest.fixture
-def instance() -> Instance:
+def instance() -> AgentInstance:
     return Instance()
 
 
@@ -108,17 +81,17 @@ def seen() -> MemorySeen:
 
 
 @pytest.fixture
-def verifier(instance: Instance, seen: MemorySeen) -> AttestationVerifier:
+def verifier(instance: AgentInstance, seen: MemorySeen) -> AttestationVerifier:
     return AttestationVerifier([Attester("node-attester", keys_of(instance.attester), max_age=120)],
                                issuer=ISSUER, seen=seen)
 
 
-async def verify(verifier: AttestationVerifier, instance: Instance, attestation: str | list[str] | None,
+async def verify(verifier: AttestationVerifier, instance: AgentInstance, attestation: str | list[str] | None,
                  pop: str | list[str] | None, *, client_id: str | None = None) -> Posture | None:
-    return await verifier.verify(request(attestation, pop), actor=AGENT, client_id=client_id, now=instance.now)
+    return await verifier.verify(request(attestation, pop), actor=AGENT, client_id=client_id, now=instance.time())
 
 
-async def refused(verifier: AttestationVerifier, instance: Instance, attestation: str | list[str] | None,
+async def refused(verifier: AttestationVerifier, instance: AgentInstance, attestation: str | list[str] | None,
                   pop: str | list[str] | None, **kw: Any) -> str:
     with pytest.raises(InvalidClient) as caught:
         await verify(verifier, instance, attestation, pop, **kw)
@@ -131,30 +104,30 @@ async def refused(verifier: AttestationVerifier, instance: Instance, attestation
 
 
 async def test_abca_7_a_verified_attestation_yields_its_posture(verifier: AttestationVerifier,
-                                                                instance: Instance) -> None:
+                                                                instance: AgentInstance) -> None:
     attestation = instance.attestation(unlisted="policy must not see this", iss="https://attester.example.com")
     posture = await verify(verifier, instance, attestation, instance.pop(extra_pop_claim="nor this"))
     assert posture is not None
     assert posture.policy_view() == {
-        "attester": "node-attester", "iat": instance.now - 10, "exp": instance.now + 300,
+        "attester": "node-attester", "iat": instance.time() - 10, "exp": instance.time() + 300,
         "claims": {"dbgstat": "disabled", "image_digest": IMAGE, "swname": "mail-agent", "swversion": ["1.2.0"]},
     }  # no cnf, no sub, no unlisted claim, nothing of the PoP
 
 
-async def test_abca_7_6_no_attestation_headers_no_posture(verifier: AttestationVerifier, instance: Instance,
+async def test_abca_7_6_no_attestation_headers_no_posture(verifier: AttestationVerifier, instance: AgentInstance,
                                                           seen: MemorySeen) -> None:
     assert await verify(verifier, instance, None, None) is None
     assert seen.asked == 0
 
 
-async def test_abca_7_1_client_id_must_equal_sub(verifier: AttestationVerifier, instance: Instance) -> None:
+async def test_abca_7_1_client_id_must_equal_sub(verifier: AttestationVerifier, instance: AgentInstance) -> None:
     assert await verify(verifier, instance, instance.attestation(), instance.pop(), client_id=AGENT) is not None
     description = await refused(verifier, instance, instance.attestation(), instance.pop(),
                                 client_id="spiffe://example.org/agents/other")
     assert description == "client attestation rejected: sub does not match client_id (section 7.5)"
 
 
-async def test_abca_7_1_the_key_decides_the_attester(instance: Instance, seen: MemorySeen) -> None:
+async def test_abca_7_1_the_key_decides_the_attester(instance: AgentInstance, seen: MemorySeen) -> None:
     other = SigningKey.generate("ES256")
     attesters = [Attester("first", keys_of(other), 300), Attester("second", keys_of(instance.attester), 300)]
     verifier = AttestationVerifier(attesters, issuer=ISSUER, seen=seen)
@@ -181,24 +154,24 @@ def test_abca_8_metadata_lists_algorithms_and_pop_methods() -> None:
 
 
 async def test_abca_7_1_two_attestation_headers_are_refused(verifier: AttestationVerifier,
-                                                            instance: Instance) -> None:
+                                                            instance: AgentInstance) -> None:
     description = await refused(verifier, instance, [instance.attestation(), instance.attestation()], instance.pop())
     assert "more than one OAuth-Client-Attestation header" in description
 
 
-async def test_abca_7_2_two_pop_headers_are_refused(verifier: AttestationVerifier, instance: Instance) -> None:
+async def test_abca_7_2_two_pop_headers_are_refused(verifier: AttestationVerifier, instance: AgentInstance) -> None:
     description = await refused(verifier, instance, instance.attestation(), [instance.pop(), instance.pop()])
     assert description.startswith("client attestation PoP rejected: more than one OAuth-Client-Attestation-PoP")
 
 
 async def test_abca_7_2_an_attestation_without_pop_is_refused(verifier: AttestationVerifier,
-                                                              instance: Instance) -> None:
+                                                              instance: AgentInstance) -> None:
     description = await refused(verifier, instance, instance.attestation(), None)
     assert "no OAuth-Client-Attestation-PoP header" in description
 
 
 async def test_abca_7_1_a_pop_without_attestation_is_refused(verifier: AttestationVerifier,
-                                                             instance: Instance) -> None:
+                                                             instance: AgentInstance) -> None:
     description = await refused(verifier, instance, None, instance.pop())
     assert "no OAuth-Client-Attestation header" in description
 
@@ -206,33 +179,33 @@ async def test_abca_7_1_a_pop_without_attestation_is_refused(verifier: Attestati
 # --- The attestation (§4, §7.1) --------------------------------------------------------------------
 
 
-def _hs256_with_the_attester_key(i: Instance) -> str:
+def _hs256_with_the_attester_key(i: AgentInstance) -> str:
     header = {"typ": ATTESTATION_TYP, "alg": "HS256", "kid": i.attester.kid}
     return compact(header, i.claims(), hmac_signer(str(i.attester.public_jwk).encode()))
 
 
-def _unsigned(i: Instance) -> str:
+def _unsigned(i: AgentInstance) -> str:
     return compact({"typ": ATTESTATION_TYP, "alg": "none", "kid": i.attester.kid}, i.claims(), b"\x00" * 8)
 
 
-def _weak_rsa_cnf(i: Instance) -> str:
+def _weak_rsa_cnf(i: AgentInstance) -> str:
     weak = rsa.generate_private_key(public_exponent=65537, key_size=1024).public_key()
     jwk = jwt.algorithms.RSAAlgorithm.to_jwk(weak, as_dict=True)
     return i.attestation(cnf={"jwk": jwk})
 
 
-def _private_cnf(i: Instance) -> str:
+def _private_cnf(i: AgentInstance) -> str:
     private = jwt.algorithms.ECAlgorithm.to_jwk(i.key.private_key, as_dict=True)
     return i.attestation(cnf={"jwk": private})
 
 
-def _tampered(i: Instance) -> str:
+def _tampered(i: AgentInstance) -> str:
     signature = i.attestation().rsplit(".", 1)[1]
     other = compact({"typ": ATTESTATION_TYP, "alg": "ES256", "kid": i.attester.kid}, i.claims(sub=AGENT + "x"))
     return f"{other.rsplit('.', 1)[0]}.{signature}"
 
 
-BAD_ATTESTATIONS: list[tuple[str, Callable[[Instance], str], str]] = [
+BAD_ATTESTATIONS: list[tuple[str, Callable[[AgentInstance], str], str]] = [
     ("typ_JWT", lambda i: i.attestation(header={"typ": "JWT"}), f"typ must be {ATTESTATION_TYP}"),
     ("typ_of_the_pop", lambda i: i.attestation(header={"typ": POP_TYP}), f"typ must be {ATTESTATION_TYP}"),
     ("typ_with_application_prefix", lambda i: i.attestation(header={"typ": "application/" + ATTESTATION_TYP}),
@@ -263,11 +236,11 @@ BAD_ATTESTATIONS: list[tuple[str, Callable[[Instance], str], str]] = [
      "cnf.jwk holds private key material (k)"),
     ("cnf_jwk_too_weak", _weak_rsa_cnf, "RSA key of 1024 bits"),
     ("no_exp", lambda i: i.attestation(exp=None), "exp claim is required"),
-    ("exp_a_string", lambda i: i.attestation(exp=str(i.now + 300)), "exp claim is not an integer"),
+    ("exp_a_string", lambda i: i.attestation(exp=str(i.time() + 300)), "exp claim is not an integer"),
     ("no_iat", lambda i: i.attestation(iat=None), "iat claim is required: freshness is judged by it"),
-    ("iat_in_the_future", lambda i: i.attestation(iat=i.now + 600, exp=i.now + 900), "iat is in the future"),
-    ("iat_floating_point", lambda i: i.attestation(iat=i.now - 10.5), "iat claim is not an integer"),
-    ("nbf_in_the_future", lambda i: i.attestation(nbf=i.now + 600), "nbf is in the future"),
+    ("iat_in_the_future", lambda i: i.attestation(iat=i.time() + 600, exp=i.time() + 900), "iat is in the future"),
+    ("iat_floating_point", lambda i: i.attestation(iat=i.time() - 10.5), "iat claim is not an integer"),
+    ("nbf_in_the_future", lambda i: i.attestation(nbf=i.time() + 600), "nbf is in the future"),
     ("no_sub", lambda i: i.attestation(sub=None), "sub claim missing"),
     ("sub_another_agent", lambda i: i.attestation(sub="spiffe://example.org/agents/other"),
      "sub does not name the actor"),
@@ -279,8 +252,8 @@ BAD_ATTESTATIONS: list[tuple[str, Callable[[Instance], str], str]] = [
 
 
 @pytest.mark.parametrize(("case", "make", "names"), BAD_ATTESTATIONS, ids=[c[0] for c in BAD_ATTESTATIONS])
-async def test_abca_7_1_bad_attestations_are_refused(verifier: AttestationVerifier, instance: Instance,
-                                                     seen: MemorySeen, case: str, make: Callable[[Instance], str],
+async def test_abca_7_1_bad_attestations_are_refused(verifier: AttestationVerifier, instance: AgentInstance,
+                                                     seen: MemorySeen, case: str, make: Callable[[AgentInstance], str],
                                                      names: str) -> None:
     description = await refused(verifier, instance, make(instance), instance.pop())
     assert description.startswith("client attestation rejected: "), description
@@ -292,33 +265,33 @@ async def test_abca_7_1_bad_attestations_are_refused(verifier: AttestationVerifi
     ("expired", {"iat": -400, "exp": -60}, "it has expired"),
     ("older_than_the_attester_max_age", {"iat": -121}, "issued 121 s ago, and attester 'node-attester' allows 120 s"),
 ])
-async def test_abca_7_4_a_stale_attestation_asks_for_a_fresh_one(verifier: AttestationVerifier, instance: Instance,
+async def test_abca_7_4_a_stale_attestation_asks_for_a_fresh_one(verifier: AttestationVerifier, instance: AgentInstance,
                                                                  case: str, claims: dict[str, int], names: str) -> None:
-    relative = {name: instance.now + offset for name, offset in claims.items()}
+    relative: dict[str, Any] = {name: instance.time() + offset for name, offset in claims.items()}
     with pytest.raises(UseFreshAttestation) as caught:
         await verify(verifier, instance, instance.attestation(**relative), instance.pop())
     assert (caught.value.status, caught.value.error) == (400, "use_fresh_attestation")
     assert names in caught.value.description
 
 
-async def test_abca_7_1_max_age_is_the_attesters(instance: Instance, seen: MemorySeen) -> None:
+async def test_abca_7_1_max_age_is_the_attesters(instance: AgentInstance, seen: MemorySeen) -> None:
     verifier = AttestationVerifier([Attester("patient", keys_of(instance.attester), max_age=3600)],
                                    issuer=ISSUER, seen=seen)
-    assert await verify(verifier, instance, instance.attestation(iat=instance.now - 1800), instance.pop())
+    assert await verify(verifier, instance, instance.attestation(iat=instance.time() - 1800), instance.pop())
 
 
 # --- The PoP (§5.1, §7.2) --------------------------------------------------------------------------
 
 
-def _pop_unsigned(i: Instance) -> str:
+def _pop_unsigned(i: AgentInstance) -> str:
     return compact({"typ": POP_TYP, "alg": "none"}, i.pop_claims(), b"\x00" * 8)
 
 
-def _pop_es384_header_on_p256(i: Instance) -> str:
+def _pop_es384_header_on_p256(i: AgentInstance) -> str:
     return compact({"typ": POP_TYP, "alg": "ES384"}, i.pop_claims(), signer_for("ES256", i.key.private_key))
 
 
-BAD_POPS: list[tuple[str, Callable[[Instance], str], str]] = [
+BAD_POPS: list[tuple[str, Callable[[AgentInstance], str], str]] = [
     ("typ_JWT", lambda i: i.pop(header={"typ": "JWT"}), f"typ must be {POP_TYP}"),
     ("typ_of_the_attestation", lambda i: i.pop(header={"typ": ATTESTATION_TYP}), f"typ must be {POP_TYP}"),
     ("alg_none", _pop_unsigned, "algorithm 'none' is not allowed"),
@@ -333,9 +306,9 @@ BAD_POPS: list[tuple[str, Callable[[Instance], str], str]] = [
     ("aud_two_audiences", lambda i: i.pop(aud=[ISSUER, "https://mail.example.com"]), "aud is not this gateway's"),
     ("no_aud", lambda i: i.pop(aud=None), "aud is not this gateway's issuer"),
     ("no_iat", lambda i: i.pop(iat=None), "iat claim is required"),
-    ("iat_far_past", lambda i: i.pop(iat=i.now - 61), "iat is outside the accepted window"),
-    ("iat_in_the_future", lambda i: i.pop(iat=i.now + 6), "iat is outside the accepted window"),
-    ("expired", lambda i: i.pop(exp=i.now - 31), "expired"),
+    ("iat_far_past", lambda i: i.pop(iat=i.time() - 61), "iat is outside the accepted window"),
+    ("iat_in_the_future", lambda i: i.pop(iat=i.time() + 6), "iat is outside the accepted window"),
+    ("expired", lambda i: i.pop(exp=i.time() - 31), "expired"),
     ("no_jti", lambda i: i.pop(jti=None), "jti claim is required"),
     ("jti_not_a_string", lambda i: i.pop(jti=7), "jti claim is not a string"),
     ("jti_of_10_kb", lambda i: i.pop(jti="j" * 10_000), "jti claim is required: a string of 1 to 256"),
@@ -343,28 +316,28 @@ BAD_POPS: list[tuple[str, Callable[[Instance], str], str]] = [
 
 
 @pytest.mark.parametrize(("case", "make", "names"), BAD_POPS, ids=[c[0] for c in BAD_POPS])
-async def test_abca_7_2_bad_pops_are_refused(verifier: AttestationVerifier, instance: Instance, seen: MemorySeen,
-                                             case: str, make: Callable[[Instance], str], names: str) -> None:
+async def test_abca_7_2_bad_pops_are_refused(verifier: AttestationVerifier, instance: AgentInstance, seen: MemorySeen,
+                                             case: str, make: Callable[[AgentInstance], str], names: str) -> None:
     description = await refused(verifier, instance, instance.attestation(), make(instance))
     assert description.startswith("client attestation PoP rejected: "), description
     assert names in description, description
     assert seen.asked == 0  # §9.7: outside the window (or failing any check), never looked up or stored
 
 
-async def test_abca_7_2_aud_may_be_a_one_element_array(verifier: AttestationVerifier, instance: Instance) -> None:
+async def test_abca_7_2_aud_may_be_a_one_element_array(verifier: AttestationVerifier, instance: AgentInstance) -> None:
     assert await verify(verifier, instance, instance.attestation(), instance.pop(aud=[ISSUER])) is not None
 
 
 @pytest.mark.parametrize("offset", [-60, 5])
-async def test_abca_7_2_the_window_edges_are_accepted(verifier: AttestationVerifier, instance: Instance,
+async def test_abca_7_2_the_window_edges_are_accepted(verifier: AttestationVerifier, instance: AgentInstance,
                                                       offset: int) -> None:
-    assert await verify(verifier, instance, instance.attestation(), instance.pop(iat=instance.now + offset))
+    assert await verify(verifier, instance, instance.attestation(), instance.pop(iat=instance.time() + offset))
 
 
 # --- Replay (§9.7, §11.1) --------------------------------------------------------------------------
 
 
-async def test_abca_11_1_a_pop_jti_is_accepted_once(verifier: AttestationVerifier, instance: Instance,
+async def test_abca_11_1_a_pop_jti_is_accepted_once(verifier: AttestationVerifier, instance: AgentInstance,
                                                     seen: MemorySeen) -> None:
     pop = instance.pop(jti="once")
     assert await verify(verifier, instance, instance.attestation(), pop) is not None
@@ -373,18 +346,18 @@ async def test_abca_11_1_a_pop_jti_is_accepted_once(verifier: AttestationVerifie
                            "accepted once)")
     [(namespace, _)] = seen.values
     assert namespace == SEEN_NAMESPACE
-    assert list(seen.values.values()) == [instance.now + 65]  # kept while a PoP with that iat is accepted
+    assert list(seen.values.values()) == [instance.time() + 65]  # kept while a PoP with that iat is accepted
 
 
 async def test_abca_9_7_a_jti_is_stored_only_after_every_other_check(verifier: AttestationVerifier,
-                                                                     instance: Instance) -> None:
+                                                                     instance: AgentInstance) -> None:
     pop = instance.pop(jti="kept")
     await refused(verifier, instance, instance.attestation(sub="spiffe://example.org/agents/other"), pop)
     assert await verify(verifier, instance, instance.attestation(), pop) is not None
 
 
-async def test_abca_9_7_jtis_are_per_instance_key(verifier: AttestationVerifier, instance: Instance) -> None:
-    other = Instance(attester=instance.attester, now=instance.now)
+async def test_abca_9_7_jtis_are_per_instance_key(verifier: AttestationVerifier, instance: AgentInstance) -> None:
+    other = Instance(attester=instance.attester, now=instance.time())
     assert await verify(verifier, instance, instance.attestation(), instance.pop(jti="same"))
     assert await verify(verifier, other, other.attestation(), other.pop(jti="same"))
 
@@ -422,7 +395,7 @@ UEID_33 = "Ab" + "A" * 42  # base64url of 33 bytes
     ({"submods": {}}, "submods claim is not a non-empty object"),
 ])
 async def test_eat_4_malformed_posture_claims_refuse_the_attestation(verifier: AttestationVerifier,
-                                                                     instance: Instance, claims: dict[str, Any],
+                                                                     instance: AgentInstance, claims: dict[str, Any],
                                                                      names: str) -> None:
     description = await refused(verifier, instance, instance.attestation(**claims), instance.pop())
     assert description.startswith("client attestation rejected: ") and names in description, description
