@@ -23,6 +23,7 @@ from .jws import (
     LEEWAY_S,
     SignedToken,
     TokenError,
+    check_audience,
     check_claim_values,
     header_algorithm,
     string_claim,
@@ -139,6 +140,8 @@ class AttestationVerifier:
                 raise TokenError("sub does not name the actor (the actor_token's workload)")
             if client_id is not None and client_id != sub:
                 raise TokenError("sub does not match client_id (section 7.5)")
+            if "aud" in signed.claims:  # §4 needs none; RFC 7519 §4.1.3: one that is present must name us
+                check_audience(signed.claims, self._issuer)
             key, key_thumbprint = _instance_key(signed.claims, self._algorithms)
             posture = Posture(attester.name, issued_at, expires_at, MappingProxyType(posture_claims(signed.claims)))
         except TokenError as exc:

@@ -246,6 +246,8 @@ BAD_ATTESTATIONS: list[tuple[str, Callable[[AgentInstance], str], str]] = [
      "sub does not name the actor"),
     ("sub_in_another_trust_domain", lambda i: i.attestation(sub="spiffe://evil.example/agents/mail"),
      "sub does not name the actor"),
+    ("aud_of_another_server", lambda i: i.attestation(aud="https://as.example.com"),
+     f"aud does not include {ISSUER}"),
     ("not_a_jws", lambda i: "not.a.jws!", "not a compact JWS"),
     ("a_jwe", lambda i: "a.b.c.d.e", "not a compact JWS"),
 ]
@@ -272,6 +274,12 @@ async def test_abca_7_4_a_stale_attestation_asks_for_a_fresh_one(verifier: Attes
         await verify(verifier, instance, instance.attestation(**relative), instance.pop())
     assert (caught.value.status, caught.value.error) == (400, "use_fresh_attestation")
     assert names in caught.value.description
+
+
+async def test_abca_4_an_aud_naming_this_gateway_is_accepted(verifier: AttestationVerifier,
+                                                             instance: AgentInstance) -> None:
+    assert await verify(verifier, instance, instance.attestation(aud=[ISSUER, "https://rs.example.com"]),
+                        instance.pop())
 
 
 async def test_abca_7_1_max_age_is_the_attesters(instance: AgentInstance, seen: MemorySeen) -> None:
