@@ -139,10 +139,13 @@ def _subject(task: Task, subject: VerifiedSubject | None) -> dict[str, Any]:
 
 
 def _actor(actor: VerifiedActor) -> dict[str, Any]:
-    """`id`, `kind`, `domain`; `sub` stays equal to `id` and SPIFFE actors keep `trust_domain`."""
+    """`id`, `kind`, `domain`; `sub` stays equal to `id` and SPIFFE actors keep `trust_domain`; `posture`
+    only when this request's attestation was verified (absent otherwise)."""
     view = {"id": actor.id, "kind": actor.kind, "domain": actor.domain, "sub": actor.id, "claims": actor.claims}
     if actor.kind == "spiffe":
         view["trust_domain"] = actor.domain
+    if actor.posture is not None:
+        view["posture"] = actor.posture.policy_view()
     return view
 
 

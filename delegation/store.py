@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 from token_exchange.actors import ActorRef
+from token_exchange.single_use import SingleUse
 
 from .audit import AuditEvent
 from .records import CredentialRevoked, IssuedTokenRecord, Party, Presented, barred
@@ -163,8 +164,9 @@ class Maintenance(Protocol):
         ...
 
     async def expire_and_purge(self, *, now: int, retention: int) -> tuple[int, int]:
-        """Expire open tasks past their deadline; purge what ended over `retention` seconds ago, in short
-        transactions. Returns (tasks expired, root tasks purged)."""
+        """Expire open tasks past their deadline; purge what ended over `retention` seconds ago, and the
+        single-use values (`SingleUse`) past their `expires_at`, in short transactions. Returns (tasks
+        expired, root tasks purged)."""
         ...
 
     async def audit_before(self, before: int, limit: int) -> list[AuditRecord]:
@@ -178,5 +180,5 @@ class Maintenance(Protocol):
     async def close(self) -> None: ...
 
 
-class Store(TaskRecords, AuditLog, TaskEnding, RevocationFeed, AdminViews, Maintenance, Protocol):
+class Store(TaskRecords, AuditLog, TaskEnding, RevocationFeed, AdminViews, Maintenance, SingleUse, Protocol):
     """Everything the gateway uses; `stores.open_store(url)` opens one."""

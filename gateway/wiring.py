@@ -21,11 +21,15 @@ from delegation.stores import open_store
 from delegation.token_endpoint import TokenEndpoint
 from policies import PACKAGED_POLICIES
 from token_exchange.actors import WorkloadVerifiers
+from token_exchange.attestation import AUTH_METHOD as ATTESTATION_AUTH_METHOD
+from token_exchange.attestation import AttestationVerifier, Attester
+from token_exchange.attestation import metadata as attestation_metadata
 from token_exchange.keys import ASYMMETRIC_ALGORITHMS, KeySource, RemoteKeys, StaticKeys, parse_key_set, read_key_set
 from token_exchange.oidc_discovery import DiscoveredKeys
 from token_exchange.rfc8414 import metadata
 from token_exchange.scope import Scope
 from token_exchange.signing import SIGNING_ALGORITHMS
+from token_exchange.single_use import SingleUse
 from token_exchange.spiffe import SVID_ALGORITHMS, JwtSvidVerifier
 from token_exchange.txn_tokens import OwnTokenVerifier
 from token_exchange.user_tokens import SubjectIssuer, UserTokenVerifier
@@ -67,6 +71,10 @@ def prepare(settings: Settings) -> Prepared:
         if workload.keys is not None and workload.keys.file is not None:
             key = f"workload_issuers[{i}].jwks_file"
             static[key] = _read(workload.keys, key, ASYMMETRIC_ALGORITHMS, None)
+    for i, attester in enumerate(settings.attesters):
+        if attester.keys.file is not None:
+            key = f"attesters[{i}].jwks_file"
+            static[key] = _read(attester.keys, key, ASYMMETRIC_ALGORITHMS, None)
     return Prepared(settings, policy_engine(settings.policy), static)
 
 
@@ -144,6 +152,25 @@ def workload_verifiers(settings: Settings, sources: KeySources) -> dict[str, Wor
                 else sources(w.keys, f"workload_issuers[{i}].jwks_file", ASYMMETRIC_ALGORITHMS, None))
         verifiers[w.issuer] = WorkloadTokenVerifier(WorkloadIssuer(w.issuer, w.audience, keys, w.kind, w.id_claim))
     return verifiers
+def attestation(settings: Settings, sources: KeySources, seen: SingleUse) -> AttestationVerifier | None:
+    """The client attestation verifier over the configured `[[attesters]]` (None without any: attestation
+    headers are then ignored and the metadata does not advertise them)."""
+    if not settings.attesters:
+        return None
+    attesters = [Attester(a.name, sources(a.keys, f"attesters[{i}].jwks_file", ASYMMETRIC_ALGORITHMS, None),
+                          a.max_age) for i, a in enumerate(settings.attesters)]
+    return AttestationVerifier(attesters, issuer=settings.issuer, seen=seen)
+
+
+def discovery(settings: Settings, resources: Resources, endpoint: TokenEndpoint) -> dict[str, Any]:
+    """The RFC 8414 metadata document; with attesters, the client attestation members too (draft-ietf-oauth-
+    attestation-based-client-auth-10 §8)."""
+    endpoints = {"revocation_endpoint": "/revoke", "introspection_endpoint": "/introspect"}
+    methods, extensions = ["none"], dict[str, Any]()
+    if settings.attesters:
+        methods, extensions = ["none", ATTESTATION_AUTH_METHOD], attestation_metadata()
+    return metadata(settings.issuer, endpoints=endpoints, scopes=resources.all_scopes(),
+                    grant_types=endpoint.grant_types, token_auth_methods=methods, extensions=extensions)
 
 
 def assemble(prepared: Prepared, ring: KeyRing, store: Store, sources: KeySources) -> Deputy:
@@ -156,13 +183,12 @@ def assemble(prepared: Prepared, ring: KeyRing, store: Store, sources: KeySource
     own_tokens = OwnTokenVerifier(keys.own_keys, issuer=settings.issuer, allowed=frozenset(SIGNING_ALGORITHMS))
     lifetimes = Lifetimes(settings.tokens.default_ttl, settings.tokens.max_ttl, settings.tasks.default_ttl,
                           settings.tasks.max_ttl)
-    steps = ExchangeSteps(actors, users, own_tokens, resources, prepared.policy, keys.signer, store, lifetimes)
+    steps = ExchangeSteps(actors, users, own_tokens, resources, prepared.policy, keys.signer, store, lifetimes,
+                          attestation=attestation(settings, sources, store))
     endpoint = TokenEndpoint([token_exchange_grant(steps)], audit=store, policy=prepared.policy)
     admins = AdminRule(settings.admin.claim, settings.admin.value, frozenset(settings.admin.spiffe_ids))
     callers = Callers(actors=actors, users=users, credentials=store, resources=resources, admins=admins)
-    endpoints = {"revocation_endpoint": "/revoke", "introspection_endpoint": "/introspect"}
-    document = metadata(settings.issuer, endpoints=endpoints, scopes=resources.all_scopes(),
-                        grant_types=endpoint.grant_types)
+    document = discovery(settings, resources, endpoint)
     lifecycle = TaskLifecycle(store=store, own_tokens=own_tokens, resources=resources)
     return Deputy(settings, endpoint, lifecycle, callers, keys, document, store, prepared.policy)
 

@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import re
+import secrets
 import socket
 import sys
 import threading
@@ -189,3 +190,52 @@ def gateway_process(config: Path, *, workers: int = 1, timeout: float = 20.0, lo
     with shared_gateway_process(config, url, workers=workers, log=gateway_log(config), timeout=timeout,
                                 log_level=log_level):
         yield url
+
+
+ATTESTATION_TYP, POP_TYP = "oauth-client-attestation+jwt", "oauth-client-attestation-pop+jwt"
+DEFAULT_IMAGE = "sha256:5bd11fb71be1c450f4502959e8bad254868731ff2bfb0210302429e8625b031b"  # policies/data.json
+
+
+@dataclass
+class AgentInstance:
+    """An agent instance with its key, and the attester that vouches for it, with real ES256 keys: the
+    client attestation and PoP JWTs they sign (draft-ietf-oauth-attestation-based-client-auth-10 §4, §5.1),
+    healthy by default (debug disabled, the image the packaged policy allows). `now`: the time they are
+    made at (the current time when None)."""
+
+    agent: str
+    audience: str  # Deputy's issuer, the PoP's aud
+    attester: SigningKey = field(default_factory=lambda: SigningKey.generate("ES256"))
+    key: SigningKey = field(default_factory=lambda: SigningKey.generate("ES256"))
+    now: int | None = None
+
+    def time(self) -> int:
+        return self.now if self.now is not None else int(time.time())
+
+    def attester_jwks(self) -> dict[str, Any]:
+        return {"keys": [self.attester.public_jwk]}
+
+    def claims(self, **overrides: Any) -> dict[str, Any]:
+        """Claims of the attestation; a claim given as None is left out."""
+        now, public = self.time(), {k: v for k, v in self.key.public_jwk.items() if k not in ("kid", "use")}
+        body = {"sub": self.agent, "iat": now - 10, "exp": now + 300, "cnf": {"jwk": public}, "dbgstat": "disabled",
+                "image_digest": DEFAULT_IMAGE, "swname": "mail-agent", "swversion": ["1.2.0"]}
+        return {k: v for k, v in {**body, **overrides}.items() if v is not None}
+
+    def attestation(self, header: dict[str, Any] | None = None, key: SigningKey | None = None, **claims: Any) -> str:
+        signer = key or self.attester
+        headers = {"typ": ATTESTATION_TYP, "kid": signer.kid, **(header or {})}
+        return jwt.encode(self.claims(**claims), signer.private_key, algorithm=signer.algorithm, headers=headers)
+
+    def pop_claims(self, **overrides: Any) -> dict[str, Any]:
+        body = {"aud": self.audience, "iat": self.time(), "jti": secrets.token_urlsafe(16)}
+        return {k: v for k, v in {**body, **overrides}.items() if v is not None}
+
+    def pop(self, header: dict[str, Any] | None = None, key: SigningKey | None = None, **claims: Any) -> str:
+        signer = key or self.key
+        headers = {"typ": POP_TYP, **(header or {})}
+        return jwt.encode(self.pop_claims(**claims), signer.private_key, algorithm=signer.algorithm, headers=headers)
+
+    def headers(self, attestation: str | None = None, pop: str | None = None) -> dict[str, str]:
+        return {"OAuth-Client-Attestation": attestation or self.attestation(), "OAuth-Client-Attestation-PoP":
+                pop or self.pop()}

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, Protocol
 
+from .attestation import Posture
 from .errors import shown
 from .jws import TokenError, issued_at, unverified_parts
 
@@ -33,13 +34,15 @@ class ActorRef:
 
 @dataclass(frozen=True, slots=True)
 class VerifiedActor:
-    """An agent whose workload identity token was verified."""
+    """An agent whose workload identity token was verified, and the posture its instance attested in this
+    request, if it sent an attestation (`attestation.AttestationVerifier`)."""
 
     id: str
     kind: ActorKind
     domain: str
     expires_at: int
     claims: Mapping[str, Any] = field(compare=False, default_factory=lambda: MappingProxyType({}))
+    posture: Posture | None = field(compare=False, default=None)
 
     @property
     def ref(self) -> ActorRef:

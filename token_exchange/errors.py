@@ -131,3 +131,13 @@ POLICY_ERRORS: dict[str, type[OAuthError]] = {
     cls.error: cls for cls in (InvalidRequest, InvalidScope, InvalidTarget, UnauthorizedClient, InvalidGrant)
 }
 """The codes a policy may choose for a refusal; any other code becomes `unauthorized_client`."""
+
+
+class UseFreshAttestation(OAuthError):
+    """draft-ietf-oauth-attestation-based-client-auth-10 §7.4: the client attestation is not fresh enough
+    (expired, or issued longer ago than its attester's `max_age`); the client should fetch a new one.
+
+    400: the draft gives this code no status, and RFC 6749 §5.2 answers 400 unless a code says otherwise
+    (only `invalid_client` may be 401). The request is otherwise well formed; the client can recover."""
+
+    error = "use_fresh_attestation"

@@ -21,7 +21,7 @@ from typing import Any
 import jwt
 
 from .errors import shown
-from .keys import KeyLookupError, KeySource
+from .keys import KeyLookupError, KeySource, VerificationKey
 
 MAX_TOKEN_BYTES = 16 * 1024
 LEEWAY_S = 30
@@ -90,6 +90,17 @@ async def verify_signature(
     kid = header.get("kid")
     if not isinstance(kid, str) or not 0 < len(kid) <= 256:
         raise TokenError("header has no usable kid")
+    header_algorithm(header, allowed=allowed)
+    try:
+        key = await keys.key_for(kid)
+    except KeyLookupError as exc:
+        raise TokenError(str(exc)) from exc
+    return verify_with_key(token, header, key)
+
+
+def header_algorithm(header: Mapping[str, Any], *, allowed: frozenset[str]) -> str:
+    """The `alg` of a header that names no key of its own choosing (`jku`, `x5u`, `x5c`, `jwk`: RFC 8725
+    §3.10) and no extension (`crit`), from the verifier's allow-list (§3.1), never `none`."""
     if forbidden := sorted(_FORBIDDEN_HEADERS & header.keys()):
         raise TokenError(f"header parameter {forbidden[0]} is not accepted")
     alg = header.get("alg")
@@ -97,16 +108,20 @@ async def verify_signature(
         raise TokenError("alg header is missing or not a string")
     if alg not in allowed:
         raise TokenError(f"algorithm {shown(alg, 16)} is not allowed")
-    try:
-        key = await keys.key_for(kid)
-    except KeyLookupError as exc:
-        raise TokenError(str(exc)) from exc
+    return alg
+
+
+def verify_with_key(token: str, header: Mapping[str, Any], key: VerificationKey) -> SignedToken:
+    """Check the signature with one known key, using that key's one algorithm (RFC 8725 §3.1): for a
+    token whose key another verified token names (a `cnf` key), as well as for one found by `kid`."""
+    alg = header.get("alg")
     if alg != key.algorithm:
-        raise TokenError(f"algorithm {alg} does not match key {shown(kid)} ({key.algorithm})")
+        named = alg if isinstance(alg, str) and len(alg) <= 16 else "(not shown)"  # callers check it is allowed
+        raise TokenError(f"algorithm {named} does not match key {shown(key.kid)} ({key.algorithm})")
     try:
         claims = jwt.decode(token, key.public_key, algorithms=[key.algorithm], options=_SIGNATURE_ONLY)
     except jwt.PyJWTError as exc:
-        raise TokenError(f"signature rejected: it does not verify with key {shown(kid)}") from exc
+        raise TokenError(f"signature rejected: it does not verify with key {shown(key.kid)}") from exc
     return SignedToken(MappingProxyType(header), MappingProxyType(claims))
 
 

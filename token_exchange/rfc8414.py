@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 
-def metadata(issuer: str, *, endpoints: dict[str, str], scopes: list[str], grant_types: list[str]) -> dict[str, Any]:
+def metadata(issuer: str, *, endpoints: dict[str, str], scopes: list[str], grant_types: list[str],
+             token_auth_methods: Sequence[str] = ("none",), extensions: Mapping[str, Any] | None = None
+             ) -> dict[str, Any]:
     """The metadata document (§2). Empty arrays are omitted (§3.2), so `response_types_supported`,
-    REQUIRED by §2 but empty for a server with no authorization endpoint, is left out."""
+    REQUIRED by §2 but empty for a server with no authorization endpoint, is left out. `extensions` adds
+    the members of extensions Deputy serves (client attestation's, §2: additional metadata MAY appear)."""
     scheme, _, rest = issuer.partition("://")
     base = f"{scheme}://{rest.partition('/')[0]}"  # served at the origin's root, as the metadata is (§3.1)
     document: dict[str, Any] = {
@@ -15,11 +19,12 @@ def metadata(issuer: str, *, endpoints: dict[str, str], scopes: list[str], grant
         "token_endpoint": base + "/token",
         "jwks_uri": base + "/.well-known/jwks.json",
         "grant_types_supported": grant_types,
-        "token_endpoint_auth_methods_supported": ["none"],
+        "token_endpoint_auth_methods_supported": list(token_auth_methods),
         "scopes_supported": sorted(scopes),
         **{name: base + path for name, path in endpoints.items()},
         **{f"{name.removesuffix('_endpoint')}_endpoint_auth_methods_supported": ["bearer_jwt_svid"]
            for name in endpoints},
+        **(extensions or {}),
     }
     return {k: v for k, v in document.items() if v != []}
 

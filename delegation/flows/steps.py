@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import ClassVar, TypeVar
 
 from token_exchange.actors import ActorVerifier, VerifiedActor, actor_claim
+from token_exchange.attestation import AttestationVerifier
 from token_exchange.errors import (
     POLICY_ERRORS,
     InvalidRequest,
@@ -68,9 +69,11 @@ class ExchangeSteps:
     records: TaskRecords
     lifetimes: Lifetimes
     observer: Observer = field(default_factory=NoObserver)
+    attestation: AttestationVerifier | None = None  # None: no attester configured, attestation headers ignored
 
     async def actor(self, ctx: FlowContext) -> VerifiedActor:
-        """The agent, by its workload identity token; a `client_id`, if sent, must name it."""
+        """The agent, by its workload identity token; a `client_id`, if sent, must name it; with the posture
+        its instance attests in this request, if it sends an attestation."""
         try:
             actor = await self.actors.verify(ctx.exchange.actor.token, now=ctx.now)
         except TokenError as exc:  # RFC 8693 §2.2.2: a bad actor token is invalid_request
@@ -78,7 +81,16 @@ class ExchangeSteps:
         ctx.audit.agent, ctx.audit.agent_domain = actor.id, actor.domain
         if ctx.exchange.client_id is not None and ctx.exchange.client_id != actor.id:
             raise UnauthorizedClient("client_id does not match the actor_token's workload")
-        return actor
+        return await self.attested(actor, ctx)
+
+    async def attested(self, actor: VerifiedActor, ctx: FlowContext) -> VerifiedActor:
+        """draft-ietf-oauth-attestation-based-client-auth-10 §7.6: the attestation headers, when sent, are
+        checked against the actor; its posture holds for this request only (each request brings its own)."""
+        if self.attestation is None:
+            return actor
+        posture = await self.store(self.attestation.verify(ctx.request, actor=actor.id,
+                                                           client_id=ctx.exchange.client_id, now=ctx.now))
+        return actor if posture is None else replace(actor, posture=posture)
 
     async def user(self, ctx: FlowContext) -> VerifiedSubject:
         """The user, by their token from a configured identity provider."""

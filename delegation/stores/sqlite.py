@@ -200,14 +200,27 @@ class SqliteStore:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._revoked.wait(), FEED_POLL_S)
 
+    # Single-use values (proof jtis)
+    async def first_use(self, namespace: str, value: str, *, expires_at: int) -> bool:
+        """One INSERT on the `seen_once` primary key: whichever worker commits it first wins, any later
+        one finds the row (WAL writers are serialized). A remembered value stays refused until purged."""
+
+        def work(connection: sqlite3.Connection) -> bool:
+            return bool(connection.execute("INSERT OR IGNORE INTO seen_once VALUES (?, ?, ?)",
+                                           (namespace, value, expires_at)).rowcount == 1)
+
+        return await self._db.write(work, small=True)
+
     # Maintenance
     async def expire_and_purge(self, *, now: int, retention: int, batch: int = SWEEP_BATCH) -> tuple[int, int]:
-        """Mark tasks past their deadline expired (a feed event); delete what ended over `retention` ago.
+        """Mark tasks past their deadline expired (a feed event); delete what ended over `retention` ago,
+        and single-use values past their `expires_at` (no retention: an expired proof is refused anyway).
 
         In transactions of at most `batch` rows each, so the write lock is never held for long and the
         token endpoint's writes go in between. Returns (tasks expired, root tasks purged)."""
         expired = await self._until_done(lambda c: _expire_batch(c, now, batch), batch)
         counts = [await self._until_done(_purge(sql, now - retention, batch), batch) for sql in _PURGES]
+        await self._until_done(_purge(_PURGE_SEEN, now, batch), batch)
         return expired, counts[0]
 
     async def _until_done(self, work: Callable[[sqlite3.Connection], int], batch: int) -> int:
@@ -330,6 +343,10 @@ _PURGES = (
     " (task_id IS NULL OR NOT EXISTS (SELECT 1 FROM tasks WHERE tasks.id = issued_tokens.task_id)) LIMIT ?)",
     "DELETE FROM revocations WHERE seq IN (SELECT seq FROM revocations WHERE at < ? LIMIT ?)",
 )
+
+
+_PURGE_SEEN = ("DELETE FROM seen_once WHERE (namespace, value) IN"  # WITHOUT ROWID: by its primary key
+               " (SELECT namespace, value FROM seen_once WHERE expires_at < ? LIMIT ?)")
 
 
 def _purge(sql: str, before: int, batch: int) -> Callable[[sqlite3.Connection], int]:

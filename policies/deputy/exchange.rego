@@ -5,6 +5,9 @@
 # the user allows that agent: the user token's may_act names it (RFC 8693 §4.4), or
 # data.access.delegations lists it under the user. A sub-agent needs its delegating agent to list it in
 # data.access.subagents, grants of its own, and a chain within data.access.max_delegation_depth.
+# Scopes data.access.sensitive marks for a resource are conditional access: granted only to an agent
+# instance whose attested posture (input.actor.posture) runs an image of data.access.posture.images with
+# debug disabled; without one they are dropped and the reasons say so, the other scopes still granted.
 #
 # Written for speed: data is looked up by key, never scanned; the granting bodies come first and the
 # reasons for a refusal are only worked out when none of them matched.
@@ -14,23 +17,30 @@ import rego.v1
 
 default decision := {"allow": false, "error": "unauthorized_client", "reasons": ["no rule allows this request"]}
 
-decision := {"allow": true, "scope": granted, "ttl": object.get(data.access, "ttl", 300), "reasons": [
-	"agent acts for the user; scopes from data.access.grants",
-]} if {
+decision := {"allow": true, "scope": granted, "ttl": object.get(data.access, "ttl", 300), "reasons": array.concat(
+	["agent acts for the user; scopes from data.access.grants"],
+	posture_reasons,
+)} if {
 	input.action == "exchange"
 	consent
-	granted := [s | some s in input.request.scope; s in data.access.grants[input.actor.sub][input.request.audience]]
+	granted := [s |
+		some s in input.request.scope
+		s in data.access.grants[input.actor.sub][input.request.audience]
+		not s in held_back
+	]
 	count(granted) > 0
-} else := {"allow": true, "scope": task_scope, "ttl": object.get(data.access, "task_ttl", 3600), "reasons": [
-	"user delegated to agent; task scopes from data.access.grants",
-]} if {
+} else := {"allow": true, "scope": task_scope, "ttl": object.get(data.access, "task_ttl", 3600), "reasons": array.concat(
+	["user delegated to agent; task scopes from data.access.grants"],
+	posture_reasons,
+)} if {
 	input.action == "open_task"
 	consent
 	not missing_grant
 	count(task_scope) > 0
-} else := {"allow": true, "scope": task_scope, "ttl": object.get(data.access, "task_ttl", 3600), "reasons": [
-	"sub-agent allowed by data.access.subagents; scopes from data.access.grants",
-]} if {
+} else := {"allow": true, "scope": task_scope, "ttl": object.get(data.access, "task_ttl", 3600), "reasons": array.concat(
+	["sub-agent allowed by data.access.subagents; scopes from data.access.grants"],
+	posture_reasons,
+)} if {
 	input.action == "delegate"
 	delegation_allowed
 	count(input.chain) <= object.get(data.access, "max_delegation_depth", 2)
@@ -64,11 +74,39 @@ consent if {
 delegation_allowed if input.actor.sub in data.access.subagents[input.chain[count(input.chain) - 1]]
 
 # A task's scopes: those requested that the agent holds at one of the task's resources (each access
-# token minted later is narrowed again to its one resource).
+# token minted later is narrowed again to its one resource, and asks for its posture again).
 task_scope := [s |
 	some s in input.request.scope
 	some audience in input.request.audiences
 	s in data.access.grants[input.actor.sub][audience]
+	not s in held_back
+]
+
+# Conditional access. A requested scope the agent holds at a requested resource that marks it sensitive
+# needs this request's attested posture (the gateway verified it, fresh, for this actor): an image of
+# data.access.posture.images and debug disabled (RFC 9711 dbgstat: any "disabled..." state).
+needs_posture contains s if {
+	some audience in input.request.audiences
+	some s in data.access.sensitive[audience]
+	s in input.request.scope
+	s in data.access.grants[input.actor.sub][audience]
+}
+
+held_back contains s if {
+	some s in needs_posture
+	not posture_allowed
+}
+
+posture_allowed if {
+	input.actor.posture.claims.image_digest in data.access.posture.images
+	input.actor.posture.claims.dbgstat in debug_disabled
+}
+
+debug_disabled := {"disabled", "disabled-since-boot", "disabled-permanently", "disabled-fully-and-permanently"}
+
+# concat, not sprintf: rego-cpp's sprintf quotes a %s value holding a comma or a space.
+posture_reasons := [concat("", [s, " needs a fresh attested posture (allowed image, debug disabled); dropped"]) |
+	some s in sort(held_back)
 ]
 
 missing_grant if {
@@ -87,6 +125,11 @@ refusal := refuse("unauthorized_client", "the user has not delegated to this age
 	count(input.chain) > object.get(data.access, "max_delegation_depth", 2)
 } else := refuse("unauthorized_client", "the agent holds no grant for a requested resource") if {
 	missing_grant
+} else := refuse("invalid_scope", concat("", [
+	"no requested scope is granted without a fresh attested posture (allowed image, debug disabled): ",
+	concat(", ", sort(held_back)),
+])) if {
+	count(held_back) > 0
 } else := refuse("invalid_scope", "none of the requested scopes is granted to this agent")
 
 refuse(error, reason) := {"allow": false, "error": error, "reasons": [reason]}

@@ -10,7 +10,15 @@ import pytest
 
 from delegation.policy import Decision, PolicyError, PolicyInput, PolicySource
 from delegation.rego import EmbeddedRego
+from delegation.tasks import Task
 from policies import PACKAGED_POLICIES
+from token_exchange import rfc8693
+from token_exchange.actors import VerifiedActor
+from token_exchange.attestation import Posture
+from token_exchange.rfc6749 import FormParams
+from token_exchange.scope import Scope
+from token_exchange.txn_tokens import TaskContext
+from token_exchange.user_tokens import VerifiedSubject
 
 AGENT, HELPER = "spiffe://example.org/agents/mail", "spiffe://example.org/agents/summarizer"
 MAIL = "https://mail.example.com"
@@ -97,3 +105,29 @@ def test_revision_changes_with_the_policy_content(tmp_path: Path) -> None:
     first = PolicySource.read(tmp_path).revision
     (tmp_path / "data.json").write_text('{"access": {}}')
     assert PolicySource.read(tmp_path).revision != first
+
+
+def built(actor: VerifiedActor) -> dict[str, Any]:
+    """The input the flows build for a one-shot exchange by `actor`."""
+    form = {"grant_type": rfc8693.GRANT_TYPE, "subject_token": "u", "subject_token_type": rfc8693.ACCESS_TOKEN_TYPE,
+            "actor_token": "a", "actor_token_type": rfc8693.JWT_TYPE, "resource": MAIL, "scope": "mail.delete"}
+    user = VerifiedSubject("https://idp.example.com", "alice", Scope.from_claim("mail.delete"), 1_800_000_600)
+    task = Task.new_root(agent=actor.ref, user_issuer=user.issuer, user_subject=user.subject, scope=user.scope,
+                         audiences=(), context=TaskContext(), created_at=1_800_000_000, deadline=user.expires_at)
+    return PolicyInput.build("exchange", task=task, subject=user, actor=actor, audiences=[MAIL],
+                             request=rfc8693.parse(FormParams.parse(form.items())), now=1_800_000_000).as_json()
+
+
+async def test_abca_7_6_posture_reaches_the_policy_only_when_attested(engine: EmbeddedRego) -> None:
+    plain = VerifiedActor(AGENT, "spiffe", "example.org", 1_800_000_300)
+    assert "posture" not in built(plain)["actor"]
+    image = "sha256:5bd11fb71be1c450f4502959e8bad254868731ff2bfb0210302429e8625b031b"  # in policies/data.json
+    posture = Posture("node-attester", 1_800_000_000, 1_800_000_300, {"dbgstat": "disabled", "image_digest": image})
+    document = built(VerifiedActor(AGENT, "spiffe", "example.org", 1_800_000_300, posture=posture))
+    assert document["actor"]["posture"] == {"attester": "node-attester", "iat": 1_800_000_000, "exp": 1_800_000_300,
+                                            "claims": dict(posture.claims)}
+    assert (await engine.decide(PolicyInput(document))).scope == ("mail.delete",)
+    refused = await engine.decide(PolicyInput(built(plain)))
+    assert (refused.allow, refused.error) == (False, "invalid_scope")
+    assert refused.reasons == ("no requested scope is granted without a fresh attested posture (allowed image, "
+                               "debug disabled): mail.delete",)

@@ -407,3 +407,42 @@ async def test_issue7_10_old_audit_events_are_read_oldest_first_and_dropped_by_i
     assert [r.event.decision_id for r in await store.audit_before(NOW + 3, 2)] == ["d0", "d1"]
     assert await store.drop_audit([r.id for r in old]) == 3
     assert [r.event.decision_id for r in await store.audit_events(AuditQuery(limit=10))] == ["d4", "d3"]
+
+
+# Single-use values (token_exchange.single_use): attestation PoP jtis now, DPoP proof jtis later.
+
+
+async def test_abca_11_1_a_value_is_first_used_once_per_namespace(store: Store) -> None:
+    assert await store.first_use("attestation-pop-jti", "v1", expires_at=NOW + 60)
+    assert not await store.first_use("attestation-pop-jti", "v1", expires_at=NOW + 60)
+    assert await store.first_use("dpop-jti", "v1", expires_at=NOW + 60)  # another namespace: another value
+    assert await store.first_use("attestation-pop-jti", "v2", expires_at=NOW + 60)
+
+
+async def test_abca_11_1_concurrent_uses_of_one_value_let_exactly_one_through(store: Store) -> None:
+    results = await asyncio.gather(*(store.first_use("ns", "same", expires_at=NOW + 60) for _ in range(20)),
+                                   *(store.first_use("ns", f"other-{i}", expires_at=NOW + 60) for i in range(20)))
+    assert results[:20].count(True) == 1 and all(results[20:])
+
+
+async def test_abca_11_1_every_process_on_the_store_sees_a_used_value(tmp_path: Path) -> None:
+    first, second = [await open_store(store_url("sqlite", tmp_path)) for _ in range(2)]
+    try:
+        outcomes = await asyncio.gather(first.first_use("ns", "shared", expires_at=NOW + 60),
+                                        second.first_use("ns", "shared", expires_at=NOW + 60))
+        assert sorted(outcomes) == [False, True]
+        assert not await first.first_use("ns", "shared", expires_at=NOW + 60)
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_abca_9_7_used_values_are_kept_until_they_expire_then_purged(store: Store) -> None:
+    for i in range(7):
+        assert await store.first_use("ns", f"v{i}", expires_at=NOW + 60)
+    assert await store.first_use("ns", "later", expires_at=NOW + 600)
+    await store.expire_and_purge(now=NOW + 60, retention=100, batch=3)  # type: ignore[call-arg]
+    assert not await store.first_use("ns", "v0", expires_at=NOW + 60)  # not yet past expires_at: still refused
+    await store.expire_and_purge(now=NOW + 61, retention=100, batch=3)  # type: ignore[call-arg]
+    assert all([await store.first_use("ns", f"v{i}", expires_at=NOW + 120) for i in range(7)])  # purged, all 7
+    assert not await store.first_use("ns", "later", expires_at=NOW + 600)
