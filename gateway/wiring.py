@@ -13,6 +13,7 @@ import httpx2
 from delegation.callers import AdminRule, Callers
 from delegation.flows import ExchangeSteps, Lifetimes, token_exchange_grant
 from delegation.lifecycle import TaskLifecycle
+from delegation.observe import NoObserver, Observer
 from delegation.policy import PolicyEngine, PolicyError, PolicySource
 from delegation.rego import EmbeddedRego
 from delegation.resources import Resource, Resources
@@ -94,6 +95,7 @@ class Deputy:
     keys: LiveKeys
     metadata: dict[str, Any]
     store: Store
+    observer: Observer
 
 
 class KeySources:
@@ -121,8 +123,11 @@ def verifiers(settings: Settings, sources: KeySources) -> tuple[WorkloadVerifier
     return actors, UserTokenVerifier(issuers)
 
 
-def assemble(prepared: Prepared, ring: KeyRing, store: Store, sources: KeySources) -> Deputy:
-    """Every part of the gateway, from its settings, key ring, store and key sources."""
+def assemble(prepared: Prepared, ring: KeyRing, store: Store, sources: KeySources,
+             observer: Observer | None = None) -> Deputy:
+    """Every part of the gateway, from its settings, key ring, store and key sources; `observer` counts
+    what happens (the metrics)."""
+    observer = observer or NoObserver()
     settings = prepared.settings
     actors, users = verifiers(settings, sources)
     resources = Resources(Resource(r.audience, Scope(frozenset(r.scopes)), r.max_ttl, frozenset(r.clients))
@@ -131,23 +136,24 @@ def assemble(prepared: Prepared, ring: KeyRing, store: Store, sources: KeySource
     own_tokens = OwnTokenVerifier(keys.own_keys, issuer=settings.issuer, allowed=frozenset(SIGNING_ALGORITHMS))
     lifetimes = Lifetimes(settings.tokens.default_ttl, settings.tokens.max_ttl, settings.tasks.default_ttl,
                           settings.tasks.max_ttl)
-    steps = ExchangeSteps(actors, users, own_tokens, resources, prepared.policy, keys.signer, store, lifetimes)
-    endpoint = TokenEndpoint([token_exchange_grant(steps)], audit=store, policy=prepared.policy)
+    steps = ExchangeSteps(actors, users, own_tokens, resources, prepared.policy, keys.signer, store, lifetimes,
+                          observer)
+    endpoint = TokenEndpoint([token_exchange_grant(steps)], audit=store, policy=prepared.policy, observer=observer)
     admins = AdminRule(settings.admin.claim, settings.admin.value, frozenset(settings.admin.spiffe_ids))
     callers = Callers(actors=actors, users=users, credentials=store, resources=resources, admins=admins)
     endpoints = {"revocation_endpoint": "/revoke", "introspection_endpoint": "/introspect"}
     document = metadata(settings.issuer, endpoints=endpoints, scopes=resources.all_scopes(),
                         grant_types=endpoint.grant_types)
-    lifecycle = TaskLifecycle(store=store, own_tokens=own_tokens, resources=resources)
-    return Deputy(settings, endpoint, lifecycle, callers, keys, document, store)
+    lifecycle = TaskLifecycle(store=store, own_tokens=own_tokens, resources=resources, observer=observer)
+    return Deputy(settings, endpoint, lifecycle, callers, keys, document, store, observer)
 
 
 @asynccontextmanager
-async def running(prepared: Prepared, keys: KeyRing) -> AsyncIterator[Deputy]:
+async def running(prepared: Prepared, keys: KeyRing, observer: Observer | None = None) -> AsyncIterator[Deputy]:
     """Open the store and the HTTP client for remote key sets; close them on exit."""
     store = await open_store(prepared.settings.store_url)
     try:
         async with httpx2.AsyncClient(timeout=5.0, follow_redirects=False) as client:
-            yield assemble(prepared, keys, store, KeySources(prepared, client))
+            yield assemble(prepared, keys, store, KeySources(prepared, client), observer)
     finally:
         await store.close()
