@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -191,6 +192,19 @@ def test_issue8_5_revocations_and_open_tasks_move_as_tasks_end(gateway: Gateway)
     assert revoked("agent") == 1
     until(lambda: gateway.value("deputy_tasks_open") == 0, what="the sweep to count no open task")
     assert gateway.value(EXCHANGES, labels(action="open_task", outcome="granted", error="")) == 4
+
+
+def test_issue8_5_failed_store_calls_are_counted_by_operation_never_by_path(gateway: Gateway) -> None:
+    task = gateway.open_task()
+    with sqlite3.connect(gateway.setup.directory / "state" / "deputy.db", isolation_level=None) as holder:
+        holder.execute("BEGIN IMMEDIATE")  # every write waits for the lock, then fails (after 5 s)
+        with httpx2.Client(base_url=gateway.url, timeout=60) as client:
+            response = client.post(f"/tasks/{task['task_id']}/complete",
+                                   headers={"Authorization": f"Bearer {gateway.svid()}"})
+        holder.execute("ROLLBACK")
+    assert (response.status_code, response.json()["error"]) == (503, "temporarily_unavailable")
+    assert gateway.value("deputy_store_errors_total", labels(operation="complete")) == 1
+    assert task["task_id"] not in gateway.exposition()
 
 
 def write_config(directory: Path, listen: str, metrics_listen: str) -> Path:
