@@ -49,8 +49,10 @@ class TaskAdmin:
         return {"revoked_tasks": list(revocation.task_ids) if revocation else [],
                 "revoked_tokens": len(revocation.jtis) if revocation else 0}
 
-    async def end(self, task: Task, *, state: str, by: str, action: str, now: int) -> Revocation | None:
-        event = audit_event(action, by, task.id, now)
+    async def end(self, task: Task, *, state: str, by: str, action: str, now: int,
+                  by_domain: str | None = None) -> Revocation | None:
+        """End `task`, its descendants and their tokens; `by` (in `by_domain`, for an agent) is audited."""
+        event = audit_event(action, by, task.id, now, domain=by_domain)
         revocation = await self.store.end_tasks([task.id], state=state, reason=f"{action} by {by}", now=now,
                                                 event=event)
         self.observer.revoked(action, len(revocation.task_ids) if revocation else 0)
@@ -60,9 +62,10 @@ class TaskAdmin:
 
 
 def audit_event(action: str, by: str, task_id: str | None, now: int, *, jti: str | None = None,
-                reasons: tuple[str, ...] = ()) -> AuditEvent:
+                reasons: tuple[str, ...] = (), domain: str | None = None) -> AuditEvent:
+    """A granted lifecycle event: `by` an admin, or an agent (`domain`: its trust domain or issuer)."""
     return AuditEvent(decision_id=new_id(), at=now, action=action, outcome="granted", agent=by, task_id=task_id,
-                      jti=jti, reasons=reasons or (f"{action} by {by}",))
+                      jti=jti, reasons=reasons or (f"{action} by {by}",), agent_domain=domain)
 
 
 def task_state(task: Task, revocation: Revocation | None) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -34,7 +35,15 @@ class AuditEvent:
     policy_result: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+        """Plain JSON: reasons a list, the decision log's input and result objects."""
+        plain = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+        for name in _JSON_FIELDS:
+            if isinstance(text := plain[name], str):
+                plain[name] = json.loads(text)
+        return plain
+
+
+_JSON_FIELDS = ("policy_input", "policy_result")
 
 
 @dataclass(slots=True)

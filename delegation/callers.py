@@ -48,15 +48,15 @@ class Callers:
         try:
             actor = await self._actors.verify(token, now=now)
         except TokenError as exc:
-            raise InvalidClient(f"JWT-SVID rejected: {exc}") from exc
-        await self._not_revoked(Presented(actor.ref, actor.issued_at), "JWT-SVID rejected")
+            raise InvalidClient(f"workload identity token rejected: {exc}") from exc
+        await self._not_revoked(Presented(actor.ref, actor.issued_at), "workload identity token rejected")
         return actor
 
     async def resource_client(self, token: str, *, now: int) -> VerifiedActor:
         """An agent listed in some resource's `clients`: may introspect and read the revocation feed."""
         caller = await self.agent(token, now=now)
         if caller.kind != "spiffe" or not self._resources.is_client(caller.id):  # `clients` are SPIFFE IDs
-            raise AccessDenied("this SPIFFE ID is not a client of any resource")
+            raise AccessDenied("this workload is not a client of any resource (clients are SPIFFE IDs)")
         return caller
 
     async def while_valid(self, caller: VerifiedActor, items: AsyncIterator[T], *,
@@ -80,10 +80,10 @@ class Callers:
             actor = await self._actors.verify(token, now=now)
         except TokenError:
             return await self._admin_user(token, now)
-        await self._not_revoked(Presented(actor.ref, actor.issued_at), "JWT-SVID rejected")
+        await self._not_revoked(Presented(actor.ref, actor.issued_at), "workload identity token rejected")
         if actor.kind == "spiffe" and actor.id in self._admins.workload_ids:  # `[admin] spiffe_ids`
             return actor.id
-        raise AccessDenied("this SPIFFE ID is not an admin")
+        raise AccessDenied("this workload is not an admin (admin workloads are SPIFFE IDs)")
 
     async def _admin_user(self, token: str, now: int) -> str:
         try:

@@ -41,7 +41,8 @@ class TaskLifecycle:
         task = await self.store.task(task_id)
         if task is None or task.agent != agent:
             raise NotFound("no such task for this agent")
-        revocation = await self.admin.end(task, state=COMPLETED, by=agent.id, action="complete", now=now)
+        revocation = await self.admin.end(task, state=COMPLETED, by=agent.id, action="complete", now=now,
+                                          by_domain=agent.domain)
         return task_state(await self.store.task(task_id) or task, revocation)
 
     async def revoke(self, token: str, *, agent: ActorRef, now: int) -> None:
@@ -60,7 +61,7 @@ class TaskLifecycle:
             raise UnauthorizedClient("the token was not issued to this agent")
         revocation = await self.store.revoke_token(
             record.jti, reason=f"revoked by {agent.id}", now=now,
-            event=audit_event("revoke", agent.id, record.task_id, now, jti=record.jti))
+            event=audit_event("revoke", agent.id, record.task_id, now, jti=record.jti, domain=agent.domain))
         self.admin.observer.revoked("token", 1 if revocation else 0)
 
     async def _revoke_task(self, task_id: str, agent: ActorRef, now: int) -> None:
@@ -69,7 +70,7 @@ class TaskLifecycle:
             return
         if task.agent != agent:
             raise UnauthorizedClient("the token was not issued to this agent")
-        await self.admin.end(task, state=COMPLETED, by=agent.id, action="revoke", now=now)
+        await self.admin.end(task, state=COMPLETED, by=agent.id, action="revoke", now=now, by_domain=agent.domain)
 
     async def introspect(self, token: str, *, caller: str, now: int) -> dict[str, Any]:
         """RFC 7662 §2.2: active only if valid, unrevoked, its task open, and the caller a client of its aud."""

@@ -52,3 +52,34 @@ class NoObserver:
 
     def tasks_open(self, count: int) -> None:
         pass
+
+
+class Observers:
+    """Several observers as one, each told in turn."""
+
+    def __init__(self, *observers: Observer) -> None:
+        self._all = observers
+
+    def decided(self, event: AuditEvent) -> None:
+        for observer in self._all:
+            observer.decided(event)
+
+    def policy_decided(self, engine: str, seconds: float) -> None:
+        for observer in self._all:
+            observer.policy_decided(engine, seconds)
+
+    def policy_failed(self, engine: str, cause: str) -> None:
+        for observer in self._all:
+            observer.policy_failed(engine, cause)
+
+    def revoked(self, kind: str, count: int) -> None:
+        for observer in self._all:
+            observer.revoked(kind, count)
+
+    def store_failed(self, operation: str) -> None:
+        for observer in self._all:
+            observer.store_failed(operation)
+
+    def tasks_open(self, count: int) -> None:
+        for observer in self._all:
+            observer.tasks_open(count)

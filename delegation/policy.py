@@ -2,7 +2,7 @@
 
 The gateway queries `data.deputy.decision`. Whatever the policy returns, the caller still enforces the
 invariants (scope only narrows, lifetime only shortens); an error or an undefined decision denies.
-Engines: `rego.EmbeddedRego` in process; an OPA server next.
+Engines: `rego.EmbeddedRego` in process, `opa.OpaServer` over OPA's REST API.
 """
 
 from __future__ import annotations
@@ -28,6 +28,16 @@ class PolicyError(Exception):
     """The policy could not be loaded, compiled or evaluated."""
 
 
+class PolicyUnavailable(Exception):
+    """The engine gave no usable answer (unreachable, too slow, an error, no decision): nothing may be issued.
+
+    `cause` is one fixed word (for metrics and the audit); `detail` says what happened, for operators."""
+
+    def __init__(self, engine: str, cause: str, detail: str) -> None:
+        super().__init__(detail)
+        self.engine, self.cause, self.detail = engine, cause, detail
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     """What the engine decided, with the policy revision that decided and the engine's decision id."""
@@ -50,31 +60,42 @@ class Decision:
                       ) -> Decision:
         """Read a policy result strictly: anything malformed is a denial naming the problem."""
         made = {"revision": revision, "decision_id": decision_id}
-        problem = _malformed(document)
+        problem = cls.problem(document)
         if problem is not None:
             return cls.deny(problem, **made)
         return cls(document["allow"], tuple(document.get("scope", [])), document.get("ttl"),
                    tuple(document.get("reasons", [])), document.get("error"),
                    document.get("outlive_subject", False), **made)
 
+    @staticmethod
+    def problem(document: Any) -> str | None:
+        """Why a policy result cannot be read as a decision, or None."""
+        if not isinstance(document, dict) or type(document.get("allow")) is not bool:
+            return "policy result has no boolean allow"
+        reasons, scope = document.get("reasons", []), document.get("scope", [])
+        ttl, error = document.get("ttl"), document.get("error")
+        if not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons):
+            return "policy result reasons is not a list of strings"
+        if not isinstance(scope, list) or not all(isinstance(s, str) for s in scope):
+            return "policy result scope is not a list of strings"
+        if ttl is not None and (type(ttl) is not int or ttl <= 0):
+            return "policy result ttl is not a positive integer"
+        if error is not None and not isinstance(error, str):
+            return "policy result error is not a string"
+        if "outlive_subject" in document and type(document["outlive_subject"]) is not bool:
+            return "policy result outlive_subject is not a boolean"
+        return None
 
-def _malformed(document: Any) -> str | None:
-    """Why a policy result cannot be read as a decision, or None."""
-    if not isinstance(document, dict) or type(document.get("allow")) is not bool:
-        return "policy result has no boolean allow"
-    reasons, scope = document.get("reasons", []), document.get("scope", [])
-    ttl, error = document.get("ttl"), document.get("error")
-    if not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons):
-        return "policy result reasons is not a list of strings"
-    if not isinstance(scope, list) or not all(isinstance(s, str) for s in scope):
-        return "policy result scope is not a list of strings"
-    if ttl is not None and (type(ttl) is not int or ttl <= 0):
-        return "policy result ttl is not a positive integer"
-    if error is not None and not isinstance(error, str):
-        return "policy result error is not a string"
-    if "outlive_subject" in document and type(document["outlive_subject"]) is not bool:
-        return "policy result outlive_subject is not a boolean"
-    return None
+    def as_document(self) -> dict[str, Any]:
+        """The decision as the policy result it was read from (for the decision log)."""
+        document: dict[str, Any] = {"allow": self.allow, "scope": list(self.scope), "reasons": list(self.reasons)}
+        if self.ttl is not None:
+            document["ttl"] = self.ttl
+        if self.error is not None:
+            document["error"] = self.error
+        if self.outlive_subject:
+            document["outlive_subject"] = True
+        return document
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,13 +155,23 @@ def _plain(value: Any) -> Any:
 
 
 class PolicyEngine(Protocol):
-    """Decides one request. Implementations never raise for a policy problem: they deny.
+    """Decides one request. A policy problem (an evaluation error, a malformed result) is a denial; an
+    engine that cannot answer at all raises PolicyUnavailable.
 
-    `revision` is the revision currently in force (for refusals made before any decision); each
-    `Decision` carries the revision and decision id of the evaluation that made it."""
+    `revision` is the revision currently in force (for refusals made before any decision; None when the
+    engine has not reported one yet); each `Decision` carries the revision and decision id of the
+    evaluation that made it. `start` and `stop` bracket a worker's life; `problem` is for /readyz."""
 
     engine: str
-    revision: str
+
+    @property
+    def revision(self) -> str | None: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def problem(self) -> str | None: ...
 
     async def decide(self, query: PolicyInput) -> Decision: ...
 

@@ -40,6 +40,15 @@ class EmbeddedRego:
             raise PolicyError(f"policy does not compile: {_compiler_message(str(exc), source.modules)}") from exc
         self._runner = Interpreter()
 
+    async def start(self) -> None:
+        """Nothing to open: the policy was compiled when the engine was made."""
+
+    async def stop(self) -> None:
+        """Nothing to close."""
+
+    async def problem(self) -> str | None:
+        return None
+
     async def decide(self, query: PolicyInput) -> Decision:
         decision_id = new_id()
         try:

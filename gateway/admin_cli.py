@@ -21,7 +21,7 @@ from delegation.stores import open_store
 from delegation.tasks import COMPLETED, REVOKED
 from token_exchange.errors import InvalidRequest
 
-from .admin_views import revoked_party, task_view
+from .admin_views import agent_label, revoked_party, task_view
 from .settings import ConfigError, load_settings
 
 T = TypeVar("T")
@@ -31,7 +31,7 @@ def add_commands(commands: Any, config_option: Callable[[argparse.ArgumentParser
     tasks = commands.add_parser("tasks", help="list, inspect, complete or revoke tasks")
     actions = tasks.add_subparsers(required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="tasks, newest first")
-    listing.add_argument("--agent", help="only tasks of this agent (SPIFFE ID)")
+    listing.add_argument("--agent", help="only tasks of this agent (a SPIFFE ID, or a workload id at any issuer)")
     listing.add_argument("--user", help="only tasks of this user (sub)")
     listing.add_argument("--state", choices=["open", "completed", "revoked", "expired"])
     listing.add_argument("--limit", type=int, default=50)
@@ -47,10 +47,11 @@ def add_commands(commands: Any, config_option: Callable[[argparse.ArgumentParser
 
     revoke = commands.add_parser("revoke", help="revoke every open task of an agent, a trust domain or a user")
     who = revoke.add_mutually_exclusive_group(required=True)
-    who.add_argument("--agent", help="an agent's SPIFFE ID")
+    who.add_argument("--agent", help="an agent: its SPIFFE ID, or a Kubernetes or OIDC workload id with --issuer")
     who.add_argument("--trust-domain", help="every agent of a SPIFFE trust domain")
     who.add_argument("--user", help="a user's sub")
-    revoke.add_argument("--issuer", help="the subject issuer of --user (default: that sub at every subject issuer)")
+    revoke.add_argument("--issuer", help="the workload issuer of a non-SPIFFE --agent (required), or the subject "
+                                         "issuer of --user (default: that sub at every subject issuer)")
     revoke.set_defaults(run=_revoke_matching)
     config_option(revoke)
 
@@ -86,8 +87,8 @@ def _operator() -> str:
 def _list(args: argparse.Namespace) -> int:
     tasks = _with_store(args, lambda s: s.tasks(TaskQuery(agent=args.agent, user=args.user, state=args.state,
                                                           limit=args.limit)))
-    rows = [(t.id[:12], t.state, t.agent.id, t.user_subject, str(t.scope), _when(t.deadline), t.depth)
-            for t in tasks]
+    rows = [(t.id[:12], t.state, agent_label(t.agent.id, t.agent.domain), t.user_subject, str(t.scope),
+             _when(t.deadline), t.depth) for t in tasks]
     print(table(("TASK", "STATE", "AGENT", "USER", "SCOPE", "DEADLINE", "DEPTH"), rows))
     return 0
 
@@ -96,11 +97,12 @@ def _show(args: argparse.Namespace) -> int:
     detail = _with_store(args, lambda s: s.task_detail(args.task_id))
     if detail is None:
         raise ConfigError(f"task {args.task_id}: not found")
-    task, view = detail.task, task_view(detail.task)
+    task = detail.task
+    view = {**task_view(task), "agent": agent_label(task.agent.id, task.agent.domain)}
     for key in ("id", "state", "agent", "purpose", "scope", "audiences", "parent_id", "root_id"):
         print(f"{key:<10} {view[key]}")
     print(f"{'user':<10} {task.user_subject} ({task.user_issuer})")
-    print(f"{'chain':<10} {' -> '.join(a.id for a in task.chain)}")
+    print(f"{'chain':<10} {' -> '.join(agent_label(a.id, a.domain) for a in task.chain)}")
     print(f"{'deadline':<10} {_when(task.deadline)}")
     print()
     print(table(("JTI", "AUDIENCE", "SCOPE", "EXPIRES", "REVOKED"),
@@ -135,7 +137,7 @@ def _revoke_matching(args: argparse.Namespace) -> int:
     try:
         party = revoked_party(agent=args.agent, trust_domain=args.trust_domain, user=args.user, issuer=args.issuer)
     except InvalidRequest as exc:
-        raise ConfigError(f"--agent/--trust-domain: {exc.description}") from exc
+        raise ConfigError(f"--agent/--trust-domain/--user/--issuer: {exc.description}") from exc
     result = _with_store(args, lambda s: TaskAdmin(s).revoke_matching(party, admin=_operator(), now=int(time.time())))
     print(f"revoked {len(result['revoked_tasks'])} task(s) and {result['revoked_tokens']} token(s)")
     return 0
@@ -149,8 +151,9 @@ def _audit(args: argparse.Namespace) -> int:
         for event in events:
             print(json.dumps(event))
         return 0
-    rows = [(_when(e["at"]), e["action"], e["outcome"], e["error"] or "", e["agent"] or "", e["user_subject"] or "",
-             e["granted_scope"] or e["requested_scope"] or "", "; ".join(e["reasons"])[:60]) for e in events]
+    rows = [(_when(e["at"]), e["action"], e["outcome"], e["error"] or "", agent_label(e["agent"], e["agent_domain"]),
+             e["user_subject"] or "", e["granted_scope"] or e["requested_scope"] or "", "; ".join(e["reasons"])[:60])
+            for e in events]
     print(table(("AT", "ACTION", "OUTCOME", "ERROR", "AGENT", "USER", "SCOPE", "REASONS"), rows))
     return 0
 

@@ -49,8 +49,9 @@ async def revoke_task(task_id: str, request: Request, who: Admin) -> JSONRespons
     RevokedBody, summary="Revoke everything of an agent, a trust domain or a user, and bar their credentials"))
 async def revoke_matching(request: Request, who: Admin, agent: str | None = None, trust_domain: str | None = None,
                           user: str | None = None, issuer: str | None = None) -> JSONResponse:
-    """Revoke everything of one agent (`agent`), one trust domain, or one user (`user`, with `issuer` to
-    name one subject issuer; without it, that subject at every subject issuer)."""
+    """Revoke everything of one agent (`agent`: a SPIFFE ID, or a Kubernetes or OIDC workload id with its
+    workload `issuer`), one trust domain, or one user (`user`, with `issuer` to name one subject issuer;
+    without it, that subject at every subject issuer)."""
     party = revoked_party(agent=agent, trust_domain=trust_domain, user=user, issuer=issuer)
     result = await deputy(request).lifecycle.admin.revoke_matching(party, admin=who, now=int(time.time()))
     return JSONResponse(result, headers=NO_STORE)

@@ -20,7 +20,7 @@ def deputy(request: Request) -> Deputy:
 def bearer(request: Request) -> str:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise InvalidClient("authenticate with your JWT-SVID as a Bearer token")
+        raise InvalidClient("authenticate with your workload identity token as a Bearer token")
     return token.strip()
 
 

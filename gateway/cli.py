@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import admin_cli, dev, keystore, logs
+from . import admin_cli, dev, keystore, logs, policy_cli
 from .settings import DEFAULT_LISTEN, ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:
@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     _config_option(check)
     check.set_defaults(run=_check)
     admin_cli.add_commands(commands, _config_option)
+    policy_cli.add_commands(commands, _config_option)
     demo = commands.add_parser("demo", help="DEMO ONLY: run the whole story (task, delegation, revocation) locally")
     demo.set_defaults(run=_demo)
     return parser
@@ -168,7 +169,7 @@ def _banner(settings: Settings, prepared: Prepared, keys: keystore.KeyRing, work
         f"  issuer            {settings.issuer}",
         f"  state             {settings.state_dir}",
         f"  signing key       {keys.current.algorithm} kid={keys.current.kid}",
-        f"  policy            {prepared.policy.engine} Rego, revision {prepared.policy.revision}",
+        f"  policy            {_policy_line(settings, prepared)}",
         f"  subject issuers   {', '.join(s.issuer for s in settings.subject_issuers) or 'none'}",
         f"  trust domains     {', '.join(d.name for d in settings.trust_domains) or 'none'}",
         f"  resources         {', '.join(r.audience for r in settings.resources) or 'none'}",
@@ -180,6 +181,12 @@ def _banner(settings: Settings, prepared: Prepared, keys: keystore.KeyRing, work
         lines.append("  note: with no subject issuer, trust domain or resource configured, every exchange is refused;")
         lines.append("        see README.md 'Configure' for a deputy.toml")
     print("\n".join(lines), flush=True)
+
+
+def _policy_line(settings: Settings, prepared: Prepared) -> str:
+    if settings.policy.engine == "opa":
+        return f"OPA server at {settings.policy.opa_url} (timeout {settings.policy.timeout_ms} ms; see /readyz)"
+    return f"embedded Rego, revision {prepared.policy.revision}"
 
 
 def _dev_banner(settings: Settings) -> None:
@@ -233,7 +240,7 @@ def _check(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     prepared = prepare(settings)
     count = len(settings.resources)
-    print(f"config ok: {count} resource{'s' * (count != 1)}, policy revision {prepared.policy.revision}")
+    print(f"config ok: {count} resource{'s' * (count != 1)}, policy {_policy_line(settings, prepared)}")
     return 0
 
 

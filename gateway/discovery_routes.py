@@ -1,13 +1,15 @@
-"""What anyone may read: the RFC 8414 metadata, the signing keys (RFC 7517), and liveness."""
+"""What anyone may read: the RFC 8414 metadata, the signing keys (RFC 7517), liveness and readiness."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from delegation.records import StoreError
 from token_exchange.rfc8414 import well_known_path
 
 from .auth import deputy
+from .wiring import Deputy
 
 
 def router(issuer: str) -> APIRouter:
@@ -25,6 +27,25 @@ def router(issuer: str) -> APIRouter:
 
     @routes.get("/healthz")
     async def healthz() -> dict[str, str]:
+        """Liveness: the process serves HTTP."""
         return {"status": "ok"}
 
+    @routes.get("/readyz")
+    async def readyz(request: Request) -> JSONResponse:
+        """Readiness: the store answers and the policy engine can decide; 503 naming each problem."""
+        problems = await readiness_problems(deputy(request))
+        body = {"status": "unavailable", "problems": problems} if problems else {"status": "ready"}
+        return JSONResponse(body, status_code=503 if problems else 200, headers={"Cache-Control": "no-store"})
+
     return routes
+
+
+async def readiness_problems(parts: Deputy) -> list[str]:
+    problems = []
+    try:
+        await parts.store.task("readyz-probe")
+    except StoreError as exc:
+        problems.append(f"store: {exc}")
+    if problem := await parts.policy.problem():
+        problems.append(problem)
+    return problems

@@ -33,7 +33,9 @@ class TokenForm(Body):
     grant_type: str = Field(examples=["urn:ietf:params:oauth:grant-type:token-exchange"])
     subject_token: str = Field(description="The user's token, or a task token (txn_token) within a task.")
     subject_token_type: str
-    actor_token: str = Field(description="The agent's workload identity token (a JWT-SVID).")
+    actor_token: str = Field(
+        description="The agent's workload identity token: a JWT-SVID, or a token of a configured workload issuer "
+                    "(a Kubernetes service-account token, an OIDC workload token).")
     actor_token_type: str = Field(examples=["urn:ietf:params:oauth:token-type:jwt"])
     resource: list[str] = Field(default=[], description="RFC 8707 resource indicators (repeatable).")
     audience: list[str] = Field(default=[], description="Logical target names (repeatable).")
@@ -117,6 +119,7 @@ class TaskBody(Body):
     root_id: str
     chain: list[str]
     agent: str
+    agent_domain: str = Field(description="The agent's SPIFFE trust domain, or its workload issuer.")
     user: UserRef
     scope: str
     audiences: list[str]
@@ -173,6 +176,11 @@ class AuditEventBody(Body):
     policy_revision: str | None
     jti: str | None
     task_id: str | None
+    agent_domain: str | None
+    policy_engine: str | None
+    policy_latency_us: int | None
+    policy_input: dict[str, Any] | None
+    policy_result: dict[str, Any] | None
 
 
 class AuditPage(Body):
@@ -196,8 +204,9 @@ def form(model: type[BaseModel]) -> dict[str, Any]:
 
 BEARER_SCHEME = {
     "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
-    "description": "The caller's JWT-SVID (audience: this gateway); for /admin also a user token holding the "
-                   "admin group. A task token never authenticates (transaction tokens section 13.12).",
+    "description": "The caller's workload identity token (a JWT-SVID, or a Kubernetes or OIDC workload token; "
+                   "audience: this gateway); for /admin also a user token holding the admin group. A task token "
+                   "never authenticates (transaction tokens section 13.12).",
 }
 
 

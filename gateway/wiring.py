@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -14,6 +13,7 @@ from delegation.callers import AdminRule, Callers
 from delegation.flows import ExchangeSteps, Lifetimes, token_exchange_grant
 from delegation.lifecycle import TaskLifecycle
 from delegation.observe import NoObserver, Observer
+from delegation.opa import OpaServer
 from delegation.policy import PolicyEngine, PolicyError, PolicySource
 from delegation.rego import EmbeddedRego
 from delegation.resources import Resource, Resources
@@ -23,22 +23,25 @@ from delegation.token_endpoint import TokenEndpoint
 from policies import PACKAGED_POLICIES
 from token_exchange.actors import WorkloadVerifiers
 from token_exchange.keys import ASYMMETRIC_ALGORITHMS, KeySource, RemoteKeys, StaticKeys, parse_key_set, read_key_set
+from token_exchange.oidc_discovery import DiscoveredKeys
 from token_exchange.rfc8414 import metadata
 from token_exchange.scope import Scope
 from token_exchange.signing import SIGNING_ALGORITHMS
 from token_exchange.spiffe import SVID_ALGORITHMS, JwtSvidVerifier
 from token_exchange.txn_tokens import OwnTokenVerifier
 from token_exchange.user_tokens import SubjectIssuer, UserTokenVerifier
+from token_exchange.workload_tokens import WorkloadIssuer, WorkloadTokenVerifier
 
 from .keystore import KeyRing
 from .live_keys import LiveKeys
 from .settings import ConfigError, KeySetSettings, PolicySettings, Settings
 
 SVID_KEY_USE = "jwt-svid"
-POLICY_ENGINES: dict[str, Callable[[Path], PolicyEngine]] = {
-    "embedded": lambda directory: EmbeddedRego(PolicySource.read(directory)),
+POLICY_ENGINES: dict[str, Callable[[PolicySettings], PolicyEngine]] = {
+    "embedded": lambda settings: EmbeddedRego(PolicySource.read(settings.dir or PACKAGED_POLICIES)),
+    "opa": lambda settings: OpaServer(settings.opa_url, timeout_ms=settings.timeout_ms),
 }
-"""`[policy] engine` → how it is built from the policy directory (an OPA server comes next)."""
+"""`[policy] engine` → how it is built: compiled from the policy directory, or asked of an OPA server."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +64,16 @@ def prepare(settings: Settings) -> Prepared:
         if domain.bundle.file is not None:
             key = f"trust_domains[{i}].bundle_file"
             static[key] = _read(domain.bundle, key, SVID_ALGORITHMS, SVID_KEY_USE)
+    for i, workload in enumerate(settings.workload_issuers):
+        if workload.keys is not None and workload.keys.file is not None:
+            key = f"workload_issuers[{i}].jwks_file"
+            static[key] = _read(workload.keys, key, ASYMMETRIC_ALGORITHMS, None)
     return Prepared(settings, policy_engine(settings.policy), static)
 
 
 def policy_engine(settings: PolicySettings) -> PolicyEngine:
     try:
-        return POLICY_ENGINES[settings.engine](settings.dir or PACKAGED_POLICIES)
+        return POLICY_ENGINES[settings.engine](settings)
     except PolicyError as exc:
         raise ConfigError(f"policy.dir: {exc}") from exc
 
@@ -95,11 +102,13 @@ class Deputy:
     keys: LiveKeys
     metadata: dict[str, Any]
     store: Store
+    policy: PolicyEngine
     observer: Observer
 
 
 class KeySources:
-    """The key source for each configured key set: its file's keys, or its URI fetched with `client`."""
+    """The key source for each configured key set: its file's keys, or its URI fetched with `client`; and
+    for a workload issuer with `discovery = true`, the keys its OIDC discovery document names."""
 
     def __init__(self, prepared: Prepared, client: httpx2.AsyncClient) -> None:
         self._static = prepared.static_keys
@@ -111,16 +120,32 @@ class KeySources:
                               parse=lambda document: parse_key_set(document, allowed=allowed, use=use))
         return self._static[key]
 
+    def discovered(self, issuer: str, allowed: frozenset[str]) -> KeySource:
+        return DiscoveredKeys(issuer, client=self._client,
+                              parse=lambda document: parse_key_set(document, allowed=allowed))
+
 
 def verifiers(settings: Settings, sources: KeySources) -> tuple[WorkloadVerifiers, UserTokenVerifier]:
-    """The agents' verifier (SPIFFE trust domains for now) and the users' (the subject issuers)."""
+    """The agents' verifier (SPIFFE trust domains, and workload issuers by `iss`) and the users' (the
+    subject issuers)."""
     bundles = {d.name: sources(d.bundle, f"trust_domains[{i}].bundle_file", SVID_ALGORITHMS, SVID_KEY_USE)
                for i, d in enumerate(settings.trust_domains)}
     issuers = {s.issuer: SubjectIssuer(s.issuer, s.audience, sources(s.jwks, f"subject_issuers[{i}].jwks_file",
                                                                       ASYMMETRIC_ALGORITHMS, None))
                for i, s in enumerate(settings.subject_issuers)}
-    actors = WorkloadVerifiers(spiffe=JwtSvidVerifier(bundles, audience=settings.issuer))
+    actors = WorkloadVerifiers(spiffe=JwtSvidVerifier(bundles, audience=settings.issuer),
+                               by_issuer=workload_verifiers(settings, sources))
     return actors, UserTokenVerifier(issuers)
+
+
+def workload_verifiers(settings: Settings, sources: KeySources) -> dict[str, WorkloadTokenVerifier]:
+    """A verifier for each `[[workload_issuers]]` entry, by its issuer."""
+    verifiers: dict[str, WorkloadTokenVerifier] = {}
+    for i, w in enumerate(settings.workload_issuers):
+        keys = (sources.discovered(w.issuer, ASYMMETRIC_ALGORITHMS) if w.keys is None
+                else sources(w.keys, f"workload_issuers[{i}].jwks_file", ASYMMETRIC_ALGORITHMS, None))
+        verifiers[w.issuer] = WorkloadTokenVerifier(WorkloadIssuer(w.issuer, w.audience, keys, w.kind, w.id_claim))
+    return verifiers
 
 
 def assemble(prepared: Prepared, ring: KeyRing, store: Store, sources: KeySources,
@@ -145,15 +170,17 @@ def assemble(prepared: Prepared, ring: KeyRing, store: Store, sources: KeySource
     document = metadata(settings.issuer, endpoints=endpoints, scopes=resources.all_scopes(),
                         grant_types=endpoint.grant_types)
     lifecycle = TaskLifecycle(store=store, own_tokens=own_tokens, resources=resources, observer=observer)
-    return Deputy(settings, endpoint, lifecycle, callers, keys, document, store, observer)
+    return Deputy(settings, endpoint, lifecycle, callers, keys, document, store, prepared.policy, observer)
 
 
 @asynccontextmanager
 async def running(prepared: Prepared, keys: KeyRing, observer: Observer | None = None) -> AsyncIterator[Deputy]:
-    """Open the store and the HTTP client for remote key sets; close them on exit."""
+    """Open the store, the policy engine's client and the HTTP client for remote key sets; close them on exit."""
     store = await open_store(prepared.settings.store_url)
     try:
+        await prepared.policy.start()
         async with httpx2.AsyncClient(timeout=5.0, follow_redirects=False) as client:
             yield assemble(prepared, keys, store, KeySources(prepared, client), observer)
     finally:
+        await prepared.policy.stop()
         await store.close()

@@ -38,15 +38,18 @@ class VerifiedAccess:
     task_id: str | None
     jti: str
     claims: Mapping[str, Any] = field(compare=False, default_factory=lambda: MappingProxyType({}))
+    agent_issuer: str | None = None  # a Kubernetes or OIDC agent's issuer (`act.iss`); None for a SPIFFE ID
 
     @classmethod
     def of(cls, claims: Mapping[str, Any]) -> VerifiedAccess:
         scope = claims.get("scope")
         txn = claims.get("txn")
+        act = claims.get("act")
+        issuer = act.get("iss") if isinstance(act, Mapping) else None  # RFC 8693 §4.1: the current actor's
         return cls(subject=string_claim(claims, "sub"), agent=string_claim(claims, "client_id"),
                    scope=Scope.from_claim(scope) if isinstance(scope, str) else Scope(frozenset()),
                    task_id=txn if isinstance(txn, str) else None, jti=string_claim(claims, "jti"),
-                   claims=MappingProxyType(dict(claims)))
+                   claims=MappingProxyType(dict(claims)), agent_issuer=issuer if isinstance(issuer, str) else None)
 
 
 def required_scope_of(text: str) -> Scope:

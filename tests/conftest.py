@@ -159,11 +159,13 @@ def write_config(directory: Path, *, port: int, idp: UserIdp, remote_idp: UserId
     return config
 
 
-def make_setup(directory: Path, *, extra: str = "", policy_files: Mapping[str, str] | None = None) -> Setup:
+def make_setup(directory: Path, *, extra: str = "", policy_files: Mapping[str, str] | None = None,
+               policy: str = "") -> Setup:
     """Keys, JWKS files and server, packaged Rego with test data, and a deputy.toml in `directory`.
 
     `extra` is appended to the TOML (tables only, e.g. `[tokens]`); `policy_files` (path in the policy
-    directory → text) replace or add to the packaged Rego and the test data (`data.json`)."""
+    directory → text) replace or add to the packaged Rego and the test data (`data.json`); `policy` holds
+    more keys of the `[policy]` table (e.g. `engine = "opa"`)."""
     policy_dir = directory / "policies"
     (policy_dir / "deputy").mkdir(parents=True)
     for rego in (ROOT / "policies" / "deputy").glob("*.rego"):
@@ -186,7 +188,7 @@ def make_setup(directory: Path, *, extra: str = "", policy_files: Mapping[str, s
     config = write_config(directory, port=port, idp=idp, remote_idp=remote_idp, domain=domain,
                           remote_domain=remote_domain, jwks_url=server.url,
                           dead_url=f"http://127.0.0.1:{free_port()}",
-                          extra='\n[policy]\ndir = "policies"\n' + extra)
+                          extra=f'\n[policy]\ndir = "policies"\n{policy}\n' + extra)
     return Setup(directory, config, port, idp, remote_idp, domain, remote_domain, server, rsa_key, x509_key)
 
 
@@ -253,8 +255,8 @@ def running(setup: Setup) -> Iterator[Deployment]:
 
 @contextmanager
 def deployed(directory: Path, *, extra: str = "", check_log: bool = True,
-             policy_files: Mapping[str, str] | None = None) -> Iterator[Deployment]:
-    setup = make_setup(directory, extra=extra, policy_files=policy_files)
+             policy_files: Mapping[str, str] | None = None, policy: str = "") -> Iterator[Deployment]:
+    setup = make_setup(directory, extra=extra, policy_files=policy_files, policy=policy)
     try:
         with running(setup) as deployment:
             yield deployment

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, Protocol
 
+from .errors import shown
 from .jws import TokenError, issued_at, unverified_parts
 
 ActorKind = Literal["spiffe", "kubernetes", "oidc"]
@@ -63,7 +64,11 @@ def actor_claim(chain: tuple[ActorRef, ...]) -> dict[str, Any]:
 
 class WorkloadVerifiers:
     """Routes an actor token to the verifier of its issuer; a token of no configured issuer goes to the
-    SPIFFE verifier, which finds the bundle of its `sub`'s trust domain (JWT-SVIDs need not carry `iss`)."""
+    SPIFFE verifier, which finds the bundle of its `sub`'s trust domain (JWT-SVIDs need not carry `iss`).
+
+    The route is final: a token whose `iss` is a configured workload issuer is that issuer's to accept or
+    refuse, and one it refuses is never retried as a JWT-SVID (reference/k8s-oidc-workload-tokens.md,
+    "one token type, many issuers"). The header never chooses."""
 
     def __init__(self, *, spiffe: ActorVerifier | None, by_issuer: Mapping[str, ActorVerifier] | None = None) -> None:
         self._spiffe = spiffe
@@ -73,9 +78,12 @@ class WorkloadVerifiers:
         verifier = self._spiffe
         if self._by_issuer:
             _, claims = unverified_parts(token)
-            issuer = claims.get("iss")
+            issuer, sub = claims.get("iss"), claims.get("sub")
             if isinstance(issuer, str) and issuer in self._by_issuer:
                 verifier = self._by_issuer[issuer]
+            elif issuer is not None and not (isinstance(sub, str) and sub.startswith("spiffe://")):
+                raise TokenError(f"iss {shown(issuer, 200)} is not a configured workload issuer, and sub is not "
+                                 "a SPIFFE ID")
         if verifier is None:
             raise TokenError("no trusted workload issuer or trust domain")
         return await verifier.verify(token, now=now)

@@ -121,7 +121,7 @@ class AccessDenied(OAuthError):
 
 
 class TemporarilyUnavailable(OAuthError):
-    """The gateway cannot complete the request now (its store failed); nothing was issued."""
+    """The gateway cannot complete the request now (its store or policy engine failed); nothing was issued."""
 
     error = "temporarily_unavailable"
     status = 503

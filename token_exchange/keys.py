@@ -193,6 +193,19 @@ def json_document(raw: bytes) -> Any:
         raise ValueError("not JSON: nested too deeply") from exc
 
 
+async def download(client: httpx2.AsyncClient, uri: str) -> bytes:
+    """A JSON document's body (a key set, an OIDC discovery document), read no further than one byte past
+    MAX_JWKS_BYTES, so `json_document` refuses a larger one; raises httpx2.HTTPError on a non-2xx answer."""
+    body = bytearray()
+    async with client.stream("GET", uri, headers={"Accept": "application/json"}) as response:
+        response.raise_for_status()
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > MAX_JWKS_BYTES:
+                break
+    return bytes(body)
+
+
 def read_key_set(path: str, *, allowed: frozenset[str], use: str | None = None) -> KeySet:
     """Load a JWK Set file; raises OSError or ValueError with a readable message.
 
@@ -271,21 +284,10 @@ class RemoteKeys:
         age = self._clock() - self._fetched_at
         return age >= MAX_KEY_AGE_S or (kid not in self._keys and age >= REFETCH_INTERVAL_S)
 
-    async def _download(self) -> bytes:
-        """The key set's body, read no further than one byte past MAX_JWKS_BYTES."""
-        body = bytearray()
-        async with self._client.stream("GET", self.uri, headers={"Accept": "application/json"}) as response:
-            response.raise_for_status()
-            async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > MAX_JWKS_BYTES:
-                    break
-        return bytes(body)
-
     async def _refetch(self) -> None:
         self._fetched_at = self._clock()  # failures count too: no refetch storm
         try:
-            keys = self._parse(json_document(await self._download()))
+            keys = self._parse(json_document(await download(self._client, self.uri)))
             for kid, reason in keys.rejected.items():  # skipped, never used; the others still are
                 log.warning("jwks.key_skipped", extra={"uri": self.uri, "kid": kid[:256], "reason": reason})
             self._keys, self._last_error = keys, None

@@ -6,6 +6,7 @@ the credentials against admin cutoffs, narrow target and scope, ask the policy, 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Awaitable, Sequence
@@ -30,7 +31,7 @@ from token_exchange.user_tokens import SubjectVerifier, VerifiedSubject
 
 from ..audit import AuditEvent
 from ..observe import NoObserver, Observer
-from ..policy import Decision, PolicyEngine, PolicyInput
+from ..policy import Decision, PolicyEngine, PolicyInput, PolicyUnavailable
 from ..records import CredentialRevoked, IssuedTokenRecord, Presented, StoreError, TaskEnded
 from ..resources import Resource, Resources
 from ..store import TaskRecords, check_credentials
@@ -76,7 +77,7 @@ class ExchangeSteps:
             raise InvalidRequest(f"actor_token rejected: {exc}") from exc
         ctx.audit.agent, ctx.audit.agent_domain = actor.id, actor.domain
         if ctx.exchange.client_id is not None and ctx.exchange.client_id != actor.id:
-            raise UnauthorizedClient("client_id does not match the actor_token SPIFFE ID")
+            raise UnauthorizedClient("client_id does not match the actor_token's workload")
         return actor
 
     async def user(self, ctx: FlowContext) -> VerifiedSubject:
@@ -124,9 +125,21 @@ class ExchangeSteps:
         return resources
 
     async def decide(self, query: PolicyInput, ctx: FlowContext) -> Decision:
-        started = time.perf_counter()
-        decision = await self.policy.decide(query)
-        self.observer.policy_decided(self.policy.engine, time.perf_counter() - started)
+        """Ask the policy; the decision log (input, result, engine, latency) goes into the audit event.
+        An engine that cannot answer is the gateway's fault: 503, nothing issued, the cause audited."""
+        engine, started = self.policy.engine, time.perf_counter()
+        ctx.audit.policy_engine, ctx.audit.policy_input = engine, json.dumps(query.as_json(), separators=(",", ":"))
+        try:
+            decision = await self.policy.decide(query)
+        except PolicyUnavailable as exc:
+            self.observer.policy_failed(engine, exc.cause)
+            ctx.audit.reasons = (f"policy engine {engine} unavailable ({exc.cause}): {exc.detail}",)
+            raise TemporarilyUnavailable(f"the policy engine ({engine}) could not decide ({exc.cause}); "
+                                         "nothing was issued, try again") from exc
+        seconds = time.perf_counter() - started
+        self.observer.policy_decided(engine, seconds)
+        ctx.audit.policy_latency_us = round(seconds * 1e6)
+        ctx.audit.policy_result = json.dumps(decision.as_document(), separators=(",", ":"))
         ctx.audit.reasons, ctx.audit.policy_revision = decision.reasons, decision.revision
         if decision.decision_id is not None:
             ctx.audit.decision_id = decision.decision_id
@@ -243,5 +256,3 @@ def granted(decision: Decision, wanted: Scope) -> Scope:
 
 def union_scopes(resources: Sequence[Resource]) -> Scope:
     return Scope(frozenset().union(*(r.scopes.values for r in resources)))
-
-

@@ -313,13 +313,14 @@ def _require_open(connection: sqlite3.Connection, task_id: str, now: int) -> Non
 def _expire_batch(connection: sqlite3.Connection, now: int, batch: int) -> int:
     """Up to `batch` open tasks past their deadline: expired (a feed event, an audit event each)."""
     expired = connection.execute(
-        "SELECT id, agent, user_issuer, user_subject FROM tasks WHERE state = 'open' AND deadline <= ? LIMIT ?",
+        "SELECT id, agent, agent_domain, user_issuer, user_subject FROM tasks WHERE state = 'open' AND deadline <= ?"
+        " LIMIT ?",
         (now, batch)).fetchall()
     for row in expired:
         connection.execute(_INSERT_AUDIT, _audit_row(AuditEvent(
             decision_id=new_id(), at=now, action="expire", outcome="granted", agent=row["agent"],
-            user_issuer=row["user_issuer"], user_subject=row["user_subject"], task_id=row["id"],
-            reasons=("task deadline passed",))))
+            agent_domain=row["agent_domain"], user_issuer=row["user_issuer"], user_subject=row["user_subject"],
+            task_id=row["id"], reasons=("task deadline passed",))))
     if expired:
         _end_tasks(connection, [r["id"] for r in expired], EXPIRED, "deadline passed", now, None)
     return len(expired)

@@ -42,6 +42,14 @@ decision := {"allow": true, "scope": granted, "ttl": object.get(data.access, "tt
 consent if {
 	input.subject.claims.may_act.sub == input.actor.sub
 	not input.subject.claims.may_act.iss
+	object.get(input.actor, "kind", "spiffe") == "spiffe"
+}
+
+# A Kubernetes or OIDC workload's sub is unique only within its issuer: may_act must name both.
+consent if {
+	input.subject.claims.may_act.sub == input.actor.sub
+	input.subject.claims.may_act.iss == input.actor.domain
+	object.get(input.actor, "kind", "spiffe") != "spiffe"
 }
 
 consent if input.actor.sub in data.access.delegations[input.subject.iss][input.subject.sub]

@@ -1,0 +1,64 @@
+"""`[audit] decision_log`: each policy decision also as one OPA-style decision-log line (OPA DecisionLogs).
+
+The audit store holds every decision already; this file is for tools that read OPA's format. Fields:
+`decision_id`, `labels` (`app`, `engine`), `path`, `input`, `result`, `timestamp` (RFC 3339), `metrics`
+(`timer_policy_decision_ns`), `bundles` (the revision), plus Deputy's `outcome` and `error`. The input is
+the policy input, which holds verified claims, never a token. Every worker appends whole lines to the
+same file (`O_APPEND`, one write per line).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from delegation.audit import AuditEvent
+from delegation.observe import NoObserver
+from delegation.policy import ENTRYPOINT
+
+log = logging.getLogger(__name__)
+
+
+class DecisionLogFile(NoObserver):
+    """Appends a line for every token request the policy was asked about."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._path = path
+
+    def decided(self, event: AuditEvent) -> None:
+        if event.policy_input is None:
+            return  # refused before the policy was asked
+        line = json.dumps(decision_log_entry(event), separators=(",", ":")) + "\n"
+        try:
+            os.write(self._fd, line.encode())
+        except OSError as exc:  # a full disk must not fail the exchange: the audit store holds the record
+            log.error("decision_log.write_failed", extra={"path": str(self._path), "error": str(exc)})
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def decision_log_entry(event: AuditEvent) -> dict[str, Any]:
+    plain = event.as_dict()
+    entry: dict[str, Any] = {
+        "decision_id": event.decision_id,
+        "labels": {"app": "deputy", "engine": event.policy_engine},
+        "path": ENTRYPOINT,
+        "input": plain["policy_input"],
+        "timestamp": datetime.fromtimestamp(event.at, UTC).isoformat().replace("+00:00", "Z"),
+        "outcome": event.outcome,
+        "error": event.error,
+    }
+    if plain["policy_result"] is not None:
+        entry["result"] = plain["policy_result"]
+    if event.policy_latency_us is not None:
+        entry["metrics"] = {"timer_policy_decision_ns": event.policy_latency_us * 1000}
+    if event.policy_revision:
+        entry["bundles"] = {"deputy": {"revision": event.policy_revision}}
+    return entry
