@@ -10,6 +10,7 @@ from token_exchange.errors import OAuthError
 from token_exchange.rfc9068 import new_id
 
 from .audit import AuditEvent
+from .observe import NoObserver, Observer
 from .records import Party
 from .store import TaskEnding
 from .tasks import COMPLETED, REVOKED, Revocation, Task
@@ -25,8 +26,12 @@ class NotFound(OAuthError):
 
 
 class TaskAdmin:
-    def __init__(self, store: TaskEnding) -> None:
+    """Each revocation is counted by `observer` under its kind: the action (`complete`, `revoke`,
+    `admin_revoke`, `admin_complete`) or the party (`agent`, `domain`, `user`), with the tasks it ended."""
+
+    def __init__(self, store: TaskEnding, observer: Observer | None = None) -> None:
         self.store = store
+        self.observer = observer or NoObserver()
 
     async def revoke_task(self, task_id: str, *, admin: str, now: int, state: str = REVOKED) -> dict[str, Any]:
         """An admin ends any task (revoked, or completed on the agent's behalf)."""
@@ -40,6 +45,7 @@ class TaskAdmin:
     async def revoke_matching(self, party: Party, *, admin: str, now: int) -> dict[str, Any]:
         event = audit_event("admin_revoke", admin, None, now, reasons=(f"revoke everything of {party.describe()}",))
         revocation = await self.store.end_matching(party, reason=f"revoked by admin {admin}", now=now, event=event)
+        self.observer.revoked(party.kind, len(revocation.task_ids) if revocation else 0)
         return {"revoked_tasks": list(revocation.task_ids) if revocation else [],
                 "revoked_tokens": len(revocation.jtis) if revocation else 0}
 
@@ -49,6 +55,7 @@ class TaskAdmin:
         event = audit_event(action, by, task.id, now, domain=by_domain)
         revocation = await self.store.end_tasks([task.id], state=state, reason=f"{action} by {by}", now=now,
                                                 event=event)
+        self.observer.revoked(action, len(revocation.task_ids) if revocation else 0)
         log.info("task.ended", extra={"task_id": task.id, "state": state, "by": by,
                                       "tokens": len(revocation.jtis) if revocation else 0})
         return revocation

@@ -13,6 +13,7 @@ from token_exchange.rfc9068 import ACCESS_TOKEN_JWT_TYPE
 from token_exchange.txn_tokens import TASK_TOKEN_JWT_TYPE, OwnToken, OwnTokenVerifier
 
 from .admin import NotFound, TaskAdmin, audit_event, task_state
+from .observe import Observer
 from .resources import Resources
 from .store import FeedPage, RevocationFeed, TaskEnding
 from .tasks import COMPLETED, Revocation
@@ -28,11 +29,12 @@ class LifecycleStore(TaskEnding, RevocationFeed, Protocol):
 class TaskLifecycle:
     """What agents and resource servers do once tasks exist: complete, revoke, introspect, read the feed."""
 
-    def __init__(self, *, store: LifecycleStore, own_tokens: OwnTokenVerifier, resources: Resources) -> None:
+    def __init__(self, *, store: LifecycleStore, own_tokens: OwnTokenVerifier, resources: Resources,
+                 observer: Observer | None = None) -> None:
         self.store = store
         self.own_tokens = own_tokens
         self.resources = resources
-        self.admin = TaskAdmin(store)
+        self.admin = TaskAdmin(store, observer)
 
     async def complete(self, task_id: str, *, agent: ActorRef, now: int) -> dict[str, Any]:
         """The task's own agent ends it: the task, its descendants and every token under them."""
@@ -57,9 +59,10 @@ class TaskLifecycle:
         record = found.record
         if (record.agent, record.agent_domain) != (agent.id, agent.domain):
             raise UnauthorizedClient("the token was not issued to this agent")
-        await self.store.revoke_token(record.jti, reason=f"revoked by {agent.id}", now=now,
-                                      event=audit_event("revoke", agent.id, record.task_id, now, jti=record.jti,
-                                                        domain=agent.domain))
+        revocation = await self.store.revoke_token(
+            record.jti, reason=f"revoked by {agent.id}", now=now,
+            event=audit_event("revoke", agent.id, record.task_id, now, jti=record.jti, domain=agent.domain))
+        self.admin.observer.revoked("token", 1 if revocation else 0)
 
     async def _revoke_task(self, task_id: str, agent: ActorRef, now: int) -> None:
         task = await self.store.task(task_id)

@@ -22,7 +22,8 @@ class Observer(Protocol):
         """The policy engine gave no usable answer: `cause` is a short fixed word (timeout, unreachable, ...)."""
 
     def revoked(self, kind: str, count: int) -> None:
-        """`count` tasks or tokens ended by a revocation of `kind` (task, token, agent, domain, user, ...)."""
+        """`count` tasks ended by a revocation of `kind` (`complete`, `revoke`, `admin_revoke`, `admin_complete`,
+        `agent`, `domain`, `user`, `expired`), or access tokens revoked on their own (`token`)."""
 
     def store_failed(self, operation: str) -> None:
         """A store call failed; `operation` is a fixed name, not a query."""

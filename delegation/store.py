@@ -169,6 +169,10 @@ class Maintenance(Protocol):
         expired, root tasks purged)."""
         ...
 
+    async def count_open_tasks(self) -> int:
+        """How many tasks are open (the implicit tasks of one-shot tokens too), for the metrics; cheap."""
+        ...
+
     async def audit_before(self, before: int, limit: int) -> list[AuditRecord]:
         """The oldest audit events recorded before `before`, at most `limit`, oldest first."""
         ...

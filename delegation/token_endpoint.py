@@ -2,7 +2,8 @@
 
 The gateway hands in a `TokenRequest`; the endpoint reads `grant_type`, lets the grant parse its form,
 and gives the request to the first of the grant's flows that can handle it. Every outcome, granted or
-refused, is one audit event (the flow writes a grant's with what it issued; the endpoint a refusal's).
+refused, is one audit event (the flow writes a grant's with what it issued; the endpoint a refusal's),
+then told to the `Observer` (the metrics).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from token_exchange.rfc6749 import FormParams, TokenRequest
 from token_exchange.rfc8693 import ExchangeRequest, TokenResponse
 
 from .audit import AuditDraft
+from .observe import NoObserver, Observer
 from .policy import PolicyEngine
 from .records import StoreError
 from .store import AuditLog
@@ -54,10 +56,12 @@ class Grant:
 
 
 class TokenEndpoint:
-    def __init__(self, grants: Sequence[Grant], *, audit: AuditLog, policy: PolicyEngine) -> None:
+    def __init__(self, grants: Sequence[Grant], *, audit: AuditLog, policy: PolicyEngine,
+                 observer: Observer | None = None) -> None:
         self._grants = {grant.grant_type: grant for grant in grants}
         self._audit = audit
         self._policy = policy
+        self._observer = observer or NoObserver()
 
     @property
     def grant_types(self) -> list[str]:
@@ -103,3 +107,5 @@ class TokenEndpoint:
             await self._audit.append_audit(event)
         except StoreError as error:
             log.error("audit.store_failed", extra={"error": str(error)})
+            self._observer.store_failed("append_audit")
+        self._observer.decided(event)

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
+from delegation.observe import Observer
 from delegation.records import StoreError
 from token_exchange.errors import InvalidClient, OAuthError, TemporarilyUnavailable, error_description
 from token_exchange.rfc6749 import TokenRequest
@@ -27,13 +28,13 @@ from .wiring import Deputy, Prepared, running
 
 log = logging.getLogger(__name__)
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-SWEEP_EVERY_S = 30.0
 GC_THRESHOLDS = (50_000, 50, 100)  # CPython's defaults are (700, 10, 10)
 
 
-def build_app(prepared: Prepared, keys: keystore.KeyRing) -> TokenFastPath:
+def build_app(prepared: Prepared, keys: keystore.KeyRing, observer: Observer | None = None) -> TokenFastPath:
+    """The public app; `observer` counts what it does (the metrics, served elsewhere: never here)."""
     app = FastAPI(
-        title="Deputy", lifespan=_lifespan(prepared, keys), docs_url=None, redoc_url=None,
+        title="Deputy", lifespan=_lifespan(prepared, keys, observer), docs_url=None, redoc_url=None,
         openapi_url="/openapi.json", redirect_slashes=False,  # `/token/` is no endpoint: 404, not a redirect
         telemetry={"tracing": False, "metrics": False, "logs": False},  # Deputy's record is its audit trail
     )
@@ -55,10 +56,11 @@ def build_app(prepared: Prepared, keys: keystore.KeyRing) -> TokenFastPath:
     return TokenFastPath(app)
 
 
-def _lifespan(prepared: Prepared, keys: keystore.KeyRing) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+def _lifespan(prepared: Prepared, keys: keystore.KeyRing, observer: Observer | None
+              ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with running(prepared, keys) as parts:
+        async with running(prepared, keys, observer) as parts:
             app.state.deputy = parts
             gc.freeze()  # start-up objects (compiled policy, keys, modules) leave the collector's scans
             # Measured: with the default thresholds, full collections stall a worker for tens of ms and
@@ -118,21 +120,26 @@ async def token(request: Request) -> JSONResponse:
     return JSONResponse(response.body(), headers=NO_STORE)
 
 
-async def _sweep(parts: Deputy, every: float = SWEEP_EVERY_S) -> None:
-    """One worker of all (the one that leads the sweeps) expires tasks past their deadline, purges rows past
-    `[tasks] retention` and retires audit events past `[audit] retention`, in short transactions."""
-    export = audit_export(parts.settings.audit)
+async def _sweep(parts: Deputy) -> None:
+    """One worker of all (the one that leads the sweeps), every `[tasks] sweep_every` seconds, expires tasks
+    past their deadline, purges rows past `[tasks] retention` and retires audit events past `[audit]
+    retention`, in short transactions; it reports the tasks it expired and the tasks still open."""
+    export, store, observer = audit_export(parts.settings.audit), parts.store, parts.observer
     while True:
         try:
-            if parts.store.lead_sweeps():
+            if store.lead_sweeps():
                 now = int(time.time())
-                await parts.store.expire_and_purge(now=now, retention=parts.settings.tasks.retention)
-                await retire_audit(parts.store, export, now=now, retention=parts.settings.audit.retention)
+                expired, _ = await store.expire_and_purge(now=now, retention=parts.settings.tasks.retention)
+                observer.revoked("expired", expired)
+                observer.tasks_open(await store.count_open_tasks())
+                await retire_audit(store, export, now=now, retention=parts.settings.audit.retention)
         except (StoreError, OSError) as exc:  # the store or the export is unavailable: try again next time
             log.error("tasks.sweep_failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+            if isinstance(exc, StoreError):
+                observer.store_failed("sweep")
         except Exception:
             log.exception("tasks.sweep_failed")
-        await asyncio.sleep(every)
+        await asyncio.sleep(parts.settings.tasks.sweep_every)
 
 
 def _invalid_client(scheme: str) -> OAuthError:
@@ -162,8 +169,10 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _store_error(request: Request, exc: Exception) -> JSONResponse:
-    """A store failure outside the exchange (which maps its own): nothing happened, try again later."""
+    """A store failure outside the exchange (which maps its own): nothing happened, try again later. It is
+    counted under the endpoint's name (its route's), never its path, which may hold a task id."""
     log.error("store_error", extra={"path": request.url.path, "error": str(exc)})
+    deputy(request).observer.store_failed(getattr(request.scope.get("route"), "name", None) or "unrouted")
     return await _oauth_error(request, TemporarilyUnavailable("the gateway could not reach its store; try again"))
 
 

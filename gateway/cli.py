@@ -135,8 +135,9 @@ def _migrate(settings: Settings) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    """Bind the port (or, for workers, check it) before any state is made; announce once serving."""
-    from . import workers
+    """Bind the port (or, for workers, check it) and the metrics listener before any state is made; announce
+    once serving. Metrics are served by the one process that serves, or by the parent of the workers."""
+    from . import metrics, workers
     from .app import build_app
 
     logs.configure(args.log_level.upper())
@@ -146,12 +147,13 @@ def _serve(args: argparse.Namespace) -> int:
     settings = load_settings(None if args.dev else args.config, listen=listen)  # with --dev, only where
     if args.workers > 1:
         workers.check_port_free(settings.host, settings.port)
+        with metrics.for_workers(settings.metrics.listen) as worker_died:
+            prepared, keys = _ready(settings, dev_listen=listen if args.dev else None)
+            return workers.run(args.workers, settings=prepared.settings, log_level=args.log_level,
+                               on_ready=lambda: _announce(args, prepared, keys), on_death=worker_died)
+    with workers.listening(settings.host, settings.port) as sock, metrics.in_process(settings.metrics.listen) as seen:
         prepared, keys = _ready(settings, dev_listen=listen if args.dev else None)
-        return workers.run(args.workers, settings=prepared.settings, log_level=args.log_level,
-                           on_ready=lambda: _announce(args, prepared, keys))
-    with workers.listening(settings.host, settings.port) as sock:
-        prepared, keys = _ready(settings, dev_listen=listen if args.dev else None)
-        return workers.serve(build_app(prepared, keys), sock, log_level=args.log_level,
+        return workers.serve(build_app(prepared, keys, seen), sock, log_level=args.log_level,
                              on_ready=lambda: _announce(args, prepared, keys))
 
 
@@ -172,6 +174,9 @@ def _banner(settings: Settings, prepared: Prepared, keys: keystore.KeyRing, work
         f"  trust domains     {', '.join(d.name for d in settings.trust_domains) or 'none'}",
         f"  resources         {', '.join(r.audience for r in settings.resources) or 'none'}",
     ]
+    if settings.metrics.listen is not None:
+        host, port = settings.metrics.listen
+        lines.append(f"  metrics           http://{host}:{port}/metrics")
     if not (settings.subject_issuers and settings.trust_domains and settings.resources):
         lines.append("  note: with no subject issuer, trust domain or resource configured, every exchange is refused;")
         lines.append("        see README.md 'Configure' for a deputy.toml")

@@ -37,6 +37,7 @@ class TaskSettings:
     default_ttl: int = 900
     max_ttl: int = 3600
     retention: int = 86400  # how long ended tasks, their tokens and feed events are kept
+    sweep_every: int = 30  # seconds between sweeps (expiry, purge, audit retention, the tasks-open gauge)
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +221,7 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
     "subject_issuers": frozenset({"issuer", "jwks_file", "jwks_uri", "audience"}),
     "trust_domains": frozenset({"name", "bundle_file", "bundle_uri"}),
     "resources": frozenset({"audience", "scopes", "max_ttl", "clients"}),
-    "tasks": frozenset({"default_ttl", "max_ttl", "retention"}),
+    "tasks": frozenset({"default_ttl", "max_ttl", "retention", "sweep_every"}),
     "admin": frozenset({"claim", "value", "spiffe_ids"}),
 }
 """Every key of `deputy.toml`, by table (an array of tables by its name)."""
@@ -386,8 +387,9 @@ def _tasks(t: _Table) -> TaskSettings:
     if default_ttl > max_ttl:
         raise ConfigError("tasks.default_ttl: must not exceed tasks.max_ttl")
     retention = t.positive("retention", 86400)
+    sweep_every = t.positive("sweep_every", 30)
     t.done()
-    return TaskSettings(default_ttl, max_ttl, retention)
+    return TaskSettings(default_ttl, max_ttl, retention, sweep_every)
 
 
 def _audit(t: _Table, state_dir: Path) -> AuditSettings:

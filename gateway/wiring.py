@@ -12,6 +12,7 @@ import httpx2
 from delegation.callers import AdminRule, Callers
 from delegation.flows import ExchangeSteps, Lifetimes, token_exchange_grant
 from delegation.lifecycle import TaskLifecycle
+from delegation.observe import NoObserver, Observer, Observers
 from delegation.opa import OpaServer
 from delegation.policy import PolicyEngine, PolicyError, PolicySource
 from delegation.rego import EmbeddedRego
@@ -35,6 +36,7 @@ from token_exchange.txn_tokens import OwnTokenVerifier
 from token_exchange.user_tokens import SubjectIssuer, UserTokenVerifier
 from token_exchange.workload_tokens import WorkloadIssuer, WorkloadTokenVerifier
 
+from .decision_log import DecisionLogFile
 from .keystore import KeyRing
 from .live_keys import LiveKeys
 from .settings import ConfigError, KeySetSettings, PolicySettings, Settings
@@ -110,6 +112,7 @@ class Deputy:
     metadata: dict[str, Any]
     store: Store
     policy: PolicyEngine
+    observer: Observer
 
 
 class KeySources:
@@ -173,8 +176,11 @@ def discovery(settings: Settings, resources: Resources, endpoint: TokenEndpoint)
                     grant_types=endpoint.grant_types, token_auth_methods=methods, extensions=extensions)
 
 
-def assemble(prepared: Prepared, ring: KeyRing, store: Store, sources: KeySources) -> Deputy:
-    """Every part of the gateway, from its settings, key ring, store and key sources."""
+def assemble(prepared: Prepared, ring: KeyRing, store: Store, sources: KeySources,
+             observer: Observer | None = None) -> Deputy:
+    """Every part of the gateway, from its settings, key ring, store and key sources; `observer` counts
+    what happens (the metrics)."""
+    observer = observer or NoObserver()
     settings = prepared.settings
     actors, users = verifiers(settings, sources)
     resources = Resources(Resource(r.audience, Scope(frozenset(r.scopes)), r.max_ttl, frozenset(r.clients))
@@ -184,23 +190,29 @@ def assemble(prepared: Prepared, ring: KeyRing, store: Store, sources: KeySource
     lifetimes = Lifetimes(settings.tokens.default_ttl, settings.tokens.max_ttl, settings.tasks.default_ttl,
                           settings.tasks.max_ttl)
     steps = ExchangeSteps(actors, users, own_tokens, resources, prepared.policy, keys.signer, store, lifetimes,
-                          attestation=attestation(settings, sources, store))
-    endpoint = TokenEndpoint([token_exchange_grant(steps)], audit=store, policy=prepared.policy)
+                          observer, attestation(settings, sources, store))
+    endpoint = TokenEndpoint([token_exchange_grant(steps)], audit=store, policy=prepared.policy, observer=observer)
     admins = AdminRule(settings.admin.claim, settings.admin.value, frozenset(settings.admin.spiffe_ids))
     callers = Callers(actors=actors, users=users, credentials=store, resources=resources, admins=admins)
     document = discovery(settings, resources, endpoint)
-    lifecycle = TaskLifecycle(store=store, own_tokens=own_tokens, resources=resources)
-    return Deputy(settings, endpoint, lifecycle, callers, keys, document, store, prepared.policy)
+    lifecycle = TaskLifecycle(store=store, own_tokens=own_tokens, resources=resources, observer=observer)
+    return Deputy(settings, endpoint, lifecycle, callers, keys, document, store, prepared.policy, observer)
 
 
 @asynccontextmanager
-async def running(prepared: Prepared, keys: KeyRing) -> AsyncIterator[Deputy]:
-    """Open the store, the policy engine's client and the HTTP client for remote key sets; close them on exit."""
+async def running(prepared: Prepared, keys: KeyRing, observer: Observer | None = None) -> AsyncIterator[Deputy]:
+    """Open the store, the policy engine's client, the decision-log file and the HTTP client for remote key
+    sets; close them on exit."""
     store = await open_store(prepared.settings.store_url)
+    decision_log = prepared.settings.audit.decision_log
+    log_file = DecisionLogFile(decision_log) if decision_log is not None else None
     try:
         await prepared.policy.start()
+        observers = Observers(observer or NoObserver(), log_file) if log_file else observer
         async with httpx2.AsyncClient(timeout=5.0, follow_redirects=False) as client:
-            yield assemble(prepared, keys, store, KeySources(prepared, client))
+            yield assemble(prepared, keys, store, KeySources(prepared, client), observers)
     finally:
         await prepared.policy.stop()
+        if log_file is not None:
+            log_file.close()
         await store.close()

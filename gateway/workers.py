@@ -57,7 +57,7 @@ def uvicorn_config(app: ASGIApp, *, log_level: str, **where: Any) -> uvicorn.Con
 
 def check_port_free(host: str, port: int) -> None:
     """Fail start-up cleanly if another program (or another Deputy) already listens on the port."""
-    with socket.socket(_family(host), socket.SOCK_STREAM) as probe:
+    with socket.socket(address_family(host), socket.SOCK_STREAM) as probe:
         # SO_REUSEADDR: connections of a gateway that just stopped (TIME_WAIT) do not count, a listener does.
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -68,7 +68,7 @@ def check_port_free(host: str, port: int) -> None:
 
 def listening(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     """A socket bound to host:port and listening; ConfigError naming `listen` when it cannot bind."""
-    sock = socket.socket(_family(host), socket.SOCK_STREAM)
+    sock = socket.socket(address_family(host), socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
@@ -81,7 +81,7 @@ def listening(host: str, port: int, *, reuse_port: bool = False) -> socket.socke
     return sock
 
 
-def _family(host: str) -> socket.AddressFamily:
+def address_family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
@@ -157,11 +157,13 @@ class _Lifespan:
         raise RuntimeError(f"the app's lifespan {phase} failed")
 
 
-def run(workers: int, *, settings: Settings, log_level: str, on_ready: Callable[[], None]) -> int:
+def run(workers: int, *, settings: Settings, log_level: str, on_ready: Callable[[], None],
+        on_death: Callable[[int], None] = lambda pid: None) -> int:
     """Start the workers and supervise them: 0 after SIGTERM or SIGINT, 1 after a crash loop.
 
-    `on_ready` runs once, when every worker has started serving."""
-    return _Supervisor(workers, settings, log_level, on_ready).run()
+    `on_ready` runs once, when every worker has started serving; `on_death` with the pid of each worker
+    that ended (the metrics drop its live gauges)."""
+    return _Supervisor(workers, settings, log_level, on_ready, on_death).run()
 
 
 @dataclass
@@ -178,10 +180,11 @@ class _Slot:
 
 
 class _Supervisor:
-    def __init__(self, workers: int, settings: Settings, log_level: str, on_ready: Callable[[], None]) -> None:
+    def __init__(self, workers: int, settings: Settings, log_level: str, on_ready: Callable[[], None],
+                 on_death: Callable[[int], None]) -> None:
         self._context = multiprocessing.get_context("spawn")
         self._slots = [_Slot(i) for i in range(workers)]
-        self._settings, self._log_level, self._on_ready = settings, log_level, on_ready
+        self._settings, self._log_level, self._on_ready, self._on_death = settings, log_level, on_ready, on_death
         self._announced = False
         self._deaths: deque[float] = deque(maxlen=CRASH_LOOP_DEATHS)
         self._stop_signal: int | None = None
@@ -256,6 +259,8 @@ class _Supervisor:
         assert slot.process is not None
         process, now = slot.process, time.monotonic()
         process.join()
+        if process.pid is not None:
+            self._on_death(process.pid)
         uptime_s = now - slot.started_at
         if slot.ready is not None:
             slot.ready.close()
@@ -301,13 +306,14 @@ def _how(exitcode: int | None) -> dict[str, Any]:
 def _worker(settings: Settings, log_level: str, ready: Connection) -> None:
     """One worker process: the app, its own SO_REUSEPORT socket, and `ready` told once it serves."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent stops us
-    from . import keystore, logs
+    from . import keystore, logs, metrics
     from .app import build_app
     from .wiring import prepare
 
     logs.configure(log_level.upper())
     try:
-        app = build_app(prepare(settings), keystore.load(settings.state_dir))
+        app = build_app(prepare(settings), keystore.load(settings.state_dir),
+                        metrics.worker_observer(settings.metrics.listen))
         with listening(settings.host, settings.port, reuse_port=True) as sock:
             exit_code = serve(app, sock, log_level=log_level, on_ready=lambda: ready.send(os.getpid()))
     except (ConfigError, keystore.KeyStoreError) as exc:

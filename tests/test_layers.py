@@ -10,11 +10,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 BANNED = {
     "token_exchange": {"fastapi", "starlette", "sqlite3", "aiosqlite", "delegation", "gateway", "resource_server",
-                       "deputy_examples"},
-    "delegation": {"fastapi", "starlette", "gateway", "resource_server", "deputy_examples"},
+                       "deputy_examples", "prometheus_client"},
+    # The domain reports through `delegation.observe.Observer`; the gateway counts it in Prometheus metrics.
+    "delegation": {"fastapi", "starlette", "gateway", "resource_server", "deputy_examples", "prometheus_client"},
     "gateway": {"deputy_examples", "examples"},
     # Ships to resource servers without the gateway: the protocol core only (FastAPI in its dependency module).
-    "resource_server": {"delegation", "gateway", "regopy", "uvicorn", "sqlite3", "deputy_examples"},
+    "resource_server": {"delegation", "gateway", "regopy", "uvicorn", "sqlite3", "deputy_examples",
+                        "prometheus_client"},
 }
 
 

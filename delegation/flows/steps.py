@@ -89,7 +89,8 @@ class ExchangeSteps:
         if self.attestation is None:
             return actor
         posture = await self.store(self.attestation.verify(ctx.request, actor=actor.id,
-                                                           client_id=ctx.exchange.client_id, now=ctx.now))
+                                                           client_id=ctx.exchange.client_id, now=ctx.now),
+                                   "first_use")
         return actor if posture is None else replace(actor, posture=posture)
 
     async def user(self, ctx: FlowContext) -> VerifiedSubject:
@@ -109,7 +110,7 @@ class ExchangeSteps:
         except TokenError as exc:
             raise InvalidRequest(f"subject_token rejected: {exc}") from exc
         task_id = verified.claims.get("txn")
-        task = await self.store(self.records.task(task_id)) if isinstance(task_id, str) else None
+        task = await self.store(self.records.task(task_id), "task") if isinstance(task_id, str) else None
         if task is None:
             raise InvalidRequest("subject_token rejected: unknown task")
         ctx.audit.user_issuer, ctx.audit.user_subject, ctx.audit.task_id = task.user_issuer, task.user_subject, task.id
@@ -122,7 +123,7 @@ class ExchangeSteps:
         check runs again inside the write's transaction (`Presented`)."""
         user = (subject.issuer, subject.subject) if subject is not None else None
         presented = Presented(actor.ref, actor.issued_at, user, subject.issued_at if subject else None)
-        await self.store(check_credentials(self.records, presented))
+        await self.store(check_credentials(self.records, presented), "cutoffs")
         return presented
 
     def resource(self, target: Target) -> Resource:
@@ -180,8 +181,8 @@ class ExchangeSteps:
         event = ctx.audit.granted(scope=str(scope), jti=token.jti, task_id=task.id, audience=resource.audience)
         created = replace(task, scope=scope, audiences=(resource.audience,), deadline=token.expires_at)
         await self.store(self.records.record_grant(record, event, presented=presented,
-                                                   task=created if task.implicit else None))
-        _log_granted(event)
+                                                   task=created if task.implicit else None), "record_grant")
+        self._granted(event)
         return TokenResponse(token.token, ACCESS_TOKEN_TYPE, "Bearer", ttl, scope, (("task_id", task.id),))
 
     async def issue_task(self, task: Task, scope: Scope, decision: Decision, ctx: FlowContext,
@@ -197,13 +198,19 @@ class ExchangeSteps:
             typ=TASK_TOKEN_JWT_TYPE,
         )
         event = ctx.audit.granted(scope=str(scope), jti=token.jti, task_id=task.id, audience=" ".join(task.audiences))
-        await self.store(self.records.record_task(task, event, presented=presented))
-        _log_granted(event)
+        await self.store(self.records.record_task(task, event, presented=presented), "record_task")
+        self._granted(event)
         return TokenResponse(token.token, TXN_TOKEN_TYPE, "N_A", task.deadline - now, scope, (("task_id", task.id),))
 
-    @staticmethod
-    async def store(awaitable: Awaitable[T]) -> T:
-        """A store call; its failures become the refusal that fits, with nothing issued."""
+    def _granted(self, event: AuditEvent) -> None:
+        """A grant was recorded (with its audit event): logged and counted."""
+        if log.isEnabledFor(logging.INFO):
+            log.info(f"{event.action}.granted", extra={"decision": event.as_dict()})
+        self.observer.decided(event)
+
+    async def store(self, awaitable: Awaitable[T], operation: str) -> T:
+        """A store call (`operation`: its name, for the metrics); its failures become the refusal that fits,
+        with nothing issued."""
         try:
             return await awaitable
         except TaskEnded as exc:  # ended while this request was being decided: nothing was written
@@ -211,7 +218,8 @@ class ExchangeSteps:
         except CredentialRevoked as exc:  # revoked while this request was being decided
             raise InvalidRequest(REVOKED_CREDENTIAL[exc.which]) from exc
         except StoreError as exc:
-            log.error("exchange.store_failed", extra={"error": str(exc)})
+            log.error("exchange.store_failed", extra={"operation": operation, "error": str(exc)})
+            self.observer.store_failed(operation)
             raise TemporarilyUnavailable("the gateway could not reach its store; nothing was issued") from exc
 
 
@@ -261,8 +269,3 @@ def granted(decision: Decision, wanted: Scope) -> Scope:
 
 def union_scopes(resources: Sequence[Resource]) -> Scope:
     return Scope(frozenset().union(*(r.scopes.values for r in resources)))
-
-
-def _log_granted(event: AuditEvent) -> None:
-    if log.isEnabledFor(logging.INFO):
-        log.info(f"{event.action}.granted", extra={"decision": event.as_dict()})

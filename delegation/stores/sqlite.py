@@ -223,6 +223,11 @@ class SqliteStore:
         await self._until_done(_purge(_PURGE_SEEN, now, batch), batch)
         return expired, counts[0]
 
+    async def count_open_tasks(self) -> int:
+        """Counted on the `tasks_open` partial index (a scan of the open tasks only), on the store's thread."""
+        rows = await self._db.read("SELECT count(*) FROM tasks WHERE state = 'open'")
+        return int(rows[0][0])
+
     async def _until_done(self, work: Callable[[sqlite3.Connection], int], batch: int) -> int:
         """Run `work` (one bounded batch, one transaction) until a batch comes back short; the total."""
         total = 0

@@ -141,6 +141,21 @@ async def test_tasks_past_deadline_expire_with_an_audit_event_and_are_purged_aft
     assert (await store.task("live")).state == "open"  # type: ignore[union-attr]
 
 
+async def test_issue8_5_open_tasks_are_counted_without_ended_or_expired_ones(store: Store) -> None:
+    assert await store.count_open_tasks() == 0
+    root = task("root")
+    for t in (root, task("child", parent=root), task("other"), task("late", deadline=NOW + 10)):
+        await record_task(store, t, event("open_task", t.id))
+    implicit = replace(task("implicit"), implicit=True)
+    await store.record_grant(token("j-implicit", "implicit"), event("exchange", "j-implicit"), presented=PRESENTED,
+                             task=implicit)
+    assert await store.count_open_tasks() == 5  # an implicit task is open until its token's end
+    await store.end_tasks(["root"], state="completed", reason="done", now=NOW + 1)
+    assert await store.count_open_tasks() == 3
+    await store.expire_and_purge(now=NOW + 11, retention=100)
+    assert await store.count_open_tasks() == 2
+
+
 async def test_revoking_everything_of_a_trust_domain_spares_other_domains(store: Store) -> None:
     await record_task(store, task("mine"), event("open_task", "mine"))
     await record_task(store, task("theirs", agent="spiffe://example.org.evil/a"), event("open_task", "theirs"))
