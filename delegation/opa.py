@@ -12,7 +12,6 @@ token endpoint answers with 503 `temporarily_unavailable`. A policy that answers
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 from urllib.parse import urlsplit
@@ -51,12 +50,19 @@ class OpaServer:
             await self._client.__aexit__(None, None, None)
 
     async def problem(self) -> str | None:
-        """For /readyz: why OPA cannot decide now (its `GET /health`), or None."""
+        """For /readyz: why OPA cannot decide now, or None. OPA must answer `GET /health` and decide a canary
+        input (`{"action": "readyz"}`: the packaged policy denies it), so a server without the policy loaded,
+        or whose decision path fails, is not ready. The answer names no address (/readyz is public)."""
         if not self._open:
-            return f"policy engine opa: not started ({self.url})"
-        if await self._client.check_health():
-            return None
-        return f"policy engine opa: {self.url}/health does not answer 200"
+            return "policy engine opa: not started"
+        if not await self._client.check_health():
+            log.error("policy.unavailable", extra={"engine": self.engine, "cause": "health", "error": self.url})
+            return "policy engine opa: GET /health does not answer 200"
+        try:
+            await self.decide(PolicyInput({"action": "readyz"}))
+        except PolicyUnavailable as exc:
+            return f"policy engine opa: cannot decide ({exc.cause})"
+        return None
 
     async def decide(self, query: PolicyInput) -> Decision:
         try:
@@ -65,12 +71,14 @@ class OpaServer:
                     body = await self._client.query_rule(query.as_json(), _PACKAGE, _RULE, query_params=_PROVENANCE)
         except TimeoutError as exc:
             raise self._unavailable("timeout", f"no answer within {round(self._timeout_s * 1000)} ms") from exc
+        except aiohttp.ContentTypeError as exc:  # raised by json() on a 2xx whose media type is not JSON
+            raise self._unavailable("malformed", "answered a body that is not application/json") from exc
         except aiohttp.ClientResponseError as exc:
             raise self._unavailable("error", f"answered HTTP {exc.status}") from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise self._unavailable("unreachable", f"unreachable: {type(exc).__name__}: {exc}"[:300]) from exc
-        except (json.JSONDecodeError, ValueError) as exc:  # aiohttp's json() on a body that is not JSON
-            raise self._unavailable("malformed", "answered a body that is not JSON") from exc
+        except (ValueError, RecursionError) as exc:  # not JSON (JSONDecodeError, bad UTF-8), or nested too deep
+            raise self._unavailable("malformed", "answered a body that is not a JSON document") from exc
         return self._decision(body)
 
     def _decision(self, body: Any) -> Decision:

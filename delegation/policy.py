@@ -22,6 +22,7 @@ from token_exchange.user_tokens import VerifiedSubject
 from .tasks import Task
 
 ENTRYPOINT = "deputy/decision"
+MAX_REASONS, MAX_REASON_CHARS, MAX_SCOPES = 32, 1000, 256  # what a decision may hold, audited and logged
 
 
 class PolicyError(Exception):
@@ -76,8 +77,12 @@ class Decision:
         ttl, error = document.get("ttl"), document.get("error")
         if not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons):
             return "policy result reasons is not a list of strings"
+        if len(reasons) > MAX_REASONS or any(len(r) > MAX_REASON_CHARS for r in reasons):
+            return f"policy result reasons exceed {MAX_REASONS} of {MAX_REASON_CHARS} characters"
         if not isinstance(scope, list) or not all(isinstance(s, str) for s in scope):
             return "policy result scope is not a list of strings"
+        if len(scope) > MAX_SCOPES:
+            return f"policy result scope holds more than {MAX_SCOPES} values"
         if ttl is not None and (type(ttl) is not int or ttl <= 0):
             return "policy result ttl is not a positive integer"
         if error is not None and not isinstance(error, str):
