@@ -227,6 +227,9 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
 """Every key of `deputy.toml`, by table (an array of tables by its name)."""
 
 
+_TYPE_NAMES: dict[type, str] = {str: "a string", int: "an integer", bool: "a boolean", list: "a list"}
+
+
 class _Table:
     """One TOML table being read: typed takes, and unknown keys rejected by `done()`, or as soon as a
     required key is missing (a misspelt key is reported as unknown, not as the key it was meant to be)."""
@@ -248,7 +251,7 @@ class _Table:
             return default
         value = self.data[name]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise ConfigError(f"{self.key(name)}: must be a {kind.__name__}")
+            raise ConfigError(f"{self.key(name)}: must be {_TYPE_NAMES.get(kind, kind.__name__)}")
         return value
 
     def positive(self, name: str, default: int) -> int:
@@ -307,6 +310,9 @@ def _url(t: _Table, name: str) -> str:
         raise ConfigError(f"{t.key(name)}: must be an http(s) URL")
     if parts.scheme == "http" and not _is_loopback(parts.hostname):
         raise ConfigError(f"{t.key(name)}: must use https (plain http is allowed on loopback only)")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(f"{t.key(name)}: must not hold a user name or password (it would be logged and sent "
+                          "as a static secret)")
     return value
 
 

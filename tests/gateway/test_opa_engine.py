@@ -218,3 +218,14 @@ def test_policy_push_then_policy_test_pass_the_decision_table_on_the_opa_engine(
 def test_policy_push_refuses_when_opa_is_unreachable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["policy", "push", "--opa", f"http://127.0.0.1:{free_port()}"]) == 2
     assert "cannot reach OPA" in capsys.readouterr().err
+
+
+def test_readyz_is_503_while_opa_answers_health_but_has_no_policy_loaded(tmp_path: Path) -> None:
+    """OPA's /health is 200 before any policy is loaded; a canary decision tells (undefined)."""
+    with running_opa() as opa, opa_gateway(tmp_path, opa.url) as (deployment, source):
+        response = deployment.client.get("/readyz")
+        assert response.status_code == 503
+        assert response.json()["problems"] == ["policy engine opa: cannot decide (undefined)"]
+        assert opa.url.split("//")[1] not in response.text  # /readyz is public: no internal address
+        asyncio.run(_push(opa.url, source))
+        assert deployment.client.get("/readyz").json() == {"status": "ready"}

@@ -27,3 +27,55 @@ def test_issue6_an_unknown_key_is_reported_before_a_missing_one(document: dict[s
     with pytest.raises(ConfigError) as caught:
         parse_settings(document, base=tmp_path)
     assert str(caught.value) == message
+
+
+WORKLOAD = {"issuer": "https://k8s.example.com", "jwks_uri": "https://k8s.example.com/jwks", "kind": "kubernetes"}
+
+
+@pytest.mark.parametrize(("document", "message"), [
+    ({"policy": {"engine": "rego"}}, "policy.engine: must be 'embedded' or 'opa'"),
+    ({"policy": {"engine": "opa", "opa_url": "http://opa.example.com:8181"}},
+     "policy.opa_url: must use https (plain http is allowed on loopback only)"),
+    ({"policy": {"engine": "opa", "opa_url": "http://127.0.0.1:8181/v1/data"}},
+     "policy.opa_url: must be the OPA server's address, without a path (e.g. http://127.0.0.1:8181)"),
+    ({"policy": {"engine": "opa", "opa_url": "https://user:secret@opa.example.com"}},
+     "policy.opa_url: must not hold a user name or password (it would be logged and sent as a static secret)"),
+    ({"policy": {"engine": "opa", "timeout_ms": 0}}, "policy.timeout_ms: must be between 1 and 60000 milliseconds"),
+    ({"policy": {"timeout_ms": "250"}}, "policy.timeout_ms: must be an integer"),
+    ({"attesters": [{"name": "a", "jwks_uri": "https://a.example/j"}, {"name": "a", "jwks_uri": "https://b.example/j"}]},
+     "attesters[1].name: 'a' is configured twice"),
+    ({"attesters": [{"name": "a"}]}, "attesters[0].jwks_file: exactly one of jwks_file or jwks_uri is required"),
+    ({"attesters": [{"name": "a", "jwks_uri": "https://a.example/j", "max_age": 0}]},
+     "attesters[0].max_age: must be a positive number of seconds"),
+    ({"workload_issuers": [{**WORKLOAD, "kind": "spire"}]}, "workload_issuers[0].kind: must be 'kubernetes' or 'oidc'"),
+    ({"workload_issuers": [{**WORKLOAD, "discovery": True}]},
+     "workload_issuers[0].discovery: give discovery = true or a jwks_file or jwks_uri, not both"),
+    ({"workload_issuers": [WORKLOAD, WORKLOAD]}, "workload_issuers[1].issuer: 'https://k8s.example.com' is configured twice"),
+    ({"workload_issuers": [{**WORKLOAD, "issuer": ISSUER["issuer"]}], "subject_issuers": [ISSUER]},
+     "workload_issuers[0].issuer: 'https://idp.example.com' is also a subject issuer; a token must not serve "
+     "both as a user's and as an agent's"),
+    ({"metrics": {"listen": "127.0.0.1:8600"}},
+     "metrics.listen: must differ from listen (metrics are never served on the public port)"),
+    ({"metrics": {"listen": "nowhere"}}, "metrics.listen: must be host:port, e.g. 127.0.0.1:8600"),
+])
+def test_issue8_policy_attester_workload_and_metrics_settings_are_checked(document: dict[str, Any], message: str,
+                                                                         tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(document, base=tmp_path)
+    assert str(caught.value) == message
+
+
+def test_issue8_settings_defaults_and_a_full_opa_configuration(tmp_path: Path) -> None:
+    defaults = parse_settings({}, base=tmp_path)
+    assert (defaults.policy.engine, defaults.policy.timeout_ms, defaults.metrics.listen) == ("embedded", 250, None)
+    assert defaults.audit.decision_log is None and defaults.attesters == () and defaults.workload_issuers == ()
+    settings = parse_settings({"policy": {"engine": "opa", "opa_url": "http://127.0.0.1:8181/", "timeout_ms": 100},
+                               "audit": {"decision_log": "decisions.jsonl"}, "metrics": {"listen": "127.0.0.1:9600"},
+                               "workload_issuers": [{**WORKLOAD, "discovery": False}]}, base=tmp_path)
+    assert (settings.policy.engine, settings.policy.opa_url, settings.policy.timeout_ms) == (
+        "opa", "http://127.0.0.1:8181", 100)
+    assert settings.audit.decision_log == tmp_path / "decisions.jsonl"
+    assert settings.metrics.listen == ("127.0.0.1", 9600)
+    workload = settings.workload_issuers[0]
+    assert (workload.kind, workload.audience, workload.id_claim, workload.discovery) == (
+        "kubernetes", settings.issuer, "sub", False)
