@@ -50,7 +50,8 @@ WORKLOAD = {"issuer": "https://k8s.example.com", "jwks_uri": "https://k8s.exampl
     ({"workload_issuers": [{**WORKLOAD, "kind": "spire"}]}, "workload_issuers[0].kind: must be 'kubernetes' or 'oidc'"),
     ({"workload_issuers": [{**WORKLOAD, "discovery": True}]},
      "workload_issuers[0].discovery: give discovery = true or a jwks_file or jwks_uri, not both"),
-    ({"workload_issuers": [WORKLOAD, WORKLOAD]}, "workload_issuers[1].issuer: 'https://k8s.example.com' is configured twice"),
+    ({"workload_issuers": [WORKLOAD, WORKLOAD]},
+     "workload_issuers[1].issuer: 'https://k8s.example.com' is configured twice"),
     ({"workload_issuers": [{**WORKLOAD, "issuer": ISSUER["issuer"]}], "subject_issuers": [ISSUER]},
      "workload_issuers[0].issuer: 'https://idp.example.com' is also a subject issuer; a token must not serve "
      "both as a user's and as an agent's"),
