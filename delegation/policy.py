@@ -129,6 +129,7 @@ class PolicyInput:
         if parent is not None:
             document["task"] = parent.policy_view()
             document["chain"] = [a.id for a in parent.chain]
+            document["chain_actors"] = [{"id": a.id, "kind": a.kind, "domain": a.domain} for a in parent.chain]
             document["request"]["deadline"] = task.deadline
         return cls(MappingProxyType(document))
 

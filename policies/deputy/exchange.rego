@@ -1,13 +1,15 @@
 # Deputy's packaged policy: which agent may act for which user, with which scopes, for how long.
 #
 # Queried as data.deputy.decision; input and data are described in docs/policy.md.
-# An agent gets only the scopes data.access.grants lists for its SPIFFE ID per resource, and only when
-# the user allows that agent: the user token's may_act names it (RFC 8693 §4.4), or
-# data.access.delegations lists it under the user. A sub-agent needs its delegating agent to list it in
+# An agent gets only the scopes data.access.grants lists for it per resource, and only when the user
+# allows that agent: the user token's may_act names it (RFC 8693 §4.4), or data.access.delegations lists
+# it under the user. Agents are keyed by their SPIFFE ID, or, for a Kubernetes or OIDC workload (whose id
+# is unique only within its issuer), by "<id> at <issuer>". A sub-agent needs its delegating agent to list it in
 # data.access.subagents, grants of its own, and a chain within data.access.max_delegation_depth.
 # Scopes data.access.sensitive marks for a resource are conditional access: granted only to an agent
 # instance whose attested posture (input.actor.posture) runs an image of data.access.posture.images with
-# debug disabled; without one they are dropped and the reasons say so, the other scopes still granted.
+# debug disabled, vouched for by an attester of data.access.posture.attesters; without one they are
+# dropped and the reasons say so, the other scopes still granted.
 #
 # Written for speed: data is looked up by key, never scanned; the granting bodies come first and the
 # reasons for a refusal are only worked out when none of them matched.
@@ -25,7 +27,7 @@ decision := {"allow": true, "scope": granted, "ttl": object.get(data.access, "tt
 	consent
 	granted := [s |
 		some s in input.request.scope
-		s in data.access.grants[input.actor.sub][input.request.audience]
+		s in data.access.grants[actor_key][input.request.audience]
 		not s in held_back
 	]
 	count(granted) > 0
@@ -62,7 +64,7 @@ consent if {
 	object.get(input.actor, "kind", "spiffe") != "spiffe"
 }
 
-consent if input.actor.sub in data.access.delegations[input.subject.iss][input.subject.sub]
+consent if actor_key in data.access.delegations[input.subject.iss][input.subject.sub]
 
 # Within a task the user's consent was checked when it was opened; the gateway has checked that the
 # actor is the task's own agent.
@@ -71,14 +73,21 @@ consent if {
 	input.task.agent == input.actor.sub
 }
 
-delegation_allowed if input.actor.sub in data.access.subagents[input.chain[count(input.chain) - 1]]
+delegation_allowed if actor_key in data.access.subagents[agent_key(input.chain_actors[count(input.chain_actors) - 1])]
+
+# The key of an agent in data.access.
+agent_key(agent) := agent.id if object.get(agent, "kind", "spiffe") == "spiffe"
+
+agent_key(agent) := concat(" at ", [agent.id, agent.domain]) if object.get(agent, "kind", "spiffe") != "spiffe"
+
+actor_key := agent_key(input.actor)
 
 # A task's scopes: those requested that the agent holds at one of the task's resources (each access
 # token minted later is narrowed again to its one resource, and asks for its posture again).
 task_scope := [s |
 	some s in input.request.scope
 	some audience in input.request.audiences
-	s in data.access.grants[input.actor.sub][audience]
+	s in data.access.grants[actor_key][audience]
 	not s in held_back
 ]
 
@@ -89,7 +98,7 @@ needs_posture contains s if {
 	some audience in input.request.audiences
 	some s in data.access.sensitive[audience]
 	s in input.request.scope
-	s in data.access.grants[input.actor.sub][audience]
+	s in data.access.grants[actor_key][audience]
 }
 
 held_back contains s if {
@@ -98,6 +107,7 @@ held_back contains s if {
 }
 
 posture_allowed if {
+	input.actor.posture.attester in data.access.posture.attesters
 	input.actor.posture.claims.image_digest in data.access.posture.images
 	input.actor.posture.claims.dbgstat in debug_disabled
 }
@@ -111,7 +121,7 @@ posture_reasons := [concat("", [s, " needs a fresh attested posture (allowed ima
 
 missing_grant if {
 	some audience in input.request.audiences
-	not data.access.grants[input.actor.sub][audience]
+	not data.access.grants[actor_key][audience]
 }
 
 refusal := refuse("unauthorized_client", "the user has not delegated to this agent") if {

@@ -847,6 +847,7 @@ async def test_deputy_policy_input_for_a_delegation_names_the_parent_and_the_cha
     document = world.last_query()
     assert document["action"] == "delegate"
     assert document["task"]["id"] == parent.task.id and document["chain"] == [AGENT]
+    assert document["chain_actors"] == [{"id": AGENT, "kind": "spiffe", "domain": AGENT.split("/")[2]}]
     assert document["request"]["deadline"] == NOW + 300
     assert document["request"]["audiences"] == [MAIL]
 

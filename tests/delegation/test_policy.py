@@ -35,12 +35,17 @@ def query(action: str = "exchange", *, agent: str = AGENT, user: str = "alice", 
         "action": action,
         "subject": {"iss": "https://idp.example.com", "sub": user, "scope": ["mail.read", "mail.send"],
                     "claims": claims or {}},
-        "actor": {"sub": agent, "trust_domain": "example.org", "claims": {}},
+        "actor": {"id": agent, "kind": "spiffe", "domain": "example.org", "sub": agent, "trust_domain": "example.org",
+                  "claims": {}},
         "request": {"scope": list(scope), "audience": MAIL, "audiences": [MAIL],
                     "requested_token_type": "urn:ietf:params:oauth:token-type:access_token"},
         "now": 1_800_000_000,
         **extra,
     })
+
+
+def spiffe(agent: str) -> dict[str, str]:
+    return {"id": agent, "kind": "spiffe", "domain": "example.org"}
 
 
 async def test_grants_only_listed_scopes_to_a_delegated_agent(engine: EmbeddedRego) -> None:
@@ -60,11 +65,15 @@ async def test_rfc8693_4_4_may_act_names_the_agent(engine: EmbeddedRego) -> None
 async def test_open_task_and_delegation_follow_data(engine: EmbeddedRego) -> None:
     opened = await engine.decide(query("open_task", scope=("mail.read", "mail.send")))
     assert opened.allow and set(opened.scope) == {"mail.read", "mail.send"} and opened.ttl == 3600
-    delegated = await engine.decide(query("delegate", agent=HELPER, chain=[AGENT], task={"agent": AGENT}))
+    delegated = await engine.decide(query("delegate", agent=HELPER, chain=[AGENT], chain_actors=[spiffe(AGENT)],
+                                          task={"agent": AGENT}))
     assert delegated.allow and delegated.scope == ("mail.read",)
-    refused = await engine.decide(query("delegate", agent=AGENT, chain=[HELPER], task={"agent": HELPER}))
+    refused = await engine.decide(query("delegate", agent=AGENT, chain=[HELPER], chain_actors=[spiffe(HELPER)],
+                                        task={"agent": HELPER}))
     assert refused.error == "unauthorized_client"
-    too_deep = await engine.decide(query("delegate", agent=HELPER, chain=["spiffe://x/a", "spiffe://x/b", AGENT]))
+    chain = ["spiffe://x/a", "spiffe://x/b", AGENT]
+    too_deep = await engine.decide(query("delegate", agent=HELPER, chain=chain,
+                                         chain_actors=[spiffe(a) for a in chain]))
     assert too_deep.error == "invalid_request" and "depth" in too_deep.reasons[0]
 
 

@@ -73,7 +73,7 @@ async def test_issue8_4_input_actor_names_the_workload_its_kind_and_its_issuer()
 @pytest.fixture(scope="module")
 def packaged() -> EmbeddedRego:
     source = PolicySource.read(PACKAGED_POLICIES)
-    data = {"access": {"grants": {SA: {NOTES: ["notes.read"]}}, "delegations": {}}}
+    data = {"access": {"grants": {f"{SA} at {CLUSTER_A}": {NOTES: ["notes.read"]}}, "delegations": {}}}
     return EmbeddedRego(PolicySource(source.modules, data, "test"))
 
 

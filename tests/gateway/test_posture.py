@@ -34,9 +34,11 @@ SCOPES = "mail.read mail.send mail.delete"
 
 
 def packaged_data() -> dict[str, Any]:
-    """policies/data.json, with `mail.delete` granted to the summarizer too (a sub-agent in the packaged data)."""
+    """policies/data.json, with `mail.delete` granted to the summarizer too (a sub-agent in the packaged data),
+    and the second attester trusted for posture."""
     data: dict[str, Any] = json.loads((ROOT / "policies" / "data.json").read_text())
     data["access"]["grants"][SUMMARIZER]["https://mail.example.com"].append("mail.delete")
+    data["access"]["posture"]["attesters"].append("remote-attester")
     return data
 
 

@@ -44,18 +44,27 @@ def sa(namespace: str, name: str = "mail") -> str:
     return f"system:serviceaccount:{namespace}:{name}"
 
 
-def policy_data() -> dict[str, Any]:
-    """The test data of the packaged policy, with the service accounts and the GitHub workflow added."""
+def key(agent: str, issuer: str = CLUSTER_A) -> str:
+    """The packaged policy's key for a non-SPIFFE agent: its id is unique only within its issuer."""
+    return f"{agent} at {issuer}"
+
+
+def policy_data(cluster_b: str) -> dict[str, Any]:
+    """The test data of the packaged policy, with the service accounts and the GitHub workflow added (cluster
+    B's service accounts too, except in the namespace "solo", where only cluster A's are granted)."""
     data = json.loads(json.dumps(POLICY_DATA))
     access = next(iter(data.values()))
-    for ns in NAMESPACES:
-        access["grants"][sa(ns)] = {NOTES: ["notes.read", "notes.write"]}
-        access["grants"][sa(ns, "summarizer")] = {NOTES: ["notes.read"]}
-        access["subagents"] = {**access.get("subagents", {}), sa(ns): [sa(ns, "summarizer")]}
-    access["grants"][GH_SUB] = {NOTES: ["notes.read"]}
+    clusters = {ns: [CLUSTER_A, cluster_b] for ns in NAMESPACES} | {"solo": [CLUSTER_A]}
+    for ns, issuers in clusters.items():
+        for issuer in issuers:
+            access["grants"][key(sa(ns), issuer)] = {NOTES: ["notes.read", "notes.write"]}
+            access["grants"][key(sa(ns, "summarizer"), issuer)] = {NOTES: ["notes.read"]}
+            access.setdefault("subagents", {})[key(sa(ns), issuer)] = [key(sa(ns, "summarizer"), issuer)]
+            access["delegations"][IDP]["alice"].append(key(sa(ns), issuer))
+    access["grants"][key(GH_SUB, GITHUB)] = {NOTES: ["notes.read"]}
     access["grants"][MAIL_AGENT][NOTES] = ["notes.read"]
-    access["subagents"][MAIL_AGENT] = [sa("spiffe-parent", "summarizer")]
-    access["delegations"][IDP]["alice"] += [sa(ns) for ns in NAMESPACES] + [GH_SUB]
+    access["subagents"][MAIL_AGENT] = [key(sa("spiffe-parent", "summarizer"))]
+    access["delegations"][IDP]["alice"].append(key(GH_SUB, GITHUB))
     return data
 
 
@@ -156,7 +165,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     discovery.documents["/cluster-b/openid/v1/jwks"] = cluster_b.jwks()
     try:
         with deployed(directory, extra=write_workload_config(directory, cluster_a, cluster_b, github),
-                      policy_files={"data.json": json.dumps(policy_data())}) as deployment:
+                      policy_files={"data.json": json.dumps(policy_data(cluster_b.name))}) as deployment:
             yield Env(deployment, cluster_a, cluster_b, github, discovery)
     finally:
         discovery.close()
@@ -246,6 +255,14 @@ def test_issue8_4_revoke_agent_of_a_workload_issuer_requires_the_issuer(env: Env
     assert "names its own trust domain" in response.json()["error_description"]
     for response in (env.admin("POST", "/admin/revoke", agent=sa("cross"), issuer="line\nbreak"),):
         assert (response.status_code, response.json()["error"]) == (400, "invalid_request")
+
+
+def test_issue8_4_a_same_named_service_account_of_another_cluster_gets_none_of_the_grants(env: Env) -> None:
+    """The packaged policy keys a Kubernetes agent by its id and issuer ("<id> at <issuer>"): the same
+    namespace and name in another cluster is another agent, with grants and consent of its own or none."""
+    ok(env.open_task(env.sa_token(env.cluster_a, "solo")))
+    description = refused(env.open_task(env.sa_token(env.cluster_b, "solo")), "unauthorized_client")
+    assert "policy refused" in description
 
 
 def test_issue8_4_cli_revoke_agent_with_issuer_spares_the_other_cluster(env: Env) -> None:
