@@ -32,7 +32,9 @@ def roots(source: PolicySource) -> list[str]:
         if found is None:
             raise PolicyError(f"{name}: no package declaration")
         packages.add(found[1].replace(".", "/"))
-    return sorted(packages | set(source.data))
+    every = packages | set(source.data)
+    # OPA refuses a manifest whose roots overlap (Bundles › Multiple Sources): `deputy/lib` lies in `deputy`.
+    return sorted(r for r in every if not any(r.startswith(f"{other}/") for other in every))
 
 
 def write_bundle(source: PolicySource, out: Path) -> list[str]:
@@ -69,5 +71,9 @@ async def _put(what: str, call: Awaitable[bool]) -> None:
         await call
     except RegoParseError as exc:
         raise PolicyError(f"{what}: OPA refused it: {exc}") from exc
+    except aiohttp.ClientResponseError as exc:  # e.g. 401/403 from OPA's authorization, or a body not JSON
+        raise PolicyError(f"{what}: OPA answered HTTP {exc.status}: {exc.message}") from exc
     except (aiohttp.ClientError, OSError) as exc:
         raise PolicyError(f"{what}: cannot reach OPA: {type(exc).__name__}: {exc}") from exc
+    except (ValueError, TypeError, AttributeError) as exc:  # the client reading an error body of another shape
+        raise PolicyError(f"{what}: OPA answered something that is not an OPA response: {exc}") from exc

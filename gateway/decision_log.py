@@ -34,9 +34,11 @@ class DecisionLogFile(NoObserver):
     def decided(self, event: AuditEvent) -> None:
         if event.policy_input is None:
             return  # refused before the policy was asked
-        line = json.dumps(decision_log_entry(event), separators=(",", ":")) + "\n"
+        line = (json.dumps(decision_log_entry(event), separators=(",", ":")) + "\n").encode()
         try:
-            os.write(self._fd, line.encode())
+            written = os.write(self._fd, line)
+            while written < len(line):  # a short write (a full disk, a signal): finish the line
+                written += os.write(self._fd, line[written:])
         except OSError as exc:  # a full disk must not fail the exchange: the audit store holds the record
             log.error("decision_log.write_failed", extra={"path": str(self._path), "error": str(exc)})
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -57,7 +58,8 @@ def posture_claims(claims: Mapping[str, Any], depth: int = 0) -> dict[str, Any]:
 
 def _submodules(value: Any, depth: int) -> dict[str, Any]:
     """§4.2.18: named submodules, each a claims-set (kept through the same allow-list) or a nested token
-    ([type, token], kept as given)."""
+    ([type, token]), which Deputy has not verified: the policy gets its type and the SHA-256 of its text,
+    never the token itself (it would reach the audit trail and the decision log)."""
     if not isinstance(value, dict) or not value:
         raise TokenError("submods claim is not a non-empty object (RFC 9711 section 4.2.18)")
     if depth >= MAX_SUBMODULE_DEPTH:
@@ -67,7 +69,8 @@ def _submodules(value: Any, depth: int) -> dict[str, Any]:
         if isinstance(submodule, dict):
             kept[name] = posture_claims(submodule, depth + 1)
         elif _pair(submodule, lambda t: t in NESTED_TOKEN_TYPES, _is_text):
-            kept[name] = submodule
+            kept[name] = {"nested_token": submodule[0],
+                          "sha256": hashlib.sha256(submodule[1].encode()).hexdigest()}
         else:
             raise TokenError("submods claim holds a submodule that is neither a claims-set nor a nested token "
                              "(RFC 9711 section 4.2.18)")

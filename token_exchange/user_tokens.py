@@ -16,7 +16,8 @@ from .keys import ASYMMETRIC_ALGORITHMS, KeySource
 from .scope import Scope
 
 # Explicitly typed JWTs that are never a user's token (RFC 8725 §3.11, §3.12).
-_FOREIGN_TYPES = frozenset({"txntoken+jwt", "dpop+jwt", "application/txntoken+jwt", "application/dpop+jwt"})
+_FOREIGN_TYPES = frozenset({f"{prefix}{typ}" for prefix in ("", "application/") for typ in (
+    "txntoken+jwt", "dpop+jwt", "oauth-client-attestation+jwt", "oauth-client-attestation-pop+jwt")})
 
 
 @dataclass(frozen=True, slots=True)

@@ -99,3 +99,25 @@ def test_policy_bundle_of_a_configured_directory_has_that_directorys_revision(tm
         manifest = json.loads(bundle.extractfile("/.manifest").read())  # type: ignore[union-attr]
     assert manifest["revision"] == PolicySource.read(tmp_path / "mine").revision
     assert manifest["revision"] != PolicySource.read(PACKAGED_POLICIES).revision
+
+
+def test_opa_bundles_roots_do_not_overlap_when_a_policy_has_sub_packages(tmp_path: Path) -> None:
+    """OPA Bundles › Multiple Sources: a manifest's roots must not overlap, so `deputy/lib` folds into `deputy`."""
+    shutil.copytree(PACKAGED_POLICIES, tmp_path / "mine", ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    (tmp_path / "mine" / "deputy" / "lib.rego").write_text("package deputy.lib\n\nimport rego.v1\n\nx := 1\n")
+    (tmp_path / "deputy.toml").write_text('[policy]\ndir = "mine"\n')
+    assert main(["policy", "bundle", str(tmp_path / "b.tar.gz"), "--config", str(tmp_path / "deputy.toml")]) == 0
+    with tarfile.open(tmp_path / "b.tar.gz", "r:gz") as bundle:
+        manifest = json.loads(bundle.extractfile("/.manifest").read())  # type: ignore[union-attr]
+    assert manifest["roots"] == ["access", "deputy"]
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("http://[::1", "--opa: not a URL"),
+    ("http://127.0.0.1:8181/v1/policies", "--opa: must be the OPA server's address, without a path"),
+    ("https://user:pw@opa.example.com", "--opa: must not hold a user name or password"),
+])
+def test_policy_push_checks_the_opa_url_as_the_config_does(url: str, message: str,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["policy", "push", "--opa", url]) == 2
+    assert message in capsys.readouterr().err

@@ -607,3 +607,13 @@ def test_issue2_audit_never_holds_a_token(probe: Probe) -> None:
     probe.refused(d.exchange(subject_token=subject, actor_token=actor), 400, "unauthorized_client")
     text = json.dumps(probe.new_audit())
     assert subject.split(".")[2] not in text and actor.split(".")[2] not in text
+
+
+@pytest.mark.parametrize("typ", ["txntoken+jwt", "dpop+jwt", "oauth-client-attestation+jwt",
+                                 "oauth-client-attestation-pop+jwt", "application/oauth-client-attestation+jwt"])
+def test_rfc8725_3_11_a_token_typed_for_another_use_is_never_a_user_token(probe: Probe, typ: str) -> None:
+    """Explicit typing (RFC 8725 §3.11): a JWT the IdP's keys signed, typed as a task token, a DPoP proof
+    or a client attestation (or its PoP), is refused as subject_token."""
+    d = probe.deployment
+    token = d.idp.sign(d.idp.claims(audience=d.issuer), headers={"typ": typ})
+    probe.refused(d.exchange(subject_token=token), 400, "invalid_request", names="is not a user token")

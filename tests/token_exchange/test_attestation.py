@@ -8,6 +8,7 @@ their bad inputs have no test here yet.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -423,7 +424,8 @@ def test_eat_4_well_formed_claims_pass_and_only_listed_ones_are_kept() -> None:
     }
     kept = posture_claims(claims)
     assert set(kept) == set(claims) - {"cnf", "sub", "vendor_specific"}
-    assert kept["submods"] == {"tee": {"dbgstat": "disabled"}, "se": ["JWT", "a.b.c"]}
+    assert kept["submods"] == {"tee": {"dbgstat": "disabled"},  # a nested token: its type and digest, never itself
+                               "se": {"nested_token": "JWT", "sha256": hashlib.sha256(b"a.b.c").hexdigest()}}
     assert set(kept) <= POSTURE_CLAIMS
 
 
