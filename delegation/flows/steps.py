@@ -141,7 +141,7 @@ class ExchangeSteps:
         """Ask the policy; the decision log (input, result, engine, latency) goes into the audit event.
         An engine that cannot answer is the gateway's fault: 503, nothing issued, the cause audited."""
         engine, started = self.policy.engine, time.perf_counter()
-        ctx.audit.policy_engine, ctx.audit.policy_input = engine, json.dumps(query.as_json(), separators=(",", ":"))
+        ctx.audit.policy_engine, ctx.audit.policy_input = engine, query.as_json_text()
         try:
             decision = await self.policy.decide(query)
         except PolicyUnavailable as exc:
