@@ -19,7 +19,18 @@ import rego.v1
 
 default decision := {"allow": false, "error": "unauthorized_client", "reasons": ["no rule allows this request"]}
 
-decision := {"allow": true, "scope": granted, "ttl": object.get(data.access, "ttl", 300), "reasons": array.concat(
+decision := {"allow": true, "scope": granted, "ttl": object.get(data.access, "ttl", 300), "reasons": [
+	"agent acts for the user; scopes from data.access.grants",
+]} if {
+	input.action == "exchange"
+	not sensitive_requested
+	consent
+	granted := [s |
+		some s in input.request.scope
+		s in data.access.grants[actor_key][input.request.audience]
+	]
+	count(granted) > 0
+} else := {"allow": true, "scope": granted, "ttl": object.get(data.access, "ttl", 300), "reasons": array.concat(
 	["agent acts for the user; scopes from data.access.grants"],
 	posture_reasons,
 )} if {
@@ -54,14 +65,14 @@ decision := {"allow": true, "scope": granted, "ttl": object.get(data.access, "tt
 consent if {
 	input.subject.claims.may_act.sub == input.actor.sub
 	not input.subject.claims.may_act.iss
-	object.get(input.actor, "kind", "spiffe") == "spiffe"
+	input.actor.kind == "spiffe"
 }
 
 # A Kubernetes or OIDC workload's sub is unique only within its issuer: may_act must name both.
 consent if {
 	input.subject.claims.may_act.sub == input.actor.sub
 	input.subject.claims.may_act.iss == input.actor.domain
-	object.get(input.actor, "kind", "spiffe") != "spiffe"
+	input.actor.kind != "spiffe"
 }
 
 consent if actor_key in data.access.delegations[input.subject.iss][input.subject.sub]
@@ -76,11 +87,13 @@ consent if {
 delegation_allowed if actor_key in data.access.subagents[agent_key(input.chain_actors[count(input.chain_actors) - 1])]
 
 # The key of an agent in data.access.
-agent_key(agent) := agent.id if object.get(agent, "kind", "spiffe") == "spiffe"
+agent_key(agent) := agent.id if agent.kind == "spiffe"
 
-agent_key(agent) := concat(" at ", [agent.id, agent.domain]) if object.get(agent, "kind", "spiffe") != "spiffe"
+agent_key(agent) := concat(" at ", [agent.id, agent.domain]) if agent.kind != "spiffe"
 
-actor_key := agent_key(input.actor)
+actor_key := input.actor.id if input.actor.kind == "spiffe"
+
+actor_key := concat(" at ", [input.actor.id, input.actor.domain]) if input.actor.kind != "spiffe"
 
 # A task's scopes: those requested that the agent holds at one of the task's resources (each access
 # token minted later is narrowed again to its one resource, and asks for its posture again).
@@ -94,6 +107,13 @@ task_scope := [s |
 # Conditional access. A requested scope the agent holds at a requested resource that marks it sensitive
 # needs this request's attested posture (the gateway verified it, fresh, for this actor): an image of
 # data.access.posture.images and debug disabled (RFC 9711 dbgstat: any "disabled..." state).
+# The common case, first: no requested scope is sensitive at a requested resource.
+sensitive_requested if {
+	some audience in input.request.audiences
+	some s in data.access.sensitive[audience]
+	s in input.request.scope
+}
+
 needs_posture contains s if {
 	some audience in input.request.audiences
 	some s in data.access.sensitive[audience]
