@@ -106,14 +106,8 @@ task_scope := [s |
 
 # Conditional access. A requested scope the agent holds at a requested resource that marks it sensitive
 # needs this request's attested posture (the gateway verified it, fresh, for this actor): an image of
-# data.access.posture.images and debug disabled (RFC 9711 dbgstat: any "disabled..." state).
-# The common case, first: no requested scope is sensitive at a requested resource.
-sensitive_requested if {
-	some audience in input.request.audiences
-	some s in data.access.sensitive[audience]
-	s in input.request.scope
-}
-
+# data.access.posture.images and debug disabled (RFC 9711 dbgstat: any "disabled..." state), vouched for
+# by an attester of data.access.posture.attesters.
 needs_posture contains s if {
 	some audience in input.request.audiences
 	some s in data.access.sensitive[audience]
@@ -138,6 +132,14 @@ debug_disabled := {"disabled", "disabled-since-boot", "disabled-permanently", "d
 posture_reasons := [concat("", [s, " needs a fresh attested posture (allowed image, debug disabled); dropped"]) |
 	some s in sort(held_back)
 ]
+
+# The common case, decided first by the exchange: no requested scope is sensitive at a requested resource,
+# so none of the posture sets is built.
+sensitive_requested if {
+	some audience in input.request.audiences
+	some s in data.access.sensitive[audience]
+	s in input.request.scope
+}
 
 missing_grant if {
 	some audience in input.request.audiences
