@@ -3,8 +3,10 @@ never an exception that escapes as a 500 or a decision read from an ambiguous bo
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -20,11 +22,19 @@ class Answers:
 
     def __init__(self) -> None:
         self.body, self.status, self.media_type = b"{}", 200, "application/json"
+        self.delay_s, self.in_flight, self.most_in_flight = 0.0, 0, 0
+        self.lock = threading.Lock()
         answers = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("content-length", 0)))
+                with answers.lock:
+                    answers.in_flight += 1
+                    answers.most_in_flight = max(answers.most_in_flight, answers.in_flight)
+                time.sleep(answers.delay_s)
+                with answers.lock:
+                    answers.in_flight -= 1
                 self.send_response(answers.status)
                 self.send_header("content-type", answers.media_type)
                 self.send_header("content-length", str(len(answers.body)))
@@ -99,3 +109,25 @@ async def test_a_well_formed_answer_is_the_decision_with_opas_decision_id(answer
         await engine.stop()
     assert decision.allow and decision.scope == ("mail.read",) and decision.ttl == 60
     assert (decision.decision_id, decision.revision, engine.revision) == ("d-1", "r-7", "r-7")
+
+
+async def test_decisions_in_flight_are_bounded_and_the_wait_counts_against_the_timeout(answers: Answers) -> None:
+    """At most `max_in_flight` calls reach OPA at once; a call waiting for a slot past `timeout_ms` is a
+    timeout like any other, so a slow OPA costs each request at most one timeout."""
+    answers.body, answers.status, answers.media_type = b'{"result": {"allow": false}}', 200, "application/json"
+    answers.delay_s, answers.most_in_flight = 0.2, 0
+    engine = OpaServer(answers.url, timeout_ms=500, max_in_flight=2)
+    await engine.start()
+    try:
+        started = time.monotonic()
+        outcomes = await asyncio.gather(*(engine.decide(PolicyInput({"action": "exchange"})) for _ in range(8)),
+                                        return_exceptions=True)
+        elapsed = time.monotonic() - started
+    finally:
+        await engine.stop()
+        answers.delay_s = 0.0
+    assert answers.most_in_flight == 2
+    decided = [o for o in outcomes if not isinstance(o, BaseException)]
+    timed_out = [o for o in outcomes if isinstance(o, PolicyUnavailable) and o.cause == "timeout"]
+    assert len(decided) + len(timed_out) == 8 and 2 <= len(decided) <= 6 and timed_out
+    assert elapsed < 0.5 + 0.3  # every call ended within its timeout, however many waited
