@@ -210,12 +210,27 @@ BEARER_SCHEME = {
 }
 
 
+ATTESTATION_HEADERS = [
+    {"name": "OAuth-Client-Attestation", "in": "header", "required": False, "schema": {"type": "string"},
+     "description": "A client attestation JWT (typ oauth-client-attestation+jwt) from a configured attester: "
+                    "the agent instance's posture (draft-ietf-oauth-attestation-based-client-auth-10 section 4)."},
+    {"name": "OAuth-Client-Attestation-PoP", "in": "header", "required": False, "schema": {"type": "string"},
+     "description": "Its proof of possession (typ oauth-client-attestation-pop+jwt), signed with the attested "
+                    "instance key, aud the gateway's issuer, a fresh iat and a jti used once (section 5.1)."},
+]
+"""The token endpoint's optional header fields (only read when `[[attesters]]` are configured)."""
+
+
 def documented(body: type[BaseModel] | None, *, summary: str, form_body: type[BaseModel] | None = None,
-               bearer: bool = True, stream: bool = False) -> dict[str, Any]:
-    """Keyword arguments for a route decorator: the 200 body, the refusals, a form body, the security."""
+               bearer: bool = True, stream: bool = False,
+               headers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Keyword arguments for a route decorator: the 200 body, the refusals, a form body, the security,
+    header fields it reads."""
     extra: dict[str, Any] = form(form_body) if form_body is not None else {}
     if bearer:
         extra["security"] = [{"bearer": []}]
+    if headers:
+        extra["parameters"] = headers
     ok: dict[str, Any] = {"description": "Answered"}
     if stream:
         ok["content"] = {"text/event-stream": {"schema": {"type": "string", "description": (

@@ -99,3 +99,10 @@ def test_openapi_real_answers_validate_against_the_documented_bodies(env: Env, d
     refused = env.client.post("/token", data={"grant_type": "password"})
     assert refused.status_code == 400
     openapi.OAuthErrorBody.model_validate(refused.json())
+
+
+def test_openapi_token_documents_the_client_attestation_header_fields(document: dict[str, Any]) -> None:
+    """draft-ietf-oauth-attestation-based-client-auth-10 §13.8: the two header fields /token reads."""
+    parameters = document["paths"]["/token"]["post"]["parameters"]
+    assert {(p["name"], p["in"], p["required"]) for p in parameters} == {
+        ("OAuth-Client-Attestation", "header", False), ("OAuth-Client-Attestation-PoP", "header", False)}
