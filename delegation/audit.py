@@ -78,7 +78,10 @@ class AuditDraft:
         return self._seal("refused", error, self.reasons or (description,))
 
     def _seal(self, outcome: str, error: str | None, reasons: tuple[str, ...]) -> AuditEvent:
-        return AuditEvent(self.decision_id, self.at, self.action, outcome, error, self.agent, self.user_issuer,
-                          self.user_subject, self.audience, self.requested_scope, self.granted_scope, reasons,
-                          self.policy_revision, self.jti, self.task_id, self.agent_domain, self.policy_engine,
-                          self.policy_latency_us, self.policy_input, self.policy_result)
+        facts = {name: getattr(self, name) for name in _DRAFTED}
+        return AuditEvent(outcome=outcome, error=error, reasons=reasons, **facts)
+
+
+_DRAFTED = tuple(name for name in AuditEvent.__dataclass_fields__ if name not in ("outcome", "error", "reasons"))
+"""The event's fields a draft holds under the same names (a field added to one and not the other fails
+the first seal, in every test that audits)."""
