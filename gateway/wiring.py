@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -60,24 +60,22 @@ class Prepared:
 
 def prepare(settings: Settings) -> Prepared:
     """Read every key file and build the policy engine; the first problem raises ConfigError naming its key."""
-    static: dict[str, StaticKeys] = {}
-    for i, issuer in enumerate(settings.subject_issuers):
-        if issuer.jwks.file is not None:
-            key = f"subject_issuers[{i}].jwks_file"
-            static[key] = _read(issuer.jwks, key, ASYMMETRIC_ALGORITHMS, None)
-    for i, domain in enumerate(settings.trust_domains):
-        if domain.bundle.file is not None:
-            key = f"trust_domains[{i}].bundle_file"
-            static[key] = _read(domain.bundle, key, SVID_ALGORITHMS, SVID_KEY_USE)
-    for i, workload in enumerate(settings.workload_issuers):
-        if workload.keys is not None and workload.keys.file is not None:
-            key = f"workload_issuers[{i}].jwks_file"
-            static[key] = _read(workload.keys, key, ASYMMETRIC_ALGORITHMS, None)
-    for i, attester in enumerate(settings.attesters):
-        if attester.keys.file is not None:
-            key = f"attesters[{i}].jwks_file"
-            static[key] = _read(attester.keys, key, ASYMMETRIC_ALGORITHMS, None)
+    static = {key: _read(keyset, key, allowed, use) for key, keyset, allowed, use in key_files(settings)}
     return Prepared(settings, policy_engine(settings.policy), static)
+
+
+def key_files(settings: Settings) -> Iterator[tuple[str, KeySetSettings, frozenset[str], str | None]]:
+    """Every key set configured as a file: its config key, where it is, its algorithms and JWK `use`."""
+    tables: list[tuple[str, str, frozenset[str], str | None, list[KeySetSettings | None]]] = [
+        ("subject_issuers", "jwks_file", ASYMMETRIC_ALGORITHMS, None, [s.jwks for s in settings.subject_issuers]),
+        ("trust_domains", "bundle_file", SVID_ALGORITHMS, SVID_KEY_USE, [d.bundle for d in settings.trust_domains]),
+        ("workload_issuers", "jwks_file", ASYMMETRIC_ALGORITHMS, None, [w.keys for w in settings.workload_issuers]),
+        ("attesters", "jwks_file", ASYMMETRIC_ALGORITHMS, None, [a.keys for a in settings.attesters]),
+    ]
+    for table, name, allowed, use, keysets in tables:
+        for i, keyset in enumerate(keysets):
+            if keyset is not None and keyset.file is not None:
+                yield f"{table}[{i}].{name}", keyset, allowed, use
 
 
 def policy_engine(settings: PolicySettings) -> PolicyEngine:
