@@ -6,13 +6,13 @@ directory of the config file (the working directory when there is none).
 
 from __future__ import annotations
 
-import ipaddress
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import SplitResult, urlsplit
 
+from token_exchange.oidc_discovery import is_loopback
 from token_exchange.scope import Scope
 from token_exchange.signing import SIGNING_ALGORITHMS
 from token_exchange.spiffe import SpiffeId, SpiffeIdError
@@ -284,21 +284,12 @@ def _listen(listen: str, *, key: str = "listen") -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _issuer(issuer: str) -> str:
     """RFC 8414 §2: https, no query or fragment; plain http only on loopback (development)."""
     parts = _split(issuer, "issuer")
     if parts.scheme not in ("https", "http") or not parts.hostname or parts.query or parts.fragment:
         raise ConfigError("issuer: must be an https URL without query or fragment")
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
         raise ConfigError("issuer: must use https (plain http is allowed on loopback only)")
     return issuer
 
@@ -308,7 +299,7 @@ def _url(t: _Table, name: str) -> str:
     parts = _split(value, t.key(name))
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise ConfigError(f"{t.key(name)}: must be an http(s) URL")
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
         raise ConfigError(f"{t.key(name)}: must use https (plain http is allowed on loopback only)")
     if parts.username is not None or parts.password is not None:
         raise ConfigError(f"{t.key(name)}: must not hold a user name or password (it would be logged and sent "

@@ -42,6 +42,7 @@ def configuration_url(issuer: str) -> str:
 
 
 def is_loopback(host: str | None) -> bool:
+    """`localhost` or a loopback address: where plain http is allowed, for development."""
     if host == "localhost":
         return True
     try:
