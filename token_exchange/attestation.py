@@ -23,6 +23,7 @@ from .jws import (
     LEEWAY_S,
     SignedToken,
     TokenError,
+    VerifiedCache,
     check_audience,
     check_claim_values,
     header_algorithm,
@@ -109,6 +110,8 @@ class AttestationVerifier:
         self._issuer = issuer
         self._seen = seen
         self._algorithms = algorithms
+        self._signed: VerifiedCache[tuple[Attester, SignedToken]] = VerifiedCache()  # §9.2: one attestation,
+        # many requests, each with its own PoP: its signature is checked once, its freshness every time
 
     async def verify(self, request: TokenRequest, *, actor: str, client_id: str | None, now: int) -> Posture | None:
         """The posture the request's attestation proves for `actor`, or None when it sends none.
@@ -133,7 +136,8 @@ class AttestationVerifier:
             check_claim_values(claims)
             if header.get("typ") != ATTESTATION_TYP:
                 raise TokenError(f"typ must be {ATTESTATION_TYP} (section 4)")
-            attester, signed = await self._signed_by_attester(token, header)
+            attester, signed = await self._signed.get(token, now=now,
+                                                      verify=lambda: self._signed_by_attester(token, header))
             issued_at, expires_at = _fresh(signed.claims, attester, now=now)
             sub = string_claim(signed.claims, "sub")
             if sub != actor:  # §4: sub is the client_id; Deputy's client is the agent the actor_token proved
@@ -148,14 +152,17 @@ class AttestationVerifier:
             raise attestation_rejected(str(exc)) from exc
         return _Attested(posture, key, key_thumbprint)
 
-    async def _signed_by_attester(self, token: str, header: Mapping[str, Any]) -> tuple[Attester, SignedToken]:
+    async def _signed_by_attester(self, token: str, header: Mapping[str, Any]
+                                  ) -> tuple[Any, tuple[Attester, SignedToken]]:
         """§7.1 item 4: the signature verifies with a key of a configured attester, found by `kid` in their
         key sets (in configuration order); no claim chooses the attester (an `iss` selects nothing), and
-        `jku`, `x5u`, `x5c`, `jwk` headers are refused, never fetched (RFC 8725 §3.10)."""
+        `jku`, `x5u`, `x5c`, `jwk` headers are refused, never fetched (RFC 8725 §3.10). Gives the token's
+        `exp` and (attester, proof), for the cache."""
         problem: TokenError | None = None
         for attester in self._attesters:
             try:
-                return attester, await verify_signature(token, header, attester.keys, allowed=self._algorithms)
+                signed = await verify_signature(token, header, attester.keys, allowed=self._algorithms)
+                return signed.claims.get("exp"), (attester, signed)
             except TokenError as exc:
                 if not isinstance(exc.__cause__, UnknownKey):
                     problem = problem or exc

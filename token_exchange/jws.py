@@ -13,15 +13,17 @@ import json
 import math
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import jwt
 
 from .errors import shown
 from .keys import KeyLookupError, KeySource, VerificationKey
+
+T = TypeVar("T")
 
 MAX_TOKEN_BYTES = 16 * 1024
 LEEWAY_S = 30
@@ -266,32 +268,48 @@ KeyChoice = Callable[[Mapping[str, Any], Mapping[str, Any]], tuple[KeySource, fr
 raises TokenError when the token cannot be of the expected kind."""
 
 
-class SignatureCache:
-    """Verified signatures by token digest, kept until the token expires (bounded, oldest dropped first).
-
-    It caches the proof, not the verdict: time, audience and revocation checks still run on every use.
-    """
+class VerifiedCache(Generic[T]):
+    """What verifying a token proved, by the token's digest, kept until the token expires (bounded, oldest
+    dropped first). It caches the proof, not the verdict: time, audience and revocation checks still run
+    on every use."""
 
     def __init__(self, max_entries: int = 50_000) -> None:
-        self._entries: OrderedDict[bytes, tuple[int, SignedToken]] = OrderedDict()
+        self._entries: OrderedDict[bytes, tuple[int, T]] = OrderedDict()
         self._max = max_entries
 
-    async def verified(self, token: str, *, now: int, choose: KeyChoice) -> SignedToken:
-        """The token's verified signature: from the cache while the token is unexpired, else checked
-        with the keys `choose` picks from the unverified header and claims (RFC 8725 §3.1, §3.8), whose
-        values `check_claim_values` has accepted first; so a cached proof covers them too."""
+    async def get(self, token: str, *, now: int, verify: Callable[[], Awaitable[tuple[Any, T]]]) -> T:
+        """The cached proof of `token` while it is unexpired, else `verify()`'s, which gives the token's `exp`
+        (kept only when an integer) and the proof."""
         digest = hashlib.sha256(token.encode()).digest()
         entry = self._entries.get(digest)
         if entry is not None:
             if entry[0] + LEEWAY_S > now:
                 return entry[1]
             del self._entries[digest]
-        header, claims = unverified_parts(token)
-        check_claim_values(claims)  # before they choose the key (RFC 8725 §3.10); the same bytes are signed
-        keys, allowed = choose(header, claims)
-        signed = await verify_signature(token, header, keys, allowed=allowed)
-        if type(exp := signed.claims.get("exp")) is int:
-            self._entries[digest] = (exp, signed)
+        exp, proof = await verify()
+        if type(exp) is int:
+            self._entries[digest] = (exp, proof)
             if len(self._entries) > self._max:
                 self._entries.popitem(last=False)
-        return signed
+        return proof
+
+
+class SignatureCache:
+    """Verified signatures of tokens whose keys a `KeyChoice` picks, cached in a `VerifiedCache`."""
+
+    def __init__(self, max_entries: int = 50_000) -> None:
+        self._cache: VerifiedCache[SignedToken] = VerifiedCache(max_entries)
+
+    async def verified(self, token: str, *, now: int, choose: KeyChoice) -> SignedToken:
+        """The token's verified signature: from the cache while the token is unexpired, else checked
+        with the keys `choose` picks from the unverified header and claims (RFC 8725 §3.1, §3.8), whose
+        values `check_claim_values` has accepted first; so a cached proof covers them too."""
+
+        async def verify() -> tuple[Any, SignedToken]:
+            header, claims = unverified_parts(token)
+            check_claim_values(claims)  # before they choose the key (RFC 8725 §3.10); the same bytes are signed
+            keys, allowed = choose(header, claims)
+            signed = await verify_signature(token, header, keys, allowed=allowed)
+            return signed.claims.get("exp"), signed
+
+        return await self._cache.get(token, now=now, verify=verify)

@@ -446,3 +446,30 @@ def test_abca_the_instance_key_is_bound_to_one_algorithm() -> None:
     key = SigningKey.generate("ES256")
     bound = bind_key({k: v for k, v in key.public_jwk.items() if k != "alg"}, "cnf.jwk", "ES256")
     assert isinstance(bound, VerificationKey) and bound.algorithm == "ES256"
+
+
+class CountingKeys(StaticKeys):
+    """StaticKeys that count how often a key is looked up (one lookup per signature check)."""
+
+    def __init__(self, *signing: SigningKey) -> None:
+        super().__init__({k.kid: bind_key(k.public_jwk, k.kid, k.algorithm) for k in signing})
+        self.lookups = 0
+
+    async def key_for(self, kid: str) -> VerificationKey:
+        self.lookups += 1
+        return await super().key_for(kid)
+
+
+async def test_abca_9_2_an_attestation_reused_with_fresh_pops_is_verified_once(instance: AgentInstance,
+                                                                              seen: MemorySeen) -> None:
+    """§9.2: one attestation serves many requests, each with a fresh PoP. Its signature is checked once and
+    cached until its `exp`; its freshness (`max_age`) and every PoP are checked on each request."""
+    keys = CountingKeys(instance.attester)
+    verifier = AttestationVerifier([Attester("node-attester", keys, max_age=120)], issuer=ISSUER, seen=seen)
+    attestation = instance.attestation()
+    for _ in range(3):
+        assert await verify(verifier, instance, attestation, instance.pop()) is not None
+    assert keys.lookups == 1 and seen.asked == 3
+    later = Instance(attester=instance.attester, key=instance.key, now=instance.time() + 200)  # past max_age
+    with pytest.raises(UseFreshAttestation):
+        await verify(verifier, later, attestation, later.pop())
