@@ -34,7 +34,7 @@ class DecisionLogFile(NoObserver):
     def decided(self, event: AuditEvent) -> None:
         if event.policy_input is None:
             return  # refused before the policy was asked
-        line = (json.dumps(decision_log_entry(event), separators=(",", ":")) + "\n").encode()
+        line = decision_log_line(event)
         try:
             written = os.write(self._fd, line)
             while written < len(line):  # a short write (a full disk, a signal): finish the line
@@ -46,21 +46,22 @@ class DecisionLogFile(NoObserver):
         os.close(self._fd)
 
 
-def decision_log_entry(event: AuditEvent) -> dict[str, Any]:
-    plain = event.as_dict()
+def decision_log_line(event: AuditEvent) -> bytes:
+    """One JSON line; the input and result are the audit event's JSON text as it is, not parsed and
+    written again."""
     entry: dict[str, Any] = {
         "decision_id": event.decision_id,
         "labels": {"app": "deputy", "engine": event.policy_engine},
         "path": ENTRYPOINT,
-        "input": plain["policy_input"],
         "timestamp": datetime.fromtimestamp(event.at, UTC).isoformat().replace("+00:00", "Z"),
         "outcome": event.outcome,
         "error": event.error,
     }
-    if plain["policy_result"] is not None:
-        entry["result"] = plain["policy_result"]
     if event.policy_latency_us is not None:
         entry["metrics"] = {"timer_policy_decision_ns": event.policy_latency_us * 1000}
     if event.policy_revision:
         entry["bundles"] = {"deputy": {"revision": event.policy_revision}}
-    return entry
+    documents = f',"input":{event.policy_input}' if event.policy_input is not None else ""
+    if event.policy_result is not None:
+        documents += f',"result":{event.policy_result}'
+    return (json.dumps(entry, separators=(",", ":"))[:-1] + documents + "}\n").encode()
