@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .settings import ConfigError, load_settings, parse_settings
+from .settings import ConfigError, load_settings, opa_address
 
 if TYPE_CHECKING:
     from delegation.policy import PolicyEngine, PolicySource
@@ -88,7 +88,7 @@ def _push(args: argparse.Namespace) -> int:
     from delegation.opa_bundle import push
 
     source = _source(args)
-    url = _opa_url(args.opa) if args.opa else load_settings(args.config).policy.opa_url
+    url = opa_address(args.opa, key="--opa") if args.opa else load_settings(args.config).policy.opa_url
 
     async def run() -> list[str]:
         async with opa_client(url, timeout_s=PUSH_TIMEOUT_S) as client:
@@ -97,14 +97,6 @@ def _push(args: argparse.Namespace) -> int:
     loaded = _policy_call(lambda: asyncio.run(run()))
     print(f"pushed revision {source.revision} to {url}: {', '.join(loaded)}")
     return 0
-
-
-def _opa_url(text: str) -> str:
-    """`--opa`: checked as `[policy] opa_url` is."""
-    try:
-        return parse_settings({"policy": {"opa_url": text}}, base=Path.cwd()).policy.opa_url
-    except ConfigError as exc:
-        raise ConfigError(str(exc).replace("policy.opa_url", "--opa", 1)) from exc
 
 
 def _engine(args: argparse.Namespace) -> PolicyEngine:

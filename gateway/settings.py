@@ -295,16 +295,28 @@ def _issuer(issuer: str) -> str:
 
 
 def _url(t: _Table, name: str) -> str:
-    value = t.take(name, str)
-    parts = _split(value, t.key(name))
+    return checked_url(t.take(name, str), key=t.key(name))
+
+
+def checked_url(value: str, *, key: str) -> str:
+    """An http(s) URL: https except on loopback, without a user name or password; ConfigError names `key`."""
+    parts = _split(value, key)
     if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise ConfigError(f"{t.key(name)}: must be an http(s) URL")
+        raise ConfigError(f"{key}: must be an http(s) URL")
     if parts.scheme == "http" and not is_loopback(parts.hostname):
-        raise ConfigError(f"{t.key(name)}: must use https (plain http is allowed on loopback only)")
+        raise ConfigError(f"{key}: must use https (plain http is allowed on loopback only)")
     if parts.username is not None or parts.password is not None:
-        raise ConfigError(f"{t.key(name)}: must not hold a user name or password (it would be logged and sent "
+        raise ConfigError(f"{key}: must not hold a user name or password (it would be logged and sent "
                           "as a static secret)")
     return value
+
+
+def opa_address(value: str, *, key: str) -> str:
+    """An OPA server's address (`[policy] opa_url`, `deputy policy push --opa`): a checked URL, no path."""
+    address = checked_url(value, key=key).rstrip("/")
+    if urlsplit(address).path or urlsplit(address).query:
+        raise ConfigError(f"{key}: must be the OPA server's address, without a path (e.g. http://127.0.0.1:8181)")
+    return address
 
 
 def _split(url: str, key: str) -> SplitResult:
@@ -330,9 +342,8 @@ def _policy(t: _Table) -> PolicySettings:
     if engine not in ("embedded", "opa"):
         raise ConfigError("policy.engine: must be 'embedded' or 'opa'")
     directory = t.path("dir", "") if "dir" in t.data else None
-    opa_url = _url(t, "opa_url").rstrip("/") if "opa_url" in t.data else "http://127.0.0.1:8181"
-    if urlsplit(opa_url).path or urlsplit(opa_url).query:
-        raise ConfigError("policy.opa_url: must be the OPA server's address, without a path (e.g. http://127.0.0.1:8181)")
+    opa_url = opa_address(t.take("opa_url", str), key="policy.opa_url") if "opa_url" in t.data \
+        else "http://127.0.0.1:8181"
     timeout_ms = t.take("timeout_ms", int, 250)
     if not 0 < timeout_ms <= 60_000:
         raise ConfigError("policy.timeout_ms: must be between 1 and 60000 milliseconds")
