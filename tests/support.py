@@ -125,7 +125,8 @@ class TrustDomain(Issuer):
 
 
 class JwksServer:
-    """Serves JSON documents by path on loopback; documents can be changed while it runs."""
+    """Serves JSON documents by path on loopback (a `bytes` document as it is, for bodies that are not JSON);
+    documents can be changed while it runs."""
 
     def __init__(self) -> None:
         self.documents: dict[str, Any] = {}
@@ -138,7 +139,8 @@ class JwksServer:
                 if self.path not in documents:
                     self.send_error(404)
                     return
-                body = json.dumps(documents[self.path]).encode()
+                document = documents[self.path]
+                body = document if isinstance(document, bytes) else json.dumps(document).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))

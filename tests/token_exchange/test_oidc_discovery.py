@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import ssl
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx2
 import pytest
 
 from tests.support import JwksServer, compact, signer_for
+from tests.token_exchange.conftest import T0, FakeClock
 from token_exchange.jws import TokenError
 from token_exchange.keys import ASYMMETRIC_ALGORITHMS, KeySetUnavailable, UnknownKey, parse_key_set
 from token_exchange.oidc_discovery import (
@@ -30,32 +29,7 @@ from token_exchange.signing import SigningKey
 from token_exchange.workload_tokens import WorkloadIssuer, WorkloadTokenVerifier
 
 NOW = 1_800_000_000
-T0 = 1000.0
 DEPUTY = "https://deputy.example.com"
-TLS = ssl.create_default_context()
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[JwksServer]:
-    running = JwksServer()
-    yield running
-    running.close()
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx2.AsyncClient]:
-    async with httpx2.AsyncClient(timeout=5.0, follow_redirects=False, verify=TLS) as http:
-        yield http
-
-
 _clusters = itertools.count()
 
 

@@ -13,11 +13,8 @@ import functools
 import gc
 import json
 import sqlite3
-import ssl
-import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +29,7 @@ from gateway.settings import load_settings
 from gateway.wiring import prepare
 from tests.conftest import MAIL, Setup, make_setup
 from tests.support import ACCESS_TOKEN, GRANT, JWT, RFC6749_CHARSET, JwksServer, TrustDomain, free_port
+from tests.token_exchange.conftest import T0, FakeClock
 from token_exchange.jws import TokenError, unverified_parts, verify_signature
 from token_exchange.keys import (
     ASYMMETRIC_ALGORITHMS,
@@ -45,67 +43,6 @@ from token_exchange.keys import (
     parse_key_set,
 )
 from token_exchange.signing import SigningKey
-
-T0 = 1000.0
-TLS = ssl.create_default_context()  # made once: each client would otherwise load the CA store again
-
-
-class FakeClock:
-    """A monotonic clock that moves only when told to."""
-
-    def __init__(self, start: float = T0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class RawServer:
-    """Serves fixed raw bodies by path on loopback: the bodies JwksServer cannot make (not JSON at all)."""
-
-    def __init__(self) -> None:
-        self.bodies: dict[str, bytes] = {}
-        bodies = self.bodies
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = bodies.get(self.path, b"")
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[JwksServer]:
-    running = JwksServer()
-    yield running
-    running.close()
-
-
-@pytest.fixture(scope="module")
-def raw_server() -> Iterator[RawServer]:
-    running = RawServer()
-    yield running
-    running.close()
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx2.AsyncClient]:
-    async with httpx2.AsyncClient(timeout=5.0, follow_redirects=False, verify=TLS) as http:
-        yield http
 
 
 @pytest.fixture(scope="module")
@@ -290,18 +227,18 @@ async def test_deputy_a_key_set_of_exactly_max_jwks_bytes_is_read(
     (b'{"keys": [', "JSONDecodeError"), (b"123" * 2000, "ValueError"),  # a number past the int digit limit
 ], ids=["empty", "html", "not_utf8", "truncated", "huge_number"])
 async def test_deputy_a_body_that_is_not_json_is_unavailable(
-        raw_server: RawServer, client: httpx2.AsyncClient, body: bytes, error: str) -> None:
+        server: JwksServer, client: httpx2.AsyncClient, body: bytes, error: str) -> None:
     path = f"/raw/{next(_paths)}"
-    raw_server.bodies[path] = body
+    server.documents[path] = body
     with pytest.raises(KeySetUnavailable, match=f"unavailable: {error}$"):
-        await remote(raw_server.url + path, client, FakeClock()).key_for("any")
+        await remote(server.url + path, client, FakeClock()).key_for("any")
 
 
-async def test_deputy_a_deeply_nested_body_is_unavailable(raw_server: RawServer, client: httpx2.AsyncClient) -> None:
+async def test_deputy_a_deeply_nested_body_is_unavailable(server: JwksServer, client: httpx2.AsyncClient) -> None:
     path = f"/raw/{next(_paths)}"
-    raw_server.bodies[path] = b'{"keys": ' + b"[" * 10_000 + b"]" * 10_000 + b"}"
+    server.documents[path] = b'{"keys": ' + b"[" * 10_000 + b"]" * 10_000 + b"}"
     with pytest.raises(KeySetUnavailable):
-        await remote(raw_server.url + path, client, FakeClock()).key_for("any")
+        await remote(server.url + path, client, FakeClock()).key_for("any")
 
 
 async def test_deputy_an_unreachable_key_set_is_unavailable(client: httpx2.AsyncClient) -> None:
