@@ -230,6 +230,8 @@ def _json(name: str, text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise PolicyError(f"{name}: not JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise PolicyError(f"{name}: JSON nested too deeply to read") from exc
 
 
 def _merge_data(data: dict[str, Any], parts: tuple[str, ...], value: Any) -> None:

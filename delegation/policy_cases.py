@@ -52,6 +52,8 @@ def _read_file(path: Path) -> list[PolicyCase]:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PolicyError(f"{path.name}: {exc}") from exc
+    except RecursionError as exc:
+        raise PolicyError(f"{path.name}: JSON nested too deeply to read") from exc
     if not isinstance(document, list):
         raise PolicyError(f"{path.name}: must be a JSON list of cases")
     return [_case(path.name, i, item) for i, item in enumerate(document)]

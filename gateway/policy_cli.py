@@ -141,6 +141,8 @@ def _read_json(path: Path) -> dict[str, Any]:
         document = json.loads(text)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"--input: {path}: {exc}") from exc
+    except RecursionError as exc:
+        raise ConfigError(f"--input: {path}: JSON nested too deeply to read") from exc
     if not isinstance(document, dict):
         raise ConfigError(f"--input: {path}: the input document must be a JSON object")
     return document

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -61,7 +62,18 @@ class Prepared:
 def prepare(settings: Settings) -> Prepared:
     """Read every key file and build the policy engine; the first problem raises ConfigError naming its key."""
     static = {key: _read(keyset, key, allowed, use) for key, keyset, allowed, use in key_files(settings)}
+    if settings.audit.decision_log is not None:
+        _check_writable(settings.audit.decision_log)
     return Prepared(settings, policy_engine(settings.policy), static)
+
+
+def _check_writable(decision_log: Path) -> None:
+    """`[audit] decision_log` opens (each worker opens its own at start-up): a path that cannot is a config
+    error naming the key, before any worker starts."""
+    try:
+        DecisionLogFile(decision_log).close()
+    except OSError as exc:
+        raise ConfigError(f"audit.decision_log: cannot open {decision_log}: {exc.strerror or exc}") from exc
 
 
 def key_files(settings: Settings) -> Iterator[tuple[str, KeySetSettings, frozenset[str], str | None]]:

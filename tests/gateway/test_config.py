@@ -81,10 +81,12 @@ def _write(name: str, content: bytes | str, then: Edit | None = None) -> Edit:
     return edit
 
 
-def _policy(rego: str) -> Edit:
+def _policy(rego: str, *, data: str | None = None) -> Edit:
     def edit(text: str, directory: Path) -> str:
         (directory / "bad-policy" / "deputy").mkdir(parents=True)
         (directory / "bad-policy" / "deputy" / "x.rego").write_text(rego)
+        if data is not None:
+            (directory / "bad-policy" / "data.json").write_text(data)
         return text + '\n[policy]\ndir = "bad-policy"\n'
     return edit
 
@@ -177,6 +179,10 @@ CASES = [
          "policy.dir", "unclosed"),
     Case("policy_that_is_not_rego", _policy("this is not rego\n"), "policy.dir", "x.rego"),
     Case("policy_engine_unknown", _append('\n[policy]\nengine = "magic"\n'), "policy.engine"),
+    Case("policy_data_nested_too_deeply", _policy("package deputy\n", data="[" * 100_000 + "]" * 100_000),
+         "policy.dir", "data.json"),
+    Case("decision_log_cannot_open", _append('\n[audit]\ndecision_log = "/proc/no-such-dir/decisions.jsonl"\n'),
+         "audit.decision_log", "cannot open"),
     Case("store_url_not_sqlite", _append('\n[store]\nurl = "postgres://db/deputy"\n'), "store.url"),
     Case("not_toml", _append("this is = = not toml\n"), "deputy.toml", "TOML"),
     Case("not_utf8", _whole(b'listen = "127.0.0.1:8600"\nissuer = "\xff"\n'), "deputy.toml"),

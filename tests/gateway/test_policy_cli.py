@@ -121,3 +121,15 @@ def test_policy_push_checks_the_opa_url_as_the_config_does(url: str, message: st
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["policy", "push", "--opa", url]) == 2
     assert message in capsys.readouterr().err
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+def test_policy_test_and_eval_refuse_json_nested_too_deeply_in_one_line(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "deep.json").write_text(DEEP)
+    assert main(["policy", "test", str(tmp_path)]) == 2
+    assert main(["policy", "eval", "--input", str(tmp_path / "deep.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("JSON nested too deeply to read") == 2 and "Traceback" not in err
