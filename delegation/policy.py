@@ -219,13 +219,14 @@ class PolicySource:
             if path.suffix == ".rego":
                 modules[relative] = text
             else:
-                _merge_data(data, path.parent.relative_to(directory).parts, _json(relative, text))
+                _merge_data(data, path.parent.relative_to(directory).parts, json_document(relative, text))
         if not modules:
             raise PolicyError(f"{directory} holds no .rego module")
         return cls(modules, data, digest.hexdigest()[:12])
 
 
-def _json(name: str, text: str) -> Any:
+def json_document(name: str, text: str) -> Any:
+    """`text` parsed as JSON; PolicyError names `name` (and never lets a deep nesting become a traceback)."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:

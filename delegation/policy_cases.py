@@ -7,13 +7,12 @@ configured engine, so a policy change is checked on the engine that will decide 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .policy import Decision, PolicyEngine, PolicyError, PolicyInput, PolicyUnavailable
+from .policy import Decision, PolicyEngine, PolicyError, PolicyInput, PolicyUnavailable, json_document
 
 EXPECTED_KEYS = frozenset({"allow", "scope", "error", "ttl"})
 
@@ -49,11 +48,10 @@ def read_cases(directory: Path) -> list[PolicyCase]:
 
 def _read_file(path: Path) -> list[PolicyCase]:
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
         raise PolicyError(f"{path.name}: {exc}") from exc
-    except RecursionError as exc:
-        raise PolicyError(f"{path.name}: JSON nested too deeply to read") from exc
+    document = json_document(path.name, text)
     if not isinstance(document, list):
         raise PolicyError(f"{path.name}: must be a JSON list of cases")
     return [_case(path.name, i, item) for i, item in enumerate(document)]

@@ -136,13 +136,13 @@ def _policy_call(work: Callable[[], T]) -> T:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    from delegation.policy import PolicyError, json_document
+
     try:
         text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
-        document = json.loads(text)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"--input: {path}: {exc}") from exc
-    except RecursionError as exc:
-        raise ConfigError(f"--input: {path}: JSON nested too deeply to read") from exc
+        document = json_document(str(path), text)
+    except (OSError, UnicodeDecodeError, PolicyError) as exc:
+        raise ConfigError(f"--input: {exc}") from exc
     if not isinstance(document, dict):
         raise ConfigError(f"--input: {path}: the input document must be a JSON object")
     return document
