@@ -16,7 +16,7 @@ from token_exchange.single_use import SingleUse
 
 from .audit import AuditEvent
 from .records import CredentialRevoked, IssuedTokenRecord, Party, Presented, barred
-from .tasks import Revocation, Task
+from .tasks import SYSTEM, Revocation, Task
 
 
 class TokenState(NamedTuple):
@@ -118,15 +118,19 @@ class TaskEnding(Protocol):
     async def token(self, jti: str) -> TokenState | None: ...
 
     async def end_tasks(self, roots: Sequence[str], *, state: str, reason: str, now: int,
-                        event: AuditEvent | None = None) -> Revocation | None: ...
+                        event: AuditEvent | None = None, initiator: str = SYSTEM) -> Revocation | None:
+        """End the open tasks among `roots` and all their open descendants; the event's `tasks` name each
+        with its user and its cause (the root it was reached from)."""
+        ...
 
     async def end_matching(self, party: Party, *, reason: str, now: int,
                            event: AuditEvent | None = None) -> Revocation | None:
-        """Revoke every open task of the party and record its cutoff (see `Credentials`)."""
+        """Revoke every open task of the party and record its cutoff (see `Credentials`); the event names
+        `party`, initiated by ADMIN."""
         ...
 
-    async def revoke_token(self, jti: str, *, reason: str, now: int, event: AuditEvent | None = None
-                           ) -> Revocation | None: ...
+    async def revoke_token(self, jti: str, *, reason: str, now: int, event: AuditEvent | None = None,
+                           initiator: str = SYSTEM) -> Revocation | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,5 +188,128 @@ class Maintenance(Protocol):
     async def close(self) -> None: ...
 
 
-class Store(TaskRecords, AuditLog, TaskEnding, RevocationFeed, AdminViews, Maintenance, SingleUse, Protocol):
+POLL, PUSH = "urn:ietf:rfc:8936", "urn:ietf:rfc:8935"
+"""SSF 1.0 §6.1 delivery methods: RFC 8936 poll, RFC 8935 push."""
+ENABLED, PAUSED, DISABLED = "enabled", "paused", "disabled"
+
+
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """An SSF event stream (SSF 1.0 §8.1.1) to one receiver: a resource server's client, whose SETs carry
+    its resources' audiences as `aud`. `cursor` is the revocation feed position its SETs were made up to."""
+
+    id: str
+    client: str  # the receiver: the SPIFFE ID that created the stream (a client of its resources)
+    audiences: tuple[str, ...]
+    delivery: str  # POLL or PUSH
+    endpoint_url: str | None  # push: the receiver's endpoint; poll: None (the transmitter's, by stream id)
+    authorization_header: str | None  # push: sent with every push (SSF §6.1.1)
+    events_requested: tuple[str, ...]
+    events_delivered: tuple[str, ...]
+    description: str | None
+    status: str  # ENABLED, PAUSED or DISABLED
+    reason: str | None
+    cursor: int
+    created_at: int
+    touched_at: int  # the last management call or poll (for `inactivity_timeout`)
+    verified_at: int | None = None  # the last verification request (for `min_verification_interval`)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingSet:
+    """A signed SET waiting for its receiver's acknowledgement (RFC 8936 §2.4) or a successful push."""
+
+    jti: str
+    token: str
+
+
+class EventStreams(Protocol):
+    """SSF streams and the SETs queued on them, shared by every worker and replica. SETs are made from the
+    revocation feed (`revocations`) by whoever gets to a stream first: `advance_stream` queues them only
+    if no other process moved the stream's cursor meanwhile."""
+
+    async def create_stream(self, stream: Stream) -> None: ...
+
+    async def stream(self, stream_id: str) -> Stream | None: ...
+
+    async def streams_of(self, client: str) -> list[Stream]: ...
+
+    async def push_streams(self) -> list[Stream]:
+        """The enabled push streams that have SETs queued."""
+        ...
+
+    async def update_stream(self, stream: Stream) -> bool:
+        """Write every field but `id`, `client`, `audiences`, `cursor` and `created_at`; False if it is gone."""
+        ...
+
+    async def delete_stream(self, stream_id: str) -> bool:
+        """The stream and its queued SETs; False if it was already gone."""
+        ...
+
+    async def touch_stream(self, stream_id: str, now: int) -> None: ...
+
+    async def advance_stream(self, stream_id: str, *, from_cursor: int, to_cursor: int,
+                             sets: Sequence[PendingSet]) -> bool:
+        """Queue `sets` and move the cursor to `to_cursor`, in one transaction, only if the cursor is still
+        `from_cursor`; False (nothing written) when another process advanced it first."""
+        ...
+
+    async def enqueue_sets(self, stream_id: str, sets: Sequence[PendingSet]) -> bool:
+        """Queue SETs that come from no feed event (verification, stream-updated); False if it is gone."""
+        ...
+
+    async def clear_stream(self, stream_id: str, *, cursor: int) -> None:
+        """Drop every queued SET and move the cursor to at least `cursor` (a disabled stream holds nothing)."""
+        ...
+
+    async def pending_sets(self, stream_id: str, limit: int) -> tuple[list[PendingSet], bool]:
+        """The oldest `limit` queued SETs, oldest first, and whether more are queued."""
+        ...
+
+    async def acknowledge(self, stream_id: str, jtis: Sequence[str]) -> int:
+        """Drop these queued SETs of the stream (unknown jtis are ignored); how many were dropped."""
+        ...
+
+    async def drop_inactive_streams(self, touched_before: int) -> int:
+        """Delete the streams (and their SETs) last touched before `touched_before`; how many."""
+        ...
+
+    async def wait_for_events(self, timeout: float) -> None:
+        """Return when a revocation or queued SET may have been committed: at once for this process's own
+        commits and (PostgreSQL) other replicas' notifications, else after at most `timeout` seconds.
+        Spurious returns are allowed; callers look again."""
+        ...
+
+
+class SealedRing(NamedTuple):
+    version: int
+    sealed: bytes
+
+
+class KeyRecords(Protocol):
+    """The signing key ring kept in the store, sealed (encrypted) by the caller, so every replica signs with
+    the same keys; `version` grows by one with each save."""
+
+    async def key_ring(self) -> SealedRing | None: ...
+
+    async def key_ring_version(self) -> int | None:
+        """The stored ring's version (a cheap read, polled to see rotations); None if there is none."""
+        ...
+
+    async def save_key_ring(self, sealed: bytes, *, replaces: int | None) -> int | None:
+        """Save `sealed` as the next version, only if the stored version is still `replaces` (None: no ring
+        yet). The new version, or None (nothing written) when another process saved first."""
+        ...
+
+
+class RevocationSync(Protocol):
+    def revocation_sync_problem(self) -> str | None:
+        """None while this process is sure to see at once every revocation committed by any process; else
+        why not (PostgreSQL: the LISTEN connection is lost, or not yet caught up). Meanwhile the gateway
+        mints nothing and `/readyz` answers 503 with this reason."""
+        ...
+
+
+class Store(TaskRecords, AuditLog, TaskEnding, RevocationFeed, AdminViews, Maintenance, SingleUse, EventStreams,
+            KeyRecords, RevocationSync, Protocol):
     """Everything the gateway uses; `stores.open_store(url)` opens one."""

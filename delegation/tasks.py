@@ -9,6 +9,8 @@ from token_exchange.rfc9068 import new_id
 from token_exchange.scope import Scope
 from token_exchange.txn_tokens import TaskContext
 
+from .records import Party
+
 OPEN, COMPLETED, REVOKED, EXPIRED = "open", "completed", "revoked", "expired"
 
 
@@ -78,14 +80,36 @@ class Task:
 
 
 @dataclass(frozen=True, slots=True)
+class EndedTask:
+    """A task a revocation ended, as an SSF receiver is told of it: its user, and `cause`, the id of the task
+    whose ending started the cascade that reached it (itself for the task named)."""
+
+    id: str
+    user_issuer: str
+    user_subject: str
+    cause: str
+
+
+ADMIN, USER, POLICY, SYSTEM = "admin", "user", "policy", "system"
+"""Who ended it (CAEP 1.0 §2 `initiating_entity`): an admin, the user's own agent, a policy (a deadline), the
+system."""
+
+
+@dataclass(frozen=True, slots=True)
 class Revocation:
-    """One event of the revocation feed: the tasks and tokens it ended."""
+    """One event of the revocation feed: the tasks and tokens it ended.
+
+    `tasks` details `task_ids` (same order), `party` is the party an admin revocation named, and `initiator`
+    who ended them; the native feed shows the first five fields, SSF SETs are made from all of them."""
 
     seq: int
     at: int
     reason: str
     task_ids: tuple[str, ...]
     jtis: tuple[str, ...]
+    tasks: tuple[EndedTask, ...] = ()
+    party: Party | None = None
+    initiator: str = SYSTEM
 
     def as_dict(self) -> dict[str, object]:
         return {"seq": self.seq, "at": self.at, "reason": self.reason, "task_ids": list(self.task_ids),
