@@ -22,6 +22,7 @@ import httpx2
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.postgres import postgresql_cluster, postgresql_server, postgresql_url  # noqa: F401 (fixtures)
 from tests.support import (
     ACCESS_TOKEN,
     GRANT,

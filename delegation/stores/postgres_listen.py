@@ -1,0 +1,124 @@
+"""Each PostgreSQL store instance's own session connection: LISTEN for what any replica commits, and the
+sweeper's lead.
+
+Every transaction that writes a revocation or queues an SSF SET also does `NOTIFY deputy_events`, which
+PostgreSQL delivers once it has committed; the listener then wakes this process's feed readers and long
+polls at once. While the connection is down they fall back on polling, and `problem` says why the process
+cannot be sure to see every revocation at once. On reconnecting it LISTENs again before anything else:
+whatever committed before that is in the revocations table, where every reader, woken, reads it by its
+cursor; whatever commits after is notified. Only then is `problem` cleared.
+
+The lead of the sweeps is a session advisory lock (`pg_try_advisory_lock`) held on the same connection, so
+it lasts as long as the connection: losing the connection loses the lead, and another replica takes it at
+its next try (each instance not leading tries once a second, which also checks the connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import psycopg
+
+from .postgres_db import first_line
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "deputy_events"
+SWEEP_LOCK = "deputy:sweeper"
+TRY_EVERY_S = 1.0  # how often the lead is tried for (and the connection checked)
+RETRY_MIN_S, RETRY_MAX_S = 0.2, 5.0  # reconnection backoff
+NOT_YET = "not yet listening for revocations on PostgreSQL (LISTEN)"
+
+
+class Wakeup:
+    """One event that wakes every waiter at once; `current()` before looking, so a wake-up that comes while
+    looking is not lost."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def current(self) -> asyncio.Event:
+        return self._event
+
+    def fire(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, event: asyncio.Event, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+
+
+class Listener:
+    """Keeps the session connection up: LISTEN, wake on notifications, hold or try the sweep lock."""
+
+    def __init__(self, conninfo: str, wakeup: Wakeup, on_reconnect: Callable[[], Awaitable[None]]) -> None:
+        self._conninfo = conninfo
+        self._wakeup = wakeup
+        self._on_reconnect = on_reconnect
+        self.problem: str | None = NOT_YET
+        self.leading = False
+        self._listening = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, wait: float) -> None:
+        """Start listening; wait up to `wait` seconds for the first LISTEN (it goes on trying after)."""
+        self._task = asyncio.create_task(self._run(), name="deputy-postgres-listener")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._listening.wait(), wait)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self.leading = False
+
+    async def _run(self) -> None:
+        delay = RETRY_MIN_S
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True) as connection:
+                    await connection.execute(f"LISTEN {CHANNEL}")
+                    await self._lead(connection)
+                    await self._caught_up()
+                    delay = RETRY_MIN_S
+                    await self._serve(connection)
+            except (psycopg.Error, OSError) as exc:
+                self._lost(exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
+
+    async def _caught_up(self) -> None:
+        """LISTEN is (again) in place: readers look at the table once more, and sync is restored."""
+        await self._on_reconnect()
+        self._wakeup.fire()
+        self.problem = None
+        self._listening.set()
+
+    def _lost(self, exc: BaseException) -> None:
+        if self.problem is None:
+            log.error("postgres.listen_lost", extra={"error": first_line(exc)})
+        self.leading = False
+        before = "lost its PostgreSQL LISTEN connection" if self._listening.is_set() else NOT_YET
+        self.problem = f"{before}: {first_line(exc)}"
+        self._wakeup.fire()  # readers poll while it is down
+
+    async def _serve(self, connection: psycopg.AsyncConnection[tuple[Any, ...]]) -> None:
+        """Wake on every notification; once a second, try for the lead (or check the connection). Returns
+        only by raising, when the connection is lost."""
+        while True:
+            async for _ in connection.notifies(timeout=TRY_EVERY_S):
+                self._wakeup.fire()
+            await self._lead(connection)
+
+    async def _lead(self, connection: psycopg.AsyncConnection[tuple[Any, ...]]) -> None:
+        if self.leading:
+            await connection.execute("SELECT 1")
+            return
+        row = await (await connection.execute(
+            "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (SWEEP_LOCK,))).fetchone()
+        self.leading = bool(row and row[0])

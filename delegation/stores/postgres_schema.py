@@ -1,0 +1,176 @@
+"""The PostgreSQL schema and its migrations, versioned in the `deputy_schema` table.
+
+`deputy db upgrade` applies them (`upgrade`), under an advisory lock so that concurrent upgrades migrate
+once. A store opened for serving never migrates: `check_version` refuses a schema older or newer than the
+code, with one line naming what to do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg.rows import tuple_row
+
+from ..records import StoreError
+from .postgres_db import conninfo, store_error
+
+# The tables and meaning of SQLite's schema (sqlite_schema.py), in PostgreSQL's types: times are BIGINT
+# seconds, lists TEXT[], structured values JSONB. Every query the store runs has its index; the hot path's
+# inserts (an implicit task, a token, an audit event per exchange) keep to the indexes those queries need.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE tasks (
+        id TEXT PRIMARY KEY,
+        parent_id TEXT REFERENCES tasks (id) ON DELETE CASCADE,
+        root_id TEXT NOT NULL,
+        chain JSONB NOT NULL,
+        agent TEXT NOT NULL,
+        agent_domain TEXT NOT NULL,
+        user_issuer TEXT NOT NULL,
+        user_subject TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        audiences TEXT[] NOT NULL,
+        purpose TEXT,
+        context JSONB,
+        created_at BIGINT NOT NULL,
+        deadline BIGINT NOT NULL,
+        implicit BOOLEAN NOT NULL,
+        state TEXT NOT NULL,
+        ended_at BIGINT
+    );
+    CREATE INDEX tasks_open ON tasks (deadline) WHERE state = 'open';
+    CREATE INDEX tasks_ended_roots ON tasks (ended_at) WHERE state <> 'open' AND parent_id IS NULL;
+    CREATE INDEX tasks_children ON tasks (parent_id, created_at) WHERE parent_id IS NOT NULL;
+    CREATE INDEX tasks_agent ON tasks (agent, created_at);
+    CREATE INDEX tasks_user ON tasks (user_subject, created_at);
+    CREATE INDEX tasks_open_domain ON tasks (agent_domain) WHERE state = 'open';
+    CREATE INDEX tasks_created ON tasks (created_at);
+    CREATE TABLE issued_tokens (
+        jti TEXT PRIMARY KEY,
+        user_issuer TEXT NOT NULL,
+        user_subject TEXT NOT NULL,
+        agent TEXT NOT NULL,
+        agent_domain TEXT NOT NULL,
+        audience TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        issued_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        task_id TEXT,
+        revoked_at BIGINT
+    );
+    CREATE INDEX issued_tokens_task ON issued_tokens (task_id, issued_at);
+    CREATE INDEX issued_tokens_expiry ON issued_tokens (expires_at);
+    CREATE TABLE audit_events (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        decision_id TEXT NOT NULL,
+        at BIGINT NOT NULL,
+        action TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        error TEXT,
+        agent TEXT,
+        agent_domain TEXT,
+        user_issuer TEXT,
+        user_subject TEXT,
+        audience TEXT,
+        requested_scope TEXT,
+        granted_scope TEXT,
+        reasons TEXT[] NOT NULL,
+        policy_revision TEXT,
+        jti TEXT,
+        task_id TEXT,
+        policy_engine TEXT,
+        policy_latency_us BIGINT,
+        policy_input TEXT,
+        policy_result TEXT
+    );
+    CREATE INDEX audit_events_at ON audit_events (at);
+    CREATE INDEX audit_events_task ON audit_events (task_id, id);
+    CREATE INDEX audit_events_agent ON audit_events (agent, id);
+    CREATE INDEX audit_events_user ON audit_events (user_subject, id);
+    CREATE TABLE revocations (
+        seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        at BIGINT NOT NULL,
+        reason TEXT NOT NULL,
+        task_ids TEXT[] NOT NULL,
+        jtis TEXT[] NOT NULL
+    );
+    CREATE INDEX revocations_at ON revocations (at);
+    CREATE TABLE revocation_audiences (
+        audience TEXT NOT NULL,
+        seq BIGINT NOT NULL REFERENCES revocations (seq) ON DELETE CASCADE,
+        task_ids TEXT[] NOT NULL,
+        jtis TEXT[] NOT NULL,
+        PRIMARY KEY (audience, seq)
+    );
+    CREATE INDEX revocation_audiences_seq ON revocation_audiences (seq);
+    CREATE TABLE credential_cutoffs (
+        kind TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        issuer TEXT NOT NULL,
+        issued_before BIGINT NOT NULL,
+        PRIMARY KEY (kind, subject, issuer)
+    );
+    CREATE TABLE seen_once (
+        namespace TEXT NOT NULL,
+        value TEXT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        PRIMARY KEY (namespace, value)
+    );
+    CREATE INDEX seen_once_expiry ON seen_once (expires_at);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+UPGRADE_LOCK = "deputy:schema"  # advisory lock keys are hashtextextended(name, 0)
+UPGRADE_COMMAND = "deputy db upgrade"
+
+
+async def version_of(connection: psycopg.AsyncConnection[Any]) -> int:
+    """The schema version of the connection's database: 0 when it has no Deputy schema."""
+    async with connection.cursor(row_factory=tuple_row) as cursor:
+        await cursor.execute("SELECT to_regclass('deputy_schema') IS NOT NULL")
+        found = await cursor.fetchone()
+        if not found or not found[0]:
+            return 0
+        await cursor.execute("SELECT version FROM deputy_schema")
+        row = await cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+def check_version(version: int) -> None:
+    """Refuse to serve on a schema other than this code's, saying which command brings them together."""
+    if version < SCHEMA_VERSION:
+        raise StoreError(f"the database schema is at version {version}, this Deputy needs {SCHEMA_VERSION}:"
+                         f" run `{UPGRADE_COMMAND}`")
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"the database schema (version {version}) is newer than this Deputy (version"
+                         f" {SCHEMA_VERSION}): upgrade Deputy")
+
+
+async def upgrade(url: str) -> tuple[int, int]:
+    """Apply the pending migrations; (the version before, the version after). Raises StoreError."""
+    try:
+        async with await psycopg.AsyncConnection.connect(conninfo(url), autocommit=True) as connection:
+            return await upgrade_connection(connection)
+    except psycopg.Error as exc:
+        raise store_error(exc) from exc
+
+
+async def upgrade_connection(connection: psycopg.AsyncConnection[Any]) -> tuple[int, int]:
+    """Each migration in its own transaction with the version it brings, all under a session advisory lock
+    (so a concurrent upgrade waits, then finds nothing left to do; on an error, closing the connection
+    releases it)."""
+    await connection.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (UPGRADE_LOCK,))
+    before = version = await version_of(connection)
+    if version > SCHEMA_VERSION:
+        check_version(version)
+    while version < SCHEMA_VERSION:
+        async with connection.transaction():
+            if version == 0:
+                await connection.execute("CREATE TABLE deputy_schema (version INTEGER NOT NULL);"
+                                         " INSERT INTO deputy_schema VALUES (0)")
+            await connection.execute(MIGRATIONS[version])
+            version += 1
+            await connection.execute("UPDATE deputy_schema SET version = %s", (version,))
+    await connection.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (UPGRADE_LOCK,))
+    return before, version

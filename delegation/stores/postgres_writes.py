@@ -1,0 +1,229 @@
+"""The PostgreSQL store's transactions that check before they write, and how they stay atomic when several
+replicas write at once (READ COMMITTED, transaction-level advisory locks, keys `hashtextextended(name, 0)`).
+
+- A write under a task tree (a grant under a task, a delegation) takes the shared lock of the tree's root,
+  and every write takes the shared locks of the parties it relies on (the agent, its domain, the user), in a
+  statement of its own BEFORE its checks: in READ COMMITTED each statement sees what committed before it
+  started, so checks made after the lock see every revocation that held it first.
+- Ending tasks takes the exclusive locks of their trees' roots before reading the subtree; an admin
+  revocation takes its party's exclusive lock before recording the cutoff and reading the party's tasks.
+  So an exchange racing a revocation either commits first, and its task and token are in the cascade, or
+  waits and then sees the ended task or the cutoff.
+- Locks are taken in one order, parties before trees and trees sorted, so writers never deadlock.
+- Revocation feed cursors: readers read up to the head, so a sequence number must never commit after a
+  higher one. Every feed event is inserted under one exclusive lock taken last in its transaction and held
+  until it commits: sequence numbers are drawn and committed in one order, and once a reader sees seq N,
+  every lower seq that will ever commit already has.
+- Each such transaction also NOTIFYs `deputy_events` (delivered at commit) to wake every replica's readers.
+
+The hot path (a grant and a task) sends its lock statement and its check-and-write statement in one
+pipeline with BEGIN and COMMIT: one round trip. The check-and-write is one statement whose inserts happen
+only if the checks pass, and which returns what they found, so the caller raises the error that fits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from psycopg.rows import DictRow
+from psycopg.types.json import Jsonb
+
+from token_exchange.rfc9068 import new_id
+
+from ..audit import AuditEvent
+from ..records import CredentialRevoked, Party, Presented, TaskEnded, barred
+from ..tasks import EXPIRED, REVOKED, Revocation
+from .postgres_db import Connection
+from .postgres_listen import CHANNEL
+from .postgres_rows import AUDIT_COLUMNS, TASK_COLUMNS, TOKEN_COLUMNS, audit_params, placeholders
+
+FEED_LOCK = "deputy:feed"
+
+LOCK_SHARED = (  # the parties' keys as given, then the tree of the task written under (if any)
+    "SELECT pg_advisory_xact_lock_shared(hashtextextended(key, 0)) FROM (SELECT unnest(%(keys)s::text[]) AS key"
+    " UNION ALL SELECT 'tree:' || root_id FROM tasks WHERE id = %(under)s) AS keys"
+)
+LOCK_TREES = (
+    "SELECT pg_advisory_xact_lock(hashtextextended('tree:' || root_id, 0)) FROM (SELECT root_id FROM tasks"
+    ' WHERE id = ANY(%s::text[]) GROUP BY root_id ORDER BY root_id COLLATE "C") AS roots'
+)
+LOCK_ONE = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
+CUTOFFS = (  # (the agent's or its domain's latest cutoff, the user's at its issuer or any)
+    "SELECT max(issued_before) FILTER (WHERE kind = 'domain' OR issuer IN (%(domain)s, '') AND kind = 'agent')"
+    " AS agent, max(issued_before) FILTER (WHERE kind = 'user' AND issuer IN (%(user_issuer)s, '')) AS usr"
+    " FROM credential_cutoffs WHERE (kind = 'agent' AND subject = %(agent)s)"
+    " OR (kind = 'domain' AND subject = %(domain)s) OR (kind = 'user' AND subject = %(user_subject)s)"
+)
+_CHECKED = (  # the checks of `barred` and of an open task, then the inserts if they pass
+    f"WITH cut AS ({CUTOFFS}), under AS (SELECT state, deadline FROM tasks WHERE id = %(under)s),"
+    " ok AS (SELECT cut.agent, cut.usr, under.state, under.deadline,"
+    " (cut.agent IS NULL OR %(actor_iat)s > cut.agent) AND (cut.usr IS NULL OR %(user_iat)s > cut.usr)"
+    " AND (%(under)s::text IS NULL OR (under.state = 'open' AND under.deadline > %(now)s)) AS fine"
+    " FROM cut LEFT JOIN under ON true)"
+)
+_INSERTS = {
+    table: f", {table} AS (INSERT INTO {table} ({', '.join(columns)})"
+           f" SELECT {placeholders(prefix, columns)} FROM ok WHERE ok.fine)"
+    for table, prefix, columns in (("tasks", "task", TASK_COLUMNS), ("issued_tokens", "token", TOKEN_COLUMNS),
+                                   ("audit_events", "audit", AUDIT_COLUMNS))
+}
+_RESULT = " SELECT agent, usr, state, deadline, fine FROM ok"
+GRANT = _CHECKED + _INSERTS["issued_tokens"] + _INSERTS["audit_events"] + _RESULT
+GRANT_WITH_TASK = _CHECKED + _INSERTS["tasks"] + _INSERTS["issued_tokens"] + _INSERTS["audit_events"] + _RESULT
+TASK = _CHECKED + _INSERTS["tasks"] + _INSERTS["audit_events"] + _RESULT
+INSERT_AUDIT = f"INSERT INTO audit_events ({', '.join(AUDIT_COLUMNS)}) VALUES ({placeholders('audit', AUDIT_COLUMNS)})"
+
+
+def party_keys(presented: Presented) -> list[str]:
+    """The advisory lock names of the parties whose cutoffs a write relies on."""
+    keys = [f"agent:{presented.actor.id}", f"domain:{presented.actor.domain}"] if presented.actor else []
+    return keys + ([f"user:{presented.user[1]}"] if presented.user else [])
+
+
+def check_params(presented: Presented, *, under: str | None, now: int) -> dict[str, Any]:
+    actor, user = presented.actor, presented.user
+    return {"keys": party_keys(presented), "under": under, "now": now,
+            "agent": actor.id if actor else None, "domain": actor.domain if actor else None,
+            "actor_iat": presented.actor_issued_at, "user_issuer": user[0] if user else None,
+            "user_subject": user[1] if user else None, "user_iat": presented.user_issued_at}
+
+
+def raise_unless_written(row: DictRow | None, presented: Presented, under: str | None) -> None:
+    """After a checked write: the error for the check that failed (then nothing was written)."""
+    assert row is not None
+    if which := barred(presented, (row["agent"], row["usr"])):
+        raise CredentialRevoked(which)
+    if not row["fine"]:
+        raise TaskEnded(f"task {(under or '')[:12]} has ended")
+
+
+async def end_tasks(connection: Connection, roots: Sequence[str], state: str, reason: str, now: int,
+                    event: AuditEvent | None) -> Revocation | None:
+    """End the open tasks among `roots`, their open descendants and their tokens, under their trees' locks."""
+    if event is not None:
+        await connection.execute(INSERT_AUDIT, audit_params(event))
+    if not roots:
+        return None
+    await connection.execute(LOCK_TREES, (list(roots),))
+    row = await (await connection.execute(_CASCADE, {"roots": list(roots), "state": state, "now": now})).fetchone()
+    assert row is not None
+    tasks, tokens = row["tasks"] or [], row["tokens"] or []
+    if not tasks:
+        return None
+    live = [(t["jti"], t["audience"]) for t in tokens if t["expires_at"] > now]
+    return await insert_revocation(connection, now, reason, [(t["id"], t["audiences"]) for t in tasks], live)
+
+
+# Each named root is its own cause; a descendant's is its nearest named ancestor (named tasks are not
+# reached through another). Each token keeps its own revocation, so it stays revoked once its task is purged.
+_CASCADE = """
+WITH RECURSIVE subtree(id, cause, depth) AS (
+    SELECT id, id, 0 FROM tasks WHERE id = ANY(%(roots)s::text[])
+    UNION ALL SELECT t.id, s.cause, s.depth + 1 FROM tasks t JOIN subtree s ON t.parent_id = s.id
+        WHERE NOT t.id = ANY(%(roots)s::text[])),
+ended AS (UPDATE tasks SET state = %(state)s, ended_at = %(now)s FROM subtree
+          WHERE tasks.id = subtree.id AND tasks.state = 'open'
+          RETURNING tasks.id, tasks.audiences, tasks.user_issuer, tasks.user_subject, subtree.cause, subtree.depth),
+revoked AS (UPDATE issued_tokens SET revoked_at = %(now)s WHERE task_id IN (SELECT id FROM ended)
+            AND revoked_at IS NULL RETURNING jti, audience, expires_at)
+SELECT (SELECT json_agg(ended ORDER BY depth, id) FROM ended) AS tasks,
+       (SELECT json_agg(revoked ORDER BY jti) FROM revoked) AS tokens
+"""
+_INSERT_REVOCATION = f"""
+WITH event AS (INSERT INTO revocations (at, reason, task_ids, jtis)
+               VALUES (%(at)s, %(reason)s, %(task_ids)s::text[], %(jtis)s::text[]) RETURNING seq),
+told AS (INSERT INTO revocation_audiences (audience, seq, task_ids, jtis)
+         SELECT t.audience, event.seq, t.task_ids, t.jtis
+         FROM event, jsonb_to_recordset(%(told)s) AS t(audience text, task_ids text[], jtis text[]))
+SELECT seq, pg_notify('{CHANNEL}', seq::text) FROM event
+"""
+
+
+async def insert_revocation(connection: Connection, now: int, reason: str,
+                            tasks: Sequence[tuple[str, Sequence[str]]], tokens: Sequence[tuple[str, str]]
+                            ) -> Revocation:
+    """A feed event, and for each audience concerned what it tells that audience's resource servers: the
+    tasks that include the audience and the tokens issued for it. Last in its transaction, under FEED_LOCK."""
+    task_ids, jtis = [task_id for task_id, _ in tasks], [jti for jti, _ in tokens]
+    told: dict[str, tuple[list[str], list[str]]] = {}
+    for task_id, audiences in tasks:
+        for audience in audiences:
+            told.setdefault(audience, ([], []))[0].append(task_id)
+    for jti, audience in tokens:
+        told.setdefault(audience, ([], []))[1].append(jti)
+    await connection.execute(LOCK_ONE, (FEED_LOCK,))
+    row = await (await connection.execute(_INSERT_REVOCATION, {
+        "at": now, "reason": reason, "task_ids": task_ids, "jtis": jtis,
+        "told": Jsonb([{"audience": a, "task_ids": t, "jtis": j} for a, (t, j) in told.items()]),
+    })).fetchone()
+    assert row is not None
+    return Revocation(row["seq"], now, reason, tuple(task_ids), tuple(jtis))
+
+
+OPEN_TASKS_OF = {  # the open tasks of a party: its id, and its domain or issuer (None: any)
+    "agent": "SELECT id FROM tasks WHERE state = 'open' AND agent = %(id)s"
+             " AND coalesce(%(domain)s, agent_domain) = agent_domain",
+    "domain": "SELECT id FROM tasks WHERE state = 'open' AND agent_domain = %(id)s",
+    "user": "SELECT id FROM tasks WHERE state = 'open' AND user_subject = %(id)s"
+            " AND coalesce(%(domain)s, user_issuer) = user_issuer",
+}
+_CUTOFF = (
+    "INSERT INTO credential_cutoffs VALUES (%s, %s, %s, %s) ON CONFLICT (kind, subject, issuer)"
+    " DO UPDATE SET issued_before = greatest(credential_cutoffs.issued_before, excluded.issued_before)"
+)
+
+
+async def end_matching(connection: Connection, party: Party, reason: str, now: int, event: AuditEvent | None
+                       ) -> Revocation | None:
+    """Under the party's exclusive lock: its cutoff, then its open tasks ended (under their trees' locks)."""
+    await connection.execute(LOCK_ONE, (f"{party.kind}:{party.id}",))
+    await connection.execute(_CUTOFF, (party.kind, party.id, party.domain or "", now))
+    rows = await (await connection.execute(OPEN_TASKS_OF[party.kind], {"id": party.id, "domain": party.domain})
+                  ).fetchall()
+    return await end_tasks(connection, [r["id"] for r in rows], REVOKED, reason, now, event)
+
+
+async def revoke_token(connection: Connection, jti: str, reason: str, now: int, event: AuditEvent | None
+                       ) -> Revocation | None:
+    row = await (await connection.execute(
+        "UPDATE issued_tokens SET revoked_at = %s WHERE jti = %s AND revoked_at IS NULL RETURNING audience",
+        (now, jti))).fetchone()
+    if event is not None:
+        await connection.execute(INSERT_AUDIT, audit_params(event))
+    return None if row is None else await insert_revocation(connection, now, reason, [], [(jti, row["audience"])])
+
+
+_EXPIRED = ("SELECT id, agent, agent_domain, user_issuer, user_subject FROM tasks"
+            " WHERE state = 'open' AND deadline <= %s AND id = ANY(%s::text[])")
+
+
+async def expire_batch(connection: Connection, now: int, batch: int) -> tuple[int, int]:
+    """Up to `batch` open tasks past their deadline, expired (a feed event, an audit event each), looked at
+    again once their trees are locked. (How many were looked at, how many expired.)"""
+    candidates = [r["id"] for r in await (await connection.execute(
+        "SELECT id FROM tasks WHERE state = 'open' AND deadline <= %s LIMIT %s", (now, batch))).fetchall()]
+    if not candidates:
+        return 0, 0
+    await connection.execute(LOCK_TREES, (candidates,))
+    expired = await (await connection.execute(_EXPIRED, (now, candidates))).fetchall()
+    async with connection.cursor() as cursor:
+        await cursor.executemany(INSERT_AUDIT, [audit_params(AuditEvent(
+            decision_id=new_id(), at=now, action="expire", outcome="granted", agent=row["agent"],
+            agent_domain=row["agent_domain"], user_issuer=row["user_issuer"], user_subject=row["user_subject"],
+            task_id=row["id"], reasons=("task deadline passed",))) for row in expired])
+    await end_tasks(connection, [r["id"] for r in expired], EXPIRED, "deadline passed", now, None)
+    return len(candidates), len(expired)
+
+
+# Each purges at most `batch` rows (with a task, its descendants): ended before the cutoff, or, for tokens,
+# expired before it and no longer under a kept task (a token's own revocation outlives its task's row).
+PURGES = (
+    "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE state <> 'open' AND ended_at < %s"
+    " AND parent_id IS NULL LIMIT %s)",
+    "DELETE FROM issued_tokens WHERE jti IN (SELECT jti FROM issued_tokens WHERE expires_at < %s AND"
+    " (task_id IS NULL OR NOT EXISTS (SELECT 1 FROM tasks WHERE tasks.id = issued_tokens.task_id)) LIMIT %s)",
+    "DELETE FROM revocations WHERE seq IN (SELECT seq FROM revocations WHERE at < %s LIMIT %s)",
+)
+PURGE_SEEN = ("DELETE FROM seen_once WHERE (namespace, value) IN"
+              " (SELECT namespace, value FROM seen_once WHERE expires_at < %s LIMIT %s)")
