@@ -76,7 +76,7 @@ class PostgresStore:
         await self._listener.close()
         await self._db.close()
 
-    # The token endpoint's writes: lock statement and checked write, one round trip (postgres_writes.py)
+    # The token endpoint's writes: one statement each, locks and checks included (postgres_writes.py)
     async def record_grant(self, token: IssuedTokenRecord, event: AuditEvent, *, presented: Presented,
                            task: Task | None = None) -> None:
         """A minted token, its task when the exchange created one, and the audit event: all or nothing.
@@ -86,14 +86,13 @@ class PostgresStore:
         params = {**writes.check_params(presented, under=under, now=token.issued_at), **token_params(token),
                   **audit_params(event), **(task_params(task) if task is not None else {})}
         statement = writes.GRANT if task is None else writes.GRANT_WITH_TASK
-        row = await self._db.pipeline([(writes.LOCK_SHARED, params), (statement, params)])
-        writes.raise_unless_written(row, presented, under)
+        writes.raise_unless_written(await self._db.fetchone(statement, params, prepare=True), presented, under)
 
     async def record_task(self, task: Task, event: AuditEvent, *, presented: Presented) -> None:
         """A task and its audit event; a delegated task only while its parent is still open (TaskEnded)."""
         params = {**writes.check_params(presented, under=task.parent_id, now=task.created_at),
                   **task_params(task), **audit_params(event)}
-        row = await self._db.pipeline([(writes.LOCK_SHARED, params), (writes.TASK, params)])
+        row = await self._db.fetchone(writes.TASK, params, prepare=True)
         writes.raise_unless_written(row, presented, task.parent_id)
 
     async def append_audit(self, event: AuditEvent) -> None:
@@ -102,8 +101,9 @@ class PostgresStore:
 
     async def cutoffs(self, actor: ActorRef | None, *, user: tuple[str, str] | None
                       ) -> tuple[int | None, int | None]:
-        params = writes.check_params(Presented(actor, None, user), under=None, now=0)
-        row = await self._db.fetchone(writes.CUTOFFS, params, prepare=True)
+        params = {**writes.check_params(Presented(actor, None, user), under=None, now=0), "keys": []}
+        row = await self._db.fetchone(f"SELECT agent_cutoff AS agent, user_cutoff AS usr FROM {writes.CHECKS}",
+                                      params, prepare=True)
         return (row["agent"], row["usr"]) if row else (None, None)
 
     # Tasks and tokens

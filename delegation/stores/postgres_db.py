@@ -89,14 +89,6 @@ class PostgresDatabase:
         async with self.connection() as connection:
             return await (await connection.execute(query, params, prepare=prepare)).fetchone()
 
-    async def pipeline(self, statements: Sequence[tuple[str, Params]]) -> DictRow | None:
-        """`statements` in one transaction, sent together with BEGIN and COMMIT (pipeline mode: one round
-        trip), each prepared; the first row of the last one."""
-        async with self.connection() as connection:
-            async with connection.pipeline(), connection.transaction():
-                cursors = [await connection.execute(query, params, prepare=True) for query, params in statements]
-            return await cursors[-1].fetchone()
-
     async def transaction(self, work: Callable[[Connection], Awaitable[T]]) -> T:
         """`work(connection)` in one READ COMMITTED transaction: committed if it returns, else rolled back."""
         async with self.connection() as connection, connection.transaction():

@@ -18,6 +18,9 @@ from .postgres_db import conninfo, store_error
 # The tables and meaning of SQLite's schema (sqlite_schema.py), in PostgreSQL's types: times are BIGINT
 # seconds, lists TEXT[], structured values JSONB. Every query the store runs has its index; the hot path's
 # inserts (an implicit task, a token, an audit event per exchange) keep to the indexes those queries need.
+# `deputy_checks` is what a checked write relies on (postgres_writes.py): it takes the shared advisory locks
+# of the parties and of the tree written under, then reads their cutoffs and the task in a statement of
+# its own, so with a fresh snapshot (a VOLATILE function's statements each take one in READ COMMITTED).
 MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE tasks (
@@ -118,6 +121,19 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (namespace, value)
     );
     CREATE INDEX seen_once_expiry ON seen_once (expires_at);
+    CREATE FUNCTION deputy_checks(p_keys TEXT[], p_under TEXT, p_agent TEXT, p_domain TEXT, p_user_issuer TEXT,
+                                  p_user_subject TEXT)
+        RETURNS TABLE (agent_cutoff BIGINT, user_cutoff BIGINT, state TEXT, deadline BIGINT)
+        LANGUAGE sql VOLATILE AS $checks$
+        SELECT pg_advisory_xact_lock_shared(hashtextextended(key, 0)) FROM (SELECT unnest(p_keys) AS key
+            UNION ALL SELECT 'tree:' || root_id FROM tasks WHERE id = p_under) AS keys;
+        SELECT cut.agent, cut.usr, tasks.state, tasks.deadline FROM (SELECT
+            max(issued_before) FILTER (WHERE kind = 'domain' OR kind = 'agent' AND issuer IN (p_domain, '')) AS agent,
+            max(issued_before) FILTER (WHERE kind = 'user' AND issuer IN (p_user_issuer, '')) AS usr
+            FROM credential_cutoffs WHERE (kind = 'agent' AND subject = p_agent)
+            OR (kind = 'domain' AND subject = p_domain) OR (kind = 'user' AND subject = p_user_subject)) AS cut
+            LEFT JOIN tasks ON tasks.id = p_under;
+        $checks$;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

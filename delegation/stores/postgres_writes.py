@@ -4,7 +4,8 @@ replicas write at once (READ COMMITTED, transaction-level advisory locks, keys `
 - A write under a task tree (a grant under a task, a delegation) takes the shared lock of the tree's root,
   and every write takes the shared locks of the parties it relies on (the agent, its domain, the user), in a
   statement of its own BEFORE its checks: in READ COMMITTED each statement sees what committed before it
-  started, so checks made after the lock see every revocation that held it first.
+  started, so checks made after the lock see every revocation that held it first (and a revocation that
+  takes the lock after the write's finds what the write committed).
 - Ending tasks takes the exclusive locks of their trees' roots before reading the subtree; an admin
   revocation takes its party's exclusive lock before recording the cutoff and reading the party's tasks.
   So an exchange racing a revocation either commits first, and its task and token are in the cascade, or
@@ -16,9 +17,10 @@ replicas write at once (READ COMMITTED, transaction-level advisory locks, keys `
   every lower seq that will ever commit already has.
 - Each such transaction also NOTIFYs `deputy_events` (delivered at commit) to wake every replica's readers.
 
-The hot path (a grant and a task) sends its lock statement and its check-and-write statement in one
-pipeline with BEGIN and COMMIT: one round trip. The check-and-write is one statement whose inserts happen
-only if the checks pass, and which returns what they found, so the caller raises the error that fits.
+The hot path (a grant, a task) is ONE statement, one round trip, prepared, in its own (implicit)
+transaction: `deputy_checks` (a SQL function, postgres_schema.py) takes the shared locks, then reads the
+cutoffs and the task in a statement of its own, so with a fresh snapshot; the INSERTs happen only if the
+checks pass, and the statement returns what they found, so the caller raises the error that fits.
 """
 
 from __future__ import annotations
@@ -40,27 +42,18 @@ from .postgres_rows import AUDIT_COLUMNS, TASK_COLUMNS, TOKEN_COLUMNS, audit_par
 
 FEED_LOCK = "deputy:feed"
 
-LOCK_SHARED = (  # the parties' keys as given, then the tree of the task written under (if any)
-    "SELECT pg_advisory_xact_lock_shared(hashtextextended(key, 0)) FROM (SELECT unnest(%(keys)s::text[]) AS key"
-    " UNION ALL SELECT 'tree:' || root_id FROM tasks WHERE id = %(under)s) AS keys"
-)
 LOCK_TREES = (
     "SELECT pg_advisory_xact_lock(hashtextextended('tree:' || root_id, 0)) FROM (SELECT root_id FROM tasks"
     ' WHERE id = ANY(%s::text[]) GROUP BY root_id ORDER BY root_id COLLATE "C") AS roots'
 )
 LOCK_ONE = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
-CUTOFFS = (  # (the agent's or its domain's latest cutoff, the user's at its issuer or any)
-    "SELECT max(issued_before) FILTER (WHERE kind = 'domain' OR issuer IN (%(domain)s, '') AND kind = 'agent')"
-    " AS agent, max(issued_before) FILTER (WHERE kind = 'user' AND issuer IN (%(user_issuer)s, '')) AS usr"
-    " FROM credential_cutoffs WHERE (kind = 'agent' AND subject = %(agent)s)"
-    " OR (kind = 'domain' AND subject = %(domain)s) OR (kind = 'user' AND subject = %(user_subject)s)"
-)
+CHECKS = ("deputy_checks(%(keys)s, %(under)s, %(agent)s, %(domain)s, %(user_issuer)s, %(user_subject)s)"
+          " AS checks")  # (postgres_schema.py) its locks, then a fresh look at the cutoffs and the task
 _CHECKED = (  # the checks of `barred` and of an open task, then the inserts if they pass
-    f"WITH cut AS ({CUTOFFS}), under AS (SELECT state, deadline FROM tasks WHERE id = %(under)s),"
-    " ok AS (SELECT cut.agent, cut.usr, under.state, under.deadline,"
-    " (cut.agent IS NULL OR %(actor_iat)s > cut.agent) AND (cut.usr IS NULL OR %(user_iat)s > cut.usr)"
-    " AND (%(under)s::text IS NULL OR (under.state = 'open' AND under.deadline > %(now)s)) AS fine"
-    " FROM cut LEFT JOIN under ON true)"
+    "WITH ok AS (SELECT agent_cutoff AS agent, user_cutoff AS usr, state, deadline,"
+    " (agent_cutoff IS NULL OR %(actor_iat)s > agent_cutoff) AND (user_cutoff IS NULL OR %(user_iat)s > user_cutoff)"
+    " AND (%(under)s::text IS NULL OR (state = 'open' AND deadline > %(now)s)) AS fine"
+    f" FROM {CHECKS})"
 )
 _INSERTS = {
     table: f", {table} AS (INSERT INTO {table} ({', '.join(columns)})"
