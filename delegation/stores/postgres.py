@@ -17,6 +17,7 @@ Serving never migrates: a schema older or newer than the code is refused at open
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -27,21 +28,22 @@ from token_exchange.actors import ActorRef
 from ..audit import AuditEvent
 from ..records import IssuedTokenRecord, Party, Presented
 from ..store import AuditQuery, AuditRecord, FeedPage, TaskDetail, TaskQuery, TokenState, TokenView
-from ..tasks import SYSTEM, Revocation, Task
+from ..tasks import REVOKED, SYSTEM, EndedTask, Revocation, Task
 from . import postgres_writes as writes
 from .postgres_db import CHECKOUT_TIMEOUT_S, PostgresDatabase
 from .postgres_listen import Listener, Wakeup
 from .postgres_rows import audit_event, audit_params, task, task_params, token_params, token_record
 from .postgres_schema import check_version, version_of
+from .postgres_streams import PostgresEventStreams
 
 FEED_PAGE = 500
-FEED_POLL_S = 0.5  # readers look anyway this often (notifications wake them at once; without, they poll)
 SWEEP_BATCH = 500  # rows a sweep transaction touches at most
 
 _FEED = (  # the page's events (those with something for these audiences), then their rows for them
     "WITH page AS (SELECT DISTINCT seq FROM revocation_audiences WHERE audience = ANY(%(audiences)s::text[])"
     " AND seq > %(since)s AND seq <= %(head)s ORDER BY seq LIMIT %(limit)s)"
-    " SELECT r.seq, r.at, r.reason, a.task_ids, a.jtis FROM page JOIN revocations r ON r.seq = page.seq"
+    " SELECT r.seq, r.at, r.reason, r.initiator, r.party_kind, r.party_id, r.party_domain, r.tasks,"
+    " a.task_ids, a.jtis FROM page JOIN revocations r ON r.seq = page.seq"
     " JOIN revocation_audiences a ON a.seq = page.seq AND a.audience = ANY(%(audiences)s::text[])"
     ' ORDER BY r.seq, a.audience COLLATE "C"'
 )
@@ -49,13 +51,14 @@ _TOKEN = ("SELECT issued_tokens.*, to_jsonb(tasks) AS task FROM issued_tokens"
           " LEFT JOIN tasks ON tasks.id = issued_tokens.task_id WHERE jti = %s")
 
 
-class PostgresStore:
+class PostgresStore(PostgresEventStreams):
     """The shared store. Open with `await PostgresStore.open(url)`; close with `await store.close()`."""
 
     def __init__(self, db: PostgresDatabase) -> None:
         self._db = db
         self._wakeup = Wakeup()
         self._listener = Listener(db.conninfo, self._wakeup, db.check)
+        self._seen = weakref.WeakKeyDictionary()
 
     @classmethod
     async def open(cls, url: str) -> PostgresStore:
@@ -120,8 +123,8 @@ class PostgresStore:
     async def end_tasks(self, roots: Sequence[str], *, state: str, reason: str, now: int,
                         event: AuditEvent | None = None, initiator: str = SYSTEM) -> Revocation | None:
         """End open tasks, all their descendants and every token minted under them, atomically."""
-        return self._announce(await self._db.transaction(
-            lambda c: writes.end_tasks(c, list(roots), state, reason, now, event)))
+        ending = writes.Ending(state, reason, now, initiator)
+        return self._announce(await self._db.transaction(lambda c: writes.end_tasks(c, list(roots), ending, event)))
 
     async def end_matching(self, party: Party, *, reason: str, now: int,
                            event: AuditEvent | None = None) -> Revocation | None:
@@ -132,7 +135,8 @@ class PostgresStore:
 
     async def revoke_token(self, jti: str, *, reason: str, now: int, event: AuditEvent | None = None,
                            initiator: str = SYSTEM) -> Revocation | None:
-        return self._announce(await self._db.transaction(lambda c: writes.revoke_token(c, jti, reason, now, event)))
+        ending = writes.Ending(REVOKED, reason, now, initiator)
+        return self._announce(await self._db.transaction(lambda c: writes.revoke_token(c, jti, ending, event)))
 
     # The revocation feed
     def _announce(self, revocation: Revocation | None) -> Revocation | None:
@@ -163,7 +167,7 @@ class PostgresStore:
                 yield event
             cursor = page.next
             if not page.events:
-                await self._wakeup.wait(wake, FEED_POLL_S)
+                await self._wakeup.wait(wake, self._poll_s())
 
     def revocation_sync_problem(self) -> str | None:
         return self._listener.problem
@@ -261,6 +265,13 @@ def _narrowed_events(rows: Sequence[DictRow]) -> tuple[Revocation, ...]:
         _, task_ids, jtis = events.setdefault(row["seq"], (row, {}, {}))
         task_ids.update(dict.fromkeys(row["task_ids"]))
         jtis.update(dict.fromkeys(row["jtis"]))
-    return tuple(Revocation(seq, row["at"], row["reason"], tuple(task_ids), tuple(jtis))
-                 for seq, (row, task_ids, jtis) in events.items())
+    return tuple(_event(seq, row, tuple(task_ids), tuple(jtis)) for seq, (row, task_ids, jtis) in events.items())
+
+
+def _event(seq: int, row: DictRow, task_ids: tuple[str, ...], jtis: tuple[str, ...]) -> Revocation:
+    """A feed event as one reader is told it: its tasks' details only for the task ids it is shown."""
+    detail = row["tasks"]
+    tasks = tuple(EndedTask(task_id, *detail[task_id]) for task_id in task_ids if task_id in detail)
+    party = Party(row["party_kind"], row["party_id"], row["party_domain"]) if row["party_kind"] else None
+    return Revocation(seq, row["at"], row["reason"], task_ids, jtis, tasks, party, row["initiator"])
 

@@ -36,10 +36,11 @@ NOT_YET = "not yet listening for revocations on PostgreSQL (LISTEN)"
 
 class Wakeup:
     """One event that wakes every waiter at once; `current()` before looking, so a wake-up that comes while
-    looking is not lost."""
+    looking is not lost. `generation` counts the wake-ups."""
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
+        self.generation = 0
 
     def current(self) -> asyncio.Event:
         return self._event
@@ -47,6 +48,7 @@ class Wakeup:
     def fire(self) -> None:
         self._event.set()
         self._event = asyncio.Event()
+        self.generation += 1
 
     async def wait(self, event: asyncio.Event, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):

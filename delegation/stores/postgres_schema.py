@@ -21,6 +21,8 @@ from .postgres_db import conninfo, store_error
 # `deputy_checks` is what a checked write relies on (postgres_writes.py): it takes the shared advisory locks
 # of the parties and of the tree written under, then reads their cutoffs and the task in a statement of
 # its own, so with a fresh snapshot (a VOLATILE function's statements each take one in READ COMMITTED).
+# Feed events carry what SSF SETs are made of (SQLite's schema 5): the initiator, an admin revocation's
+# party, and per task its user and cause (`tasks`: {id: [user_issuer, user_subject, cause]}).
 MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE tasks (
@@ -96,7 +98,12 @@ MIGRATIONS: tuple[str, ...] = (
         at BIGINT NOT NULL,
         reason TEXT NOT NULL,
         task_ids TEXT[] NOT NULL,
-        jtis TEXT[] NOT NULL
+        jtis TEXT[] NOT NULL,
+        initiator TEXT NOT NULL,
+        party_kind TEXT,
+        party_id TEXT,
+        party_domain TEXT,
+        tasks JSONB NOT NULL
     );
     CREATE INDEX revocations_at ON revocations (at);
     CREATE TABLE revocation_audiences (
@@ -121,6 +128,39 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (namespace, value)
     );
     CREATE INDEX seen_once_expiry ON seen_once (expires_at);
+    CREATE TABLE ssf_streams (
+        id TEXT PRIMARY KEY,
+        client TEXT NOT NULL,
+        audiences TEXT[] NOT NULL,
+        delivery TEXT NOT NULL,
+        endpoint_url TEXT,
+        authorization_header TEXT,
+        events_requested TEXT[] NOT NULL,
+        events_delivered TEXT[] NOT NULL,
+        description TEXT,
+        status TEXT NOT NULL,
+        reason TEXT,
+        cursor BIGINT NOT NULL,
+        created_at BIGINT NOT NULL,
+        touched_at BIGINT NOT NULL,
+        verified_at BIGINT
+    );
+    CREATE INDEX ssf_streams_client ON ssf_streams (client, created_at);
+    CREATE INDEX ssf_streams_touched ON ssf_streams (touched_at);
+    CREATE INDEX ssf_streams_push ON ssf_streams (id) WHERE delivery = 'urn:ietf:rfc:8935' AND status = 'enabled';
+    CREATE TABLE ssf_pending (
+        seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        stream_id TEXT NOT NULL REFERENCES ssf_streams (id) ON DELETE CASCADE,
+        jti TEXT NOT NULL,
+        token TEXT NOT NULL,
+        UNIQUE (stream_id, jti)
+    );
+    CREATE INDEX ssf_pending_stream ON ssf_pending (stream_id, seq);
+    CREATE TABLE signing_key_ring (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        version BIGINT NOT NULL,
+        sealed BYTEA NOT NULL
+    );
     CREATE FUNCTION deputy_checks(p_keys TEXT[], p_under TEXT, p_agent TEXT, p_domain TEXT, p_user_issuer TEXT,
                                   p_user_subject TEXT)
         RETURNS TABLE (agent_cutoff BIGINT, user_cutoff BIGINT, state TEXT, deadline BIGINT)

@@ -26,6 +26,7 @@ checks pass, and the statement returns what they found, so the caller raises the
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from psycopg.rows import DictRow
@@ -35,7 +36,7 @@ from token_exchange.rfc9068 import new_id
 
 from ..audit import AuditEvent
 from ..records import CredentialRevoked, Party, Presented, TaskEnded, barred
-from ..tasks import EXPIRED, REVOKED, Revocation
+from ..tasks import ADMIN, EXPIRED, POLICY, REVOKED, EndedTask, Revocation
 from .postgres_db import Connection
 from .postgres_listen import CHANNEL
 from .postgres_rows import AUDIT_COLUMNS, TASK_COLUMNS, TOKEN_COLUMNS, audit_params, placeholders
@@ -91,21 +92,34 @@ def raise_unless_written(row: DictRow | None, presented: Presented, under: str |
         raise TaskEnded(f"task {(under or '')[:12]} has ended")
 
 
-async def end_tasks(connection: Connection, roots: Sequence[str], state: str, reason: str, now: int,
-                    event: AuditEvent | None) -> Revocation | None:
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """How a cascade ends its tasks: their new state, the feed event's reason, when, by whom, for which party."""
+
+    state: str
+    reason: str
+    now: int
+    initiator: str
+    party: Party | None = None
+
+
+async def end_tasks(connection: Connection, roots: Sequence[str], ending: Ending, event: AuditEvent | None
+                    ) -> Revocation | None:
     """End the open tasks among `roots`, their open descendants and their tokens, under their trees' locks."""
     if event is not None:
         await connection.execute(INSERT_AUDIT, audit_params(event))
     if not roots:
         return None
     await connection.execute(LOCK_TREES, (list(roots),))
-    row = await (await connection.execute(_CASCADE, {"roots": list(roots), "state": state, "now": now})).fetchone()
+    row = await (await connection.execute(
+        _CASCADE, {"roots": list(roots), "state": ending.state, "now": ending.now})).fetchone()
     assert row is not None
     tasks, tokens = row["tasks"] or [], row["tokens"] or []
     if not tasks:
         return None
-    live = [(t["jti"], t["audience"]) for t in tokens if t["expires_at"] > now]
-    return await insert_revocation(connection, now, reason, [(t["id"], t["audiences"]) for t in tasks], live)
+    ended = [(t["audiences"], EndedTask(t["id"], t["user_issuer"], t["user_subject"], t["cause"])) for t in tasks]
+    live = [(t["jti"], t["audience"]) for t in tokens if t["expires_at"] > ending.now]
+    return await insert_revocation(connection, ending, ended, live)
 
 
 # Each named root is its own cause; a descendant's is its nearest named ancestor (named tasks are not
@@ -124,8 +138,10 @@ SELECT (SELECT json_agg(ended ORDER BY depth, id) FROM ended) AS tasks,
        (SELECT json_agg(revoked ORDER BY jti) FROM revoked) AS tokens
 """
 _INSERT_REVOCATION = f"""
-WITH event AS (INSERT INTO revocations (at, reason, task_ids, jtis)
-               VALUES (%(at)s, %(reason)s, %(task_ids)s::text[], %(jtis)s::text[]) RETURNING seq),
+WITH event AS (INSERT INTO revocations (at, reason, task_ids, jtis, initiator, party_kind, party_id, party_domain,
+                                        tasks)
+               VALUES (%(at)s, %(reason)s, %(task_ids)s::text[], %(jtis)s::text[], %(initiator)s, %(party_kind)s,
+                       %(party_id)s, %(party_domain)s, %(tasks)s) RETURNING seq),
 told AS (INSERT INTO revocation_audiences (audience, seq, task_ids, jtis)
          SELECT t.audience, event.seq, t.task_ids, t.jtis
          FROM event, jsonb_to_recordset(%(told)s) AS t(audience text, task_ids text[], jtis text[]))
@@ -133,25 +149,29 @@ SELECT seq, pg_notify('{CHANNEL}', seq::text) FROM event
 """
 
 
-async def insert_revocation(connection: Connection, now: int, reason: str,
-                            tasks: Sequence[tuple[str, Sequence[str]]], tokens: Sequence[tuple[str, str]]
-                            ) -> Revocation:
+async def insert_revocation(connection: Connection, ending: Ending, tasks: Sequence[tuple[Sequence[str], EndedTask]],
+                            tokens: Sequence[tuple[str, str]]) -> Revocation:
     """A feed event, and for each audience concerned what it tells that audience's resource servers: the
     tasks that include the audience and the tokens issued for it. Last in its transaction, under FEED_LOCK."""
-    task_ids, jtis = [task_id for task_id, _ in tasks], [jti for jti, _ in tokens]
+    task_ids, jtis = [task.id for _, task in tasks], [jti for jti, _ in tokens]
     told: dict[str, tuple[list[str], list[str]]] = {}
-    for task_id, audiences in tasks:
+    for audiences, task in tasks:
         for audience in audiences:
-            told.setdefault(audience, ([], []))[0].append(task_id)
+            told.setdefault(audience, ([], []))[0].append(task.id)
     for jti, audience in tokens:
         told.setdefault(audience, ([], []))[1].append(jti)
+    party = ending.party
     await connection.execute(LOCK_ONE, (FEED_LOCK,))
     row = await (await connection.execute(_INSERT_REVOCATION, {
-        "at": now, "reason": reason, "task_ids": task_ids, "jtis": jtis,
+        "at": ending.now, "reason": ending.reason, "task_ids": task_ids, "jtis": jtis, "initiator": ending.initiator,
+        "party_kind": party.kind if party else None, "party_id": party.id if party else None,
+        "party_domain": party.domain if party else None,
+        "tasks": Jsonb({t.id: [t.user_issuer, t.user_subject, t.cause] for _, t in tasks}),
         "told": Jsonb([{"audience": a, "task_ids": t, "jtis": j} for a, (t, j) in told.items()]),
     })).fetchone()
     assert row is not None
-    return Revocation(row["seq"], now, reason, tuple(task_ids), tuple(jtis))
+    return Revocation(row["seq"], ending.now, ending.reason, tuple(task_ids), tuple(jtis), tuple(t for _, t in tasks),
+                      party, ending.initiator)
 
 
 OPEN_TASKS_OF = {  # the open tasks of a party: its id, and its domain or issuer (None: any)
@@ -174,17 +194,17 @@ async def end_matching(connection: Connection, party: Party, reason: str, now: i
     await connection.execute(_CUTOFF, (party.kind, party.id, party.domain or "", now))
     rows = await (await connection.execute(OPEN_TASKS_OF[party.kind], {"id": party.id, "domain": party.domain})
                   ).fetchall()
-    return await end_tasks(connection, [r["id"] for r in rows], REVOKED, reason, now, event)
+    return await end_tasks(connection, [r["id"] for r in rows], Ending(REVOKED, reason, now, ADMIN, party), event)
 
 
-async def revoke_token(connection: Connection, jti: str, reason: str, now: int, event: AuditEvent | None
+async def revoke_token(connection: Connection, jti: str, ending: Ending, event: AuditEvent | None
                        ) -> Revocation | None:
     row = await (await connection.execute(
         "UPDATE issued_tokens SET revoked_at = %s WHERE jti = %s AND revoked_at IS NULL RETURNING audience",
-        (now, jti))).fetchone()
+        (ending.now, jti))).fetchone()
     if event is not None:
         await connection.execute(INSERT_AUDIT, audit_params(event))
-    return None if row is None else await insert_revocation(connection, now, reason, [], [(jti, row["audience"])])
+    return None if row is None else await insert_revocation(connection, ending, [], [(jti, row["audience"])])
 
 
 _EXPIRED = ("SELECT id, agent, agent_domain, user_issuer, user_subject FROM tasks"
@@ -205,7 +225,7 @@ async def expire_batch(connection: Connection, now: int, batch: int) -> tuple[in
             decision_id=new_id(), at=now, action="expire", outcome="granted", agent=row["agent"],
             agent_domain=row["agent_domain"], user_issuer=row["user_issuer"], user_subject=row["user_subject"],
             task_id=row["id"], reasons=("task deadline passed",))) for row in expired])
-    await end_tasks(connection, [r["id"] for r in expired], EXPIRED, "deadline passed", now, None)
+    await end_tasks(connection, [r["id"] for r in expired], Ending(EXPIRED, "deadline passed", now, POLICY), None)
     return len(candidates), len(expired)
 
 
