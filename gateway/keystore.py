@@ -96,12 +96,13 @@ def _version_of(entries: dict[str, Any], directory: Path) -> int:
 
 
 def _parse(directory: Path, entries: dict[str, Any]) -> Stored:
+    version = _version_of(entries, directory)
     try:
         tokens = _pair(directory, entries, None)
         events = _pair(directory, entries["events"], EVENT_SIGNING_ALGORITHM) if "events" in entries else None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise KeyStoreError(f"{directory}: unreadable signing keys: {exc}") from exc
-    return Stored(_version_of(entries, directory), tokens, events)
+    return Stored(version, tokens, events)
 
 
 def _pair(directory: Path, entries: dict[str, Any], algorithm: str | None) -> KeyPair:

@@ -71,15 +71,17 @@ def read_encryption_key(path: Path) -> KeyEncryptionKey:
     ConfigError naming `keys.encryption_key_file` for a missing or unreadable file, group or other
     permission bits, text that is not base64, or another length."""
     try:
-        fd = os.open(path, os.O_RDONLY)
-        with os.fdopen(fd, "rb") as f:
-            status = os.fstat(f.fileno())
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO would block: it is refused below instead
+        try:
+            status = os.fstat(fd)
             if not stat.S_ISREG(status.st_mode):
                 raise ConfigError(f"{KEY}: {path} is not a regular file")
             if status.st_mode & 0o077:
                 raise ConfigError(f"{KEY}: {path} is open to group or others (mode {stat.S_IMODE(status.st_mode):04o})"
                                   f"; chmod 600 {path}")
-            text = f.read(4 * KEK_BYTES)
+            text = os.read(fd, 4 * KEK_BYTES)
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise ConfigError(f"{KEY}: cannot read {path}: {exc.strerror or exc}") from exc
     try:
