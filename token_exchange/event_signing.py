@@ -33,11 +33,11 @@ class EventSigner:
         """One signed SET; ValueError for claims no SSF SET may carry (`sub`, `exp`, another `iss`) or without
         an `events` object (RFC 8417 §2.2)."""
         if found := [name for name in FORBIDDEN_CLAIMS if name in claims]:
-            raise ValueError(f"an SSF SET must not carry {', '.join(found)} (SSF 1.0 §4.1.2, §4.1.7)")
+            raise ValueError(f"an SSF SET must not carry {', '.join(found)} (SSF 1.0 sections 4.1.2, 4.1.7)")
         if claims.get("iss", self.issuer) != self.issuer:
-            raise ValueError("an SSF SET's iss must be the transmitter's issuer (SSF 1.0 §4.1.6)")
+            raise ValueError("an SSF SET's iss must be the transmitter's issuer (SSF 1.0 section 4.1.6)")
         if not isinstance(claims.get("events"), Mapping) or not claims["events"]:
-            raise ValueError("a SET must carry a non-empty events object (RFC 8417 §2.2)")
+            raise ValueError("a SET must carry a non-empty events object (RFC 8417 section 2.2)")
         key = self._key
         body = {"iss": self.issuer, "iat": int(time.time()), "jti": new_id(), **claims}
         return jwt.encode(body, key.private_key, algorithm=key.algorithm, headers={"typ": SET_TYPE, "kid": key.kid})
