@@ -1,4 +1,4 @@
-"""The `deputy` command: serve the gateway, rotate its keys, check a config file."""
+"""The `deputy` command: serve the gateway, rotate its keys, check a config file, upgrade the database."""
 
 from __future__ import annotations
 
@@ -55,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate a config file and the policy, then exit")
     _config_option(check)
     check.set_defaults(run=_check)
+    db = commands.add_parser("db", help="the store's database")
+    db_commands = db.add_subparsers(required=True, metavar="ACTION")
+    upgrade = db_commands.add_parser(
+        "upgrade", help="bring the store's schema to this Deputy's version (PostgreSQL: before serving)")
+    _config_option(upgrade)
+    upgrade.set_defaults(run=_db_upgrade)
     admin_cli.add_commands(commands, _config_option)
     policy_cli.add_commands(commands, _config_option)
     demo = commands.add_parser("demo", help="DEMO ONLY: run the whole story (task, delegation, revocation) locally")
@@ -249,6 +255,22 @@ def _rotate(args: argparse.Namespace) -> int:
         print(f"previous key {tokens.previous.kid} stays published until the next rotation")
     print(f"new event signing key {events.current.kid} ({events.current.algorithm})")
     print("running gateways sign with them within seconds (each worker checks the key ring every second)")
+    return 0
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    """Apply the schema migrations the store needs: PostgreSQL's are only ever applied here (a serving
+    gateway refuses a schema other than its own); SQLite also migrates itself when opened."""
+    from delegation.records import StoreError
+    from delegation.stores import upgrade_store
+
+    settings = load_settings(args.config)
+    try:
+        before, after = asyncio.run(upgrade_store(settings.store_url))
+    except StoreError as exc:
+        raise ConfigError(f"store.url: {exc}") from exc
+    print(f"database schema: already at version {after}" if before == after
+          else f"database schema: version {before} → {after}")
     return 0
 
 

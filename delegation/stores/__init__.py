@@ -11,12 +11,13 @@ from ..store import Store
 from .sqlite import SqliteStore, sqlite_path
 from .sqlite_schema import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 
-POSTGRESQL = "postgresql://"
+POSTGRESQL = ("postgresql://", "postgres://")  # libpq connection URIs
 
 
 async def open_store(url: str) -> Store:
     """The store a `[store] url` names: `sqlite:///path`, or `postgresql://...` (a libpq URI, given to libpq
-    as it is). SQLite migrates its schema itself; PostgreSQL refuses a schema other than the code's."""
+    as it is). SQLite migrates its schema itself; PostgreSQL refuses a schema other than the code's
+    (`upgrade_store` applies its migrations)."""
     if url.startswith(POSTGRESQL):
         from .postgres import PostgresStore  # the driver is imported only by those who use it
 
