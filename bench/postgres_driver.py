@@ -11,6 +11,7 @@ Both drivers send each as one prepared statement, one round trip: psycopg as the
 `--seconds` with N concurrent callers, drivers alternating, `--rounds` times; CPU is this process's (the
 client's) per operation, since the gateway's two cores are what the driver competes for.
 
+    pip install -e '.[bench]'                          # asyncpg
     python bench/postgres_driver.py                    # a private cluster (Debian's binaries)
     python bench/postgres_driver.py --url postgresql://postgres@127.0.0.1:54329/postgres
 """
