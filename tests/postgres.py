@@ -62,7 +62,7 @@ class Cluster:
                   "--locale=C")
         with (self.data / "postgresql.conf").open("a") as conf:
             conf.write(f"port = {self.port}\nlisten_addresses = '127.0.0.1'\n"
-                       f"unix_socket_directories = '{self.socket_dir}'\nfsync = off\nsynchronous_commit = off\n"
+                       f"unix_socket_directories = '{self.socket_dir}'\nfsync = off\n"
                        "full_page_writes = off\nmax_connections = 300\n")
         (self.data / "pg_hba.conf").write_text("local all all peer\nhost all all 127.0.0.1/32 trust\n")
 
@@ -75,7 +75,15 @@ class Cluster:
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.base / "log"), "-w", "-t", "60", "start")
 
     def stop(self) -> None:
-        self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def database(self, name: str = "deputy", *, owner: str = "postgres") -> str:
+        """A new, empty database (owned by `owner`, a role made if need be); its TCP URL."""
+        with psycopg.connect(self.url, autocommit=True) as admin:
+            if owner != "postgres":
+                admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(owner)))
+            admin.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(owner)))
+        return f"postgresql://{owner}@127.0.0.1:{self.port}/{name}"
 
     def remove(self) -> None:
         if (self.data / "postmaster.pid").exists():

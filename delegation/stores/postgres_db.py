@@ -4,8 +4,10 @@ The URL goes to libpq as it is (every libpq option: Unix sockets with peer authe
 certificates, service and password files); Deputy only adds `connect_timeout` and `application_name` when
 the URL does not set them. Connecting and checking a connection out of the pool each give up after about
 two seconds, so with PostgreSQL down a request fails fast; every driver error becomes `StoreError`. A
-connection found broken is dropped by the pool, which connects anew as it is asked, so the store recovers
-when the server is back without being reopened.
+connection found broken is dropped by the pool. The pool's own reconnection backs off exponentially (a
+minute-long outage would leave it waiting a minute more), so its attempts give up after two seconds and
+the next caller starts a new one: the store recovers within seconds of the server's return, without
+being reopened.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ Connection = psycopg.AsyncConnection[DictRow]
 Params = Sequence[Any] | Mapping[str, Any]
 
 CHECKOUT_TIMEOUT_S = 2.0
+RECONNECT_TIMEOUT_S = 2.0  # a pool slot that cannot reconnect gives up this soon; the next caller tries anew
 POOL_MIN, POOL_MAX = 2, 10  # a gateway worker's concurrent store calls; config-free
 DEFAULTS = {"connect_timeout": "2", "application_name": "deputy"}  # libpq: connect_timeout is 2 s at least
 
@@ -56,7 +59,8 @@ class PostgresDatabase:
         self.conninfo = conninfo(url)
         self._pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
             self.conninfo, connection_class=Connection, kwargs={"autocommit": True, "row_factory": dict_row},
-            min_size=POOL_MIN, max_size=POOL_MAX, timeout=CHECKOUT_TIMEOUT_S, open=False, name="deputy")
+            min_size=POOL_MIN, max_size=POOL_MAX, timeout=CHECKOUT_TIMEOUT_S, reconnect_timeout=RECONNECT_TIMEOUT_S,
+            open=False, name="deputy")
 
     async def open(self) -> None:
         try:

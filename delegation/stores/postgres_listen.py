@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .postgres_db import first_line
 
@@ -32,6 +33,7 @@ SWEEP_LOCK = "deputy:sweeper"
 TRY_EVERY_S = 1.0  # how often the lead is tried for (and the connection checked)
 RETRY_MIN_S, RETRY_MAX_S = 0.2, 5.0  # reconnection backoff
 NOT_YET = "not yet listening for revocations on PostgreSQL (LISTEN)"
+LISTENER_NAME = "listener"  # its application_name: the pool's, then this (pg_stat_activity tells them apart)
 
 
 class Wakeup:
@@ -59,7 +61,8 @@ class Listener:
     """Keeps the session connection up: LISTEN, wake on notifications, hold or try the sweep lock."""
 
     def __init__(self, conninfo: str, wakeup: Wakeup, on_reconnect: Callable[[], Awaitable[None]]) -> None:
-        self._conninfo = conninfo
+        name = conninfo_to_dict(conninfo).get("application_name") or "deputy"
+        self._conninfo = make_conninfo(conninfo, application_name=f"{name} {LISTENER_NAME}")
         self._wakeup = wakeup
         self._on_reconnect = on_reconnect
         self.problem: str | None = NOT_YET

@@ -1,0 +1,409 @@
+"""What only the PostgreSQL store has to prove, on a real server (tests/postgres.py): several replicas
+(store instances) on one database racing check-and-writes against revocations, feed cursors under
+concurrent revocations, LISTEN/NOTIFY between replicas and the loss of the listener, PostgreSQL stopped
+and started again, the schema versions and `deputy db upgrade`, the sweeper's lead, and connections
+without a password (a Unix socket with peer authentication, a TLS client certificate)."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from delegation.records import CredentialRevoked, Party, StoreError, TaskEnded
+from delegation.store import PendingSet, Store
+from delegation.stores import open_store, upgrade_store
+from delegation.stores import postgres_writes as writes
+from delegation.stores.postgres_listen import NOT_YET, Listener, Wakeup
+from delegation.stores.postgres_schema import SCHEMA_VERSION, upgrade
+from delegation.tasks import SYSTEM, EndedTask, Revocation, Task
+from tests.delegation.test_store_contract import (
+    MAIL_AUD,
+    NOW,
+    ONLY_MAIL,
+    PRESENTED,
+    event,
+    eventually,
+    opened,
+    stream,
+    task,
+    token,
+)
+from tests.postgres import Cluster, Server
+from tests.support import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@asynccontextmanager
+async def replicas(url: str, count: int = 2) -> AsyncIterator[list[Store]]:
+    """`count` store instances on one database, as `count` gateway replicas have."""
+    stores = [await open_store(url) for _ in range(count)]
+    try:
+        yield stores
+    finally:
+        for store in stores:
+            await store.close()
+
+
+def admin(url: str) -> psycopg.Connection[tuple[object, ...]]:
+    return psycopg.connect(url, autocommit=True)
+
+
+async def hammer(attempt: Callable[[int], Awaitable[None]], *, revoke: Callable[[], Awaitable[Revocation | None]],
+                 workers: int = 8, after: int = 40) -> tuple[list[int], list[BaseException], Revocation | None]:
+    """Writers attempt writes without pause while a revocation commits in the middle of them; each goes on
+    for `after` attempts once it has seen the revocation answer. (The writes that succeeded, the errors,
+    the revocation.)"""
+    done, errors, numbers, revoked = [], [], iter(range(10**6)), asyncio.Event()
+
+    async def writer() -> None:
+        left = after
+        while left > 0:
+            n = next(numbers)
+            try:
+                await attempt(n)
+                done.append(n)
+            except (TaskEnded, CredentialRevoked) as exc:
+                errors.append(exc)
+            left -= revoked.is_set()
+
+    async def revoker() -> Revocation | None:
+        while len(done) < 20:
+            await asyncio.sleep(0.001)
+        try:
+            return await revoke()
+        finally:
+            revoked.set()
+
+    *_, revocation = await asyncio.gather(*(writer() for _ in range(workers)), revoker())
+    return done, errors, revocation
+
+
+async def test_an_exchange_racing_a_task_revocation_on_another_replica_is_in_the_cascade_or_refused(
+        postgresql_url: str) -> None:
+    async with replicas(postgresql_url) as (a, b):
+        root = await opened(a, "root", MAIL_AUD)
+        child = task("child", parent=root, agent="spiffe://example.org/b")
+        await a.record_task(child, event("delegate", "child"), presented=PRESENTED)
+
+        async def grant(n: int) -> None:
+            await a.record_grant(token(f"j{n}", ("root", "child")[n % 2]), event("x", f"j{n}"), presented=PRESENTED)
+
+        done, errors, revocation = await hammer(
+            grant, revoke=lambda: b.end_tasks(["root"], state="revoked", reason="race", now=NOW + 1))
+        assert revocation is not None and errors and all(isinstance(e, TaskEnded) for e in errors)
+        assert {f"j{n}" for n in done} == set(revocation.jtis)  # every token recorded is in the cascade
+        for jti in revocation.jtis:
+            state = await a.token(jti)
+            assert state is not None and state.revoked
+
+
+async def test_a_delegation_racing_a_tree_revocation_on_another_replica_is_in_the_cascade_or_refused(
+        postgresql_url: str) -> None:
+    async with replicas(postgresql_url) as (a, b):
+        root = await opened(a, "root", MAIL_AUD)
+        made: dict[int, Task] = {}
+
+        async def delegate(n: int) -> None:
+            parent = made.get(n // 4, root)  # deeper and deeper: children of the children made so far
+            child = replace(task(f"c{n}", parent=parent, agent="spiffe://example.org/b"), audiences=(MAIL_AUD,))
+            await a.record_task(child, event("delegate", child.id), presented=PRESENTED)
+            made[n] = child
+
+        done, errors, revocation = await hammer(
+            delegate, revoke=lambda: b.end_tasks(["root"], state="revoked", reason="race", now=NOW + 1))
+        assert revocation is not None and errors and all(isinstance(e, TaskEnded) for e in errors)
+        assert {"root", *(f"c{n}" for n in done)} == set(revocation.task_ids)
+        assert {(t.id, t.cause) for t in revocation.tasks} == {(i, "root") for i in revocation.task_ids}
+        with admin(postgresql_url) as db:
+            left = db.execute("SELECT id FROM tasks WHERE root_id = 'root' AND state = 'open'").fetchall()
+        assert left == []  # nothing open under the ended tree
+
+
+async def test_a_grant_racing_an_admin_revocation_of_its_agent_is_in_the_cascade_or_refused(
+        postgresql_url: str) -> None:
+    async with replicas(postgresql_url) as (a, b):
+        async def one_shot(n: int) -> None:  # each a new implicit task of the agent, nothing under a tree
+            implicit = replace(task(f"i{n}"), implicit=True)
+            await a.record_grant(token(f"j{n}", implicit.id), event("x", f"j{n}"), presented=PRESENTED,
+                                 task=implicit)
+
+        party = Party("agent", PRESENTED.actor.id)  # type: ignore[union-attr]
+        done, errors, revocation = await hammer(one_shot, revoke=lambda: b.end_matching(party, reason="x", now=NOW))
+        assert revocation is not None and errors
+        assert all(isinstance(e, CredentialRevoked) and e.which == "actor" for e in errors)
+        assert set(revocation.task_ids) == {f"i{n}" for n in done}  # every task it let through, it ended
+        assert set(revocation.jtis) == {f"j{n}" for n in done}
+
+
+async def test_a_single_use_value_used_on_two_replicas_at_once_is_let_through_once(postgresql_url: str) -> None:
+    async with replicas(postgresql_url) as (a, b):
+        for round_ in range(10):
+            uses = [store.first_use("pop", f"v{round_}", expires_at=NOW + 60) for _ in range(5) for store in (a, b)]
+            assert (await asyncio.gather(*uses)).count(True) == 1
+
+
+async def test_concurrent_revocations_on_two_replicas_reach_a_follower_and_a_pager_once_each_in_order(
+        postgresql_url: str) -> None:
+    async with replicas(postgresql_url) as (a, b):
+        for i in range(60):
+            await opened(a, f"t{i}", MAIL_AUD)
+        followed: list[int] = []
+
+        async def follow() -> None:
+            async for revocation in a.follow(0, audiences=ONLY_MAIL):
+                followed.append(revocation.seq)
+
+        async def page_reader() -> list[int]:
+            seen, cursor = [], 0
+            while len(seen) < 60:
+                page = await b.revocations(cursor, 2, audiences=ONLY_MAIL)
+                seen += [e.seq for e in page.events]
+                cursor = page.next
+            return seen
+
+        follower = asyncio.ensure_future(follow())
+        reader = asyncio.ensure_future(page_reader())
+        ended = await asyncio.gather(*(store.end_tasks([f"t{i}"], state="revoked", reason="x", now=NOW + 1)
+                                       for i in range(60) for store in [(a, b)[i % 2]]))
+        seqs = sorted(r.seq for r in ended if r is not None)
+        assert len(seqs) == 60
+        assert await asyncio.wait_for(reader, 10) == seqs
+        assert await eventually(lambda: len(followed) >= 60) and followed == seqs
+        follower.cancel()
+
+
+async def test_a_feed_reader_never_passes_an_event_that_commits_after_a_later_one(postgresql_url: str) -> None:
+    """A revocation that drew its sequence number and has not committed yet holds FEED_LOCK: the next one
+    waits for it, so a reader reading to the head meanwhile sees neither, then both in order."""
+    async with replicas(postgresql_url, 1) as (store,):
+        await opened(store, "t", MAIL_AUD)
+        slow = await psycopg.AsyncConnection.connect(postgresql_url, autocommit=True, row_factory=dict_row)
+        try:
+            async with slow.transaction():  # another replica's revocation, between its INSERT and its COMMIT
+                first = await writes.insert_revocation(slow, writes.Ending("revoked", "slow", NOW, SYSTEM),
+                                                       [((MAIL_AUD,), EndedTask("x", "https://idp", "alice", "x"))], [])
+                later = asyncio.ensure_future(store.end_tasks(["t"], state="revoked", reason="fast", now=NOW + 1))
+                await asyncio.sleep(0.5)
+                page = await store.revocations(0, 10, audiences=ONLY_MAIL)
+                assert page.events == () and not later.done()  # the later one waits; the reader passes nothing
+            second = await asyncio.wait_for(later, 5)
+        finally:
+            await slow.close()
+        assert second is not None and second.seq > first.seq
+        told = await store.revocations(page.next, 10, audiences=ONLY_MAIL)
+        assert [e.reason for e in told.events] == ["slow", "fast"]
+
+
+async def test_a_revocation_on_one_replica_wakes_the_others_feed_readers_and_long_polls_at_once(
+        postgresql_url: str) -> None:
+    async with replicas(postgresql_url) as (a, b):
+        await opened(b, "t", MAIL_AUD)
+        await b.create_stream(stream("s1"))
+        followed = a.follow(0, audiences=ONLY_MAIL)
+        pending = asyncio.ensure_future(anext(followed))
+        await asyncio.sleep(0.3)  # the follower has looked, found nothing, and waits
+        started = time.monotonic()
+        await b.end_tasks(["t"], state="revoked", reason="x", now=NOW + 1)
+        assert (await asyncio.wait_for(pending, 5)).task_ids == ("t",)
+        assert time.monotonic() - started < 1.0  # notified, not found at a poll (every 5 s while listening)
+        waiter = asyncio.ensure_future(a.wait_for_events(30))
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        await b.enqueue_sets("s1", [PendingSet("v", "set-v")])
+        await asyncio.wait_for(waiter, 5)
+        assert time.monotonic() - started < 1.0
+        await followed.aclose()  # type: ignore[attr-defined]
+
+
+def terminate_listeners(db: psycopg.Connection[tuple[object, ...]], dbname: str) -> int:
+    """End the LISTEN sessions of every store instance on `dbname` (as a network cut or a restart would)."""
+    rows = db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s"
+                      " AND application_name LIKE '%% listener'", (dbname,)).fetchall()
+    return len(rows)
+
+
+async def test_a_replica_that_loses_its_listen_connection_says_so_until_it_has_caught_up(
+        postgresql_server: Server, postgresql_url: str) -> None:
+    dbname = postgresql_url.rsplit("/", 1)[1]
+    async with replicas(postgresql_url) as (a, b):
+        await opened(b, "t", MAIL_AUD)
+        assert a.revocation_sync_problem() is None
+        followed = a.follow(0, audiences=ONLY_MAIL)
+        pending = asyncio.ensure_future(anext(followed))
+        with admin(postgresql_server.url) as db:
+            db.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false')  # it cannot come back yet
+            try:
+                assert terminate_listeners(db, dbname) == 2
+                assert await eventually(lambda: None not in (a.revocation_sync_problem(), b.revocation_sync_problem()))
+                problem = a.revocation_sync_problem()
+                assert problem is not None and problem.startswith("lost its PostgreSQL LISTEN connection: ")
+                assert "\n" not in problem and not a.lead_sweeps() and not b.lead_sweeps()
+                await b.end_tasks(["t"], state="revoked", reason="while a was deaf", now=NOW + 1)
+                await asyncio.sleep(0.5)
+                assert a.revocation_sync_problem() is not None
+            finally:
+                db.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
+        assert await eventually(lambda: a.revocation_sync_problem() is None, timeout=15)
+        assert (await asyncio.wait_for(pending, 5)).reason == "while a was deaf"  # caught up by its cursor
+        assert await eventually(lambda: a.lead_sweeps() != b.lead_sweeps())  # one of them leads again
+        await followed.aclose()  # type: ignore[attr-defined]
+
+
+async def test_a_store_that_never_listened_says_it_is_not_yet_listening() -> None:
+    listener = Listener("postgresql://deputy@127.0.0.1:1/deputy?connect_timeout=2", Wakeup(), asyncio.sleep)
+    await listener.start(wait=0.2)
+    try:
+        assert listener.problem is not None and listener.problem.startswith(NOT_YET)
+        assert await eventually(lambda: "refused" in (listener.problem or ""))
+    finally:
+        await listener.close()
+
+
+async def test_one_replica_of_three_leads_the_sweeps_and_another_takes_over_when_it_loses_its_session(
+        postgresql_url: str) -> None:
+    async with replicas(postgresql_url, 3) as stores:
+        assert await eventually(lambda: sum(s.lead_sweeps() for s in stores) == 1)
+        leader = next(s for s in stores if s.lead_sweeps())
+        with admin(postgresql_url) as db:
+            held = db.execute("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted").fetchall()
+            assert len(held) == 1
+            db.execute("SELECT pg_terminate_backend(%s)", held[0])
+        assert await eventually(lambda: not leader.lead_sweeps())
+        assert await eventually(lambda: sum(s.lead_sweeps() for s in stores) == 1)
+        await asyncio.sleep(1.5)  # every one not leading has tried again meanwhile
+        assert sum(s.lead_sweeps() for s in stores) == 1
+
+
+async def test_with_postgresql_stopped_calls_fail_fast_and_the_store_recovers_when_it_is_back(
+        postgresql_cluster: Cluster) -> None:
+    url = postgresql_cluster.database()
+    await upgrade(url)
+    store = await open_store(url)
+    try:
+        await opened(store, "before", MAIL_AUD)
+        postgresql_cluster.stop()
+        for call in (lambda: store.task("before"), lambda: opened(store, "during", MAIL_AUD),
+                     lambda: store.end_tasks(["before"], state="revoked", reason="x", now=NOW + 1)):
+            started = time.monotonic()
+            with pytest.raises(StoreError):
+                await call()
+            assert time.monotonic() - started < 5  # the connect and checkout timeouts, not a hang
+        assert await eventually(lambda: store.revocation_sync_problem() is not None)
+        postgresql_cluster.start()
+
+        async def works() -> bool:
+            try:
+                return await store.task("before") is not None
+            except StoreError:
+                return False
+
+        deadline = time.monotonic() + 30
+        while not await works():
+            assert time.monotonic() < deadline, "the store did not recover"
+            await asyncio.sleep(0.2)
+        await opened(store, "after", MAIL_AUD)
+        assert await eventually(lambda: store.revocation_sync_problem() is None, timeout=15)
+        assert await store.task("during") is None  # what failed left nothing behind
+    finally:
+        await store.close()
+
+
+async def test_a_schema_older_than_the_code_is_refused_in_one_line_naming_the_command(
+        postgresql_server: Server) -> None:
+    empty = postgresql_server.create(migrated=False)
+    try:
+        with pytest.raises(StoreError) as refused:
+            await open_store(empty)
+        assert str(refused.value) == (f"the database schema is at version 0, this Deputy needs {SCHEMA_VERSION}:"
+                                      " run `deputy db upgrade`")
+    finally:
+        postgresql_server.drop(empty)
+
+
+async def test_a_schema_newer_than_the_code_is_refused_and_not_upgraded(postgresql_url: str) -> None:
+    with admin(postgresql_url) as db:
+        db.execute("UPDATE deputy_schema SET version = %s", (SCHEMA_VERSION + 1,))
+    for attempt in (open_store, upgrade_store):
+        with pytest.raises(StoreError) as refused:
+            await attempt(postgresql_url)  # type: ignore[operator]
+        assert str(refused.value) == (f"the database schema (version {SCHEMA_VERSION + 1}) is newer than this Deputy"
+                                      f" (version {SCHEMA_VERSION}): upgrade Deputy")
+
+
+async def test_upgrade_is_idempotent_and_concurrent_upgrades_migrate_once(postgresql_server: Server) -> None:
+    empty = postgresql_server.create(migrated=False)
+    try:
+        results = await asyncio.gather(*(upgrade(empty) for _ in range(4)))
+        assert sorted(results) == [(0, SCHEMA_VERSION)] + [(SCHEMA_VERSION, SCHEMA_VERSION)] * 3
+        assert await upgrade_store(empty) == (SCHEMA_VERSION, SCHEMA_VERSION)
+        store = await open_store(empty)
+        await store.close()
+    finally:
+        postgresql_server.drop(empty)
+
+
+def deputy(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env={**os.environ, "DEPUTY_CONFIG": ""})
+
+
+def test_deputy_serve_on_an_old_schema_exits_2_with_one_line_and_db_upgrade_fixes_it(
+        postgresql_server: Server, tmp_path: Path) -> None:
+    empty = postgresql_server.create(migrated=False)
+    try:
+        kek = tmp_path / "kek"
+        kek.write_text("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n")
+        kek.chmod(0o600)
+        config = tmp_path / "deputy.toml"
+        config.write_text(f'[store]\nurl = "{empty}"\n\n[keys]\nencryption_key_file = "{kek}"\n')
+        served = deputy("serve", "--config", str(config), "--listen", f"127.0.0.1:{free_port()}")
+        assert served.returncode == 2
+        assert served.stderr == ("deputy: store.url: the database schema is at version 0, this Deputy needs"
+                                 f" {SCHEMA_VERSION}: run `deputy db upgrade`\n")
+        first, again = (deputy("db", "upgrade", "--config", str(config)) for _ in range(2))
+        assert (first.returncode, first.stdout) == (0, f"database schema: version 0 → {SCHEMA_VERSION}\n")
+        assert (again.returncode, again.stdout) == (0, f"database schema: already at version {SCHEMA_VERSION}\n")
+    finally:
+        postgresql_server.drop(empty)
+
+
+def test_deputy_db_upgrade_with_postgresql_unreachable_exits_2_with_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "deputy.toml"
+    config.write_text('[store]\nurl = "postgresql://deputy@127.0.0.1:1/deputy"\n\n[keys]\n'
+                      f'encryption_key_file = "{tmp_path / "kek"}"\n')
+    (tmp_path / "kek").write_text("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n")
+    (tmp_path / "kek").chmod(0o600)
+    done = deputy("db", "upgrade", "--config", str(config))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert done.stderr.startswith("deputy: store.url: postgresql: connection failed:")
+
+
+async def test_a_unix_socket_with_peer_authentication_needs_no_password(postgresql_cluster: Cluster) -> None:
+    user = getpass.getuser()
+    postgresql_cluster.database("peer", owner=user)
+    url = f"postgresql:///peer?host={postgresql_cluster.socket_dir}&port={postgresql_cluster.port}"  # the OS user
+    assert "password" not in url and "@" not in url
+    await upgrade(url)
+    store = await open_store(url)
+    try:
+        await opened(store, "t", MAIL_AUD)
+        assert (await store.task("t")) is not None and store.revocation_sync_problem() is None
+    finally:
+        await store.close()
+    with admin(postgresql_cluster.url) as db:
+        methods = db.execute("SELECT DISTINCT auth_method FROM pg_hba_file_rules WHERE type = 'local'").fetchall()
+    assert methods == [("peer",)]
+
