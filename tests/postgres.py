@@ -85,6 +85,15 @@ class Cluster:
             admin.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(owner)))
         return f"postgresql://{owner}@127.0.0.1:{self.port}/{name}"
 
+    def configure(self, settings: str, *, hba_first: str = "") -> None:
+        """Append `settings` to postgresql.conf, put `hba_first` before the pg_hba.conf rules, and restart."""
+        with (self.data / "postgresql.conf").open("a") as conf:
+            conf.write(settings)
+        hba = self.data / "pg_hba.conf"
+        hba.write_text(hba_first + hba.read_text())
+        self.stop()
+        self.start()
+
     def remove(self) -> None:
         if (self.data / "postmaster.pid").exists():
             self.stop()

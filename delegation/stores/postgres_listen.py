@@ -92,7 +92,7 @@ class Listener:
                     await self._caught_up()
                     delay = RETRY_MIN_S
                     await self._serve(connection)
-            except (psycopg.Error, OSError) as exc:
+            except Exception as exc:  # whatever stops it, it is not listening: fail closed, and try again
                 self._lost(exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_S)

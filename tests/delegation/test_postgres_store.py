@@ -7,8 +7,11 @@ without a password (a Unix socket with peer authentication, a TLS client certifi
 from __future__ import annotations
 
 import asyncio
+import datetime
 import getpass
+import ipaddress
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -19,6 +22,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from psycopg.rows import dict_row
 
 from delegation.records import CredentialRevoked, Party, StoreError, TaskEnded
@@ -407,3 +414,59 @@ async def test_a_unix_socket_with_peer_authentication_needs_no_password(postgres
         methods = db.execute("SELECT DISTINCT auth_method FROM pg_hba_file_rules WHERE type = 'local'").fetchall()
     assert methods == [("peer",)]
 
+
+
+def issue(name: str, key: ec.EllipticCurvePrivateKey, issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None,
+          *, ca: bool = False, san: x509.GeneralName | None = None) -> x509.Certificate:
+    """A certificate for `name` (self-signed when `issuer` is None), valid for a day."""
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    issuer_name, signer = issuer or (subject, key)
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer_name).public_key(key.public_key())
+               .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+               .not_valid_after(now + datetime.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if san is not None:
+        builder = builder.add_extension(x509.SubjectAlternativeName([san]), critical=False)
+    return builder.sign(signer, hashes.SHA256())
+
+
+def write_pem(path: Path, item: x509.Certificate | ec.EllipticCurvePrivateKey) -> Path:
+    if isinstance(item, x509.Certificate):
+        path.write_bytes(item.public_bytes(serialization.Encoding.PEM))
+    else:
+        path.write_bytes(item.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                            serialization.NoEncryption()))
+    path.chmod(0o600)  # libpq and the server refuse a private key others can read
+    return path
+
+
+async def test_a_tls_client_certificate_needs_no_password(postgresql_cluster: Cluster, tmp_path: Path) -> None:
+    """sslmode=verify-full: the client checks the server's certificate and name; the server accepts the
+    client by its certificate alone (pg_hba `cert`), its CN being the role."""
+    ca_key, server_key, client_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    ca = issue("deputy test CA", ca_key, None, ca=True)
+    server = issue("127.0.0.1", server_key, (ca.subject, ca_key), san=x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    client = issue("deputy_tls", client_key, (ca.subject, ca_key))
+    files = postgresql_cluster.data
+    for name, item in (("server.crt", server), ("server.key", server_key), ("root.crt", ca)):
+        write_pem(files / name, item)
+        if os.geteuid() == 0:
+            shutil.chown(files / name, "postgres", "postgres")
+    postgresql_cluster.database("tls", owner="deputy_tls")
+    postgresql_cluster.configure(
+        "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\nssl_ca_file = 'root.crt'\n",
+        hba_first="hostssl tls deputy_tls 127.0.0.1/32 cert\nhost tls all 127.0.0.1/32 reject\n")
+    url = (f"postgresql://deputy_tls@127.0.0.1:{postgresql_cluster.port}/tls?sslmode=verify-full"
+           f"&sslrootcert={write_pem(tmp_path / 'root.crt', ca)}&sslcert={write_pem(tmp_path / 'client.crt', client)}"
+           f"&sslkey={write_pem(tmp_path / 'client.key', client_key)}")
+    await upgrade(url)
+    store = await open_store(url)
+    try:
+        await opened(store, "t", MAIL_AUD)
+        assert (await store.task("t")) is not None and store.revocation_sync_problem() is None
+    finally:
+        await store.close()
+    without = url.split("&sslcert=")[0]  # the same URL without the client certificate is refused
+    with pytest.raises(StoreError, match="connection requires a valid client certificate"):
+        await upgrade(without)
