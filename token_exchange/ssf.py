@@ -14,9 +14,7 @@ from typing import Any
 
 from .errors import OAuthError
 
-SET_TYPE = "secevent+jwt"  # RFC 8417 §2.3: the JWS `typ`
-SET_MEDIA_TYPE = "application/secevent+jwt"
-SET_ALGORITHM = "RS256"  # CAEP interoperability profile §2.6
+SET_MEDIA_TYPE = "application/secevent+jwt"  # RFC 8417 §2.3
 PUSH_DELIVERY, POLL_DELIVERY = "urn:ietf:rfc:8935", "urn:ietf:rfc:8936"  # SSF §6.1
 SPEC_VERSION = "1_0"
 
