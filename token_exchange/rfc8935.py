@@ -23,6 +23,17 @@ class PushResult:
     detail: str  # the receiver's err and description, the HTTP status, or the transport error
 
 
+class Pusher:
+    """`push` with one client and timeout, as the transmitter's delivery calls it."""
+
+    def __init__(self, client: httpx2.AsyncClient, *, timeout: float) -> None:
+        self.client = client
+        self.timeout = timeout
+
+    async def __call__(self, url: str, token: str, *, authorization: str | None) -> PushResult:
+        return await push(self.client, url, token, authorization=authorization, timeout=self.timeout)
+
+
 async def push(client: httpx2.AsyncClient, url: str, token: str, *, authorization: str | None,
                timeout: float) -> PushResult:
     """§2.1: `Content-Type: application/secevent+jwt`, `Accept: application/json`, the stream's
