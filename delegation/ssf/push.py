@@ -58,9 +58,9 @@ class PushDelivery:
             await self.store.wait_for_events(self._pause())
 
     async def round(self) -> None:
-        """Sweep inactive streams (once a minute), then deliver to every push stream that is due."""
-        if self.clock() >= self._next_inactivity_sweep:
-            self._next_inactivity_sweep = self.clock() + INACTIVITY_SWEEP_S
+        """Sweep inactive streams (once a minute at most), then deliver to every push stream that is due."""
+        if self.clock() >= self._next_inactivity_sweep:  # twice per timeout at least, so none lives 1.5 times it
+            self._next_inactivity_sweep = self.clock() + min(INACTIVITY_SWEEP_S, self.inactivity_timeout / 2)
             if dropped := await self.store.drop_inactive_streams(int(self.wall_clock()) - self.inactivity_timeout):
                 log.warning("ssf.streams_inactive", extra={"deleted": dropped})
         streams = [s for client in self.clients for s in await self.store.streams_of(client) if s.delivery == PUSH]
