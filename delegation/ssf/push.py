@@ -4,7 +4,7 @@ Woken whenever a revocation or SET may have been committed (`wait_for_events`), 
 stream's new SETs and POSTs them in order, one at a time. A SET the receiver takes (202) or refuses (400:
 sending it again cannot help) leaves the queue; any other answer stops that stream's delivery and retries
 it after a per-stream backoff that doubles up to BACKOFF_MAX_S, the SET still queued. Streams that nobody
-managed or polled for `inactivity_timeout` seconds are deleted (SSF §8.1.1)."""
+managed, polled or took pushes from for `inactivity_timeout` seconds are deleted (SSF §8.1.1)."""
 
 from __future__ import annotations
 
@@ -87,6 +87,8 @@ class PushDelivery:
             if result.outcome == "refused":
                 log.warning("ssf.set_refused", extra={"stream_id": stream.id, "jti": pending.jti, "err": result.detail})
             await self.store.acknowledge(stream.id, [pending.jti])
+        if sets:  # a receiver that answers pushes is active (SSF §8.1.1 lets the transmitter choose)
+            await self.store.touch_stream(stream.id, int(self.wall_clock()))
         self._retry.pop(stream.id, None)
         return len(sets) == BATCH
 
