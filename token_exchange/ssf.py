@@ -43,6 +43,13 @@ class TooManyRequests(OAuthError):
         return {**super().headers(), "Retry-After": str(max(1, self.retry_after))}
 
 
+class StreamConflict(OAuthError):
+    """SSF §8.1.1.1: 409, the transmitter will not make another stream for this receiver."""
+
+    error = "conflict"
+    status = 409
+
+
 # Subject identifiers: every member the format requires, none it does not describe (RFC 9493 §3).
 def opaque(identifier: str) -> SubjectId:
     """RFC 9493 §3.2.4."""
