@@ -5,6 +5,7 @@ a JWT-SVID listed in some resource's `clients`, as a Bearer token."""
 from __future__ import annotations
 
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -40,6 +41,8 @@ def transmitter(request: Request) -> Transmitter:
 
 
 def router(issuer: str) -> APIRouter:
+    """The metadata at SSF §7.2's well-known path, the endpoints under the issuer's path (where the metadata
+    says they are: `<issuer>/ssf/...`)."""
     routes = APIRouter()
     document = ssf.metadata(issuer)
 
@@ -48,7 +51,7 @@ def router(issuer: str) -> APIRouter:
     async def ssf_configuration() -> JSONResponse:
         return JSONResponse(document, headers={"Cache-Control": "max-age=60"})
 
-    routes.include_router(_streams)
+    routes.include_router(_streams, prefix=urlsplit(issuer).path.rstrip("/"))
     return routes
 
 

@@ -21,7 +21,7 @@ from delegation.ssf.seams import StreamTimings
 from delegation.ssf.streams import MAX_STREAMS, StreamManager
 from delegation.store import ENABLED, POLL, PUSH, Store, Stream
 from delegation.stores import open_store
-from tests.delegation.test_store_contract import PRESENTED, event, record_grant, record_task, task, token
+from tests.delegation.test_store_contract import NOW, PRESENTED, event, record_grant, record_task, task, token
 from token_exchange.rfc8935 import PushResult
 from token_exchange.scope import Scope
 from token_exchange.ssf import StreamConflict
@@ -169,3 +169,16 @@ async def test_ssf_8_1_1_1_a_receiver_gets_409_past_its_number_of_streams(stores
     assert (refused.value.status, refused.value.error) == (409, "conflict")
     await store.delete_stream((await store.streams_of(CLIENT))[0].id)
     assert (await manager.create(CLIENT, {}))["aud"] == MAIL  # room again
+
+
+async def test_caep_3_1_a_task_past_its_deadline_is_session_revoked_initiated_by_policy(stores: tuple[Store, Store]
+                                                                                         ) -> None:
+    store, _ = stores
+    await record_task(store, task("late"), event("open_task", "late"))
+    await store.create_stream(stream())
+    assert await store.expire_and_purge(now=NOW + 601, retention=10**6) == (1, 0)
+    await Outbox(store, Signer(), issuer=ISSUER).fill(await store.stream("s1") or stream(), wanted=10)
+    [claims] = await all_pending(store, "s1")
+    assert claims["sub_id"]["session"] == {"format": "opaque", "id": "late"} and claims["txn"] == "late"
+    payload = claims["events"]["https://schemas.openid.net/secevent/caep/event-type/session-revoked"]
+    assert payload["initiating_entity"] == "policy" and payload["event_timestamp"] == NOW + 601

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 
-from gateway import openapi
+from gateway import openapi, ssf_routes
 from tests.conftest import Deployment, make_setup, running
 from tests.gateway.ssf_env import (
     CREDENTIAL_CHANGE,
@@ -320,3 +321,12 @@ def _refs(node: Any) -> Iterator[str]:
     elif isinstance(node, list):
         for item in node:
             yield from _refs(item)
+
+
+def test_ssf_7_2_with_an_issuer_path_the_metadata_and_endpoints_are_served_where_the_metadata_says() -> None:
+    app = FastAPI()
+    app.include_router(ssf_routes.router("https://example.com/deputy"))
+    paths = set(app.openapi()["paths"])
+    assert {"/.well-known/ssf-configuration/deputy", "/deputy/ssf/jwks.json", "/deputy/ssf/streams",
+            "/deputy/ssf/status", "/deputy/ssf/verify", "/deputy/ssf/poll/{stream_id}"} <= paths
+    assert "/ssf/streams" not in paths
