@@ -24,6 +24,7 @@ from .openapi import (
     SsfConfigurationBody,
     SsfJwksBody,
     StreamConfigBody,
+    StreamRead,
     StreamRequestBody,
     StreamStatusBody,
     VerificationBody,
@@ -70,7 +71,7 @@ async def create_stream(request: Request, caller: Receiver) -> JSONResponse:
     return JSONResponse(config, status_code=201, headers=NO_STORE)
 
 
-@_streams.get("/streams", **documented(StreamConfigBody, summary=(
+@_streams.get("/streams", **documented(StreamRead, summary=(
     "SSF 8.1.1.2: a stream's configuration, or without stream_id the list of the caller's")))
 async def read_streams(request: Request, caller: Receiver, stream_id: StreamId = None) -> JSONResponse:
     return JSONResponse(await transmitter(request).streams.read(caller.id, stream_id), headers=NO_STORE)

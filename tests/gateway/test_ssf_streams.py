@@ -102,6 +102,8 @@ def test_ssf_8_1_1_2_read_one_stream_or_the_list_of_the_callers(env: Deployment)
     assert {first["stream_id"], second["stream_id"]} <= {s["stream_id"] for s in listed.json()}
     one = photos.request("GET", "/ssf/streams", params={"stream_id": first["stream_id"]})
     assert one.status_code == 200 and one.json() == first
+    openapi.StreamRead.model_validate(listed.json())
+    openapi.StreamRead.model_validate(one.json())
 
 
 def test_ssf_8_1_1_2_a_client_without_streams_reads_an_empty_list(env: Deployment) -> None:
