@@ -80,7 +80,7 @@ def complex_subject(**members: SubjectId) -> SubjectId:
 
 def _member(name: str, value: str) -> str:
     if not isinstance(value, str) or not value:
-        raise ValueError(f"a subject identifier's {name} must be a non-empty string (RFC 9493 §3)")
+        raise ValueError(f"a subject identifier's {name} must be a non-empty string (RFC 9493 section 3)")
     return value
 
 
