@@ -230,7 +230,7 @@ class PostgresStore(PostgresEventStreams):
     # Admin views
     async def tasks(self, query: TaskQuery) -> list[Task]:
         clauses, params = _filters(agent=query.agent, user_subject=query.user, state=query.state)
-        rows = await self._db.fetch(f"SELECT * FROM tasks {clauses} ORDER BY created_at DESC, id LIMIT %s",
+        rows = await self._db.fetch(f'SELECT * FROM tasks {clauses} ORDER BY created_at DESC, id COLLATE "C" LIMIT %s',
                                     (*params, query.limit))
         return [task(r) for r in rows]
 

@@ -31,6 +31,9 @@ CHECKOUT_TIMEOUT_S = 2.0
 RECONNECT_TIMEOUT_S = 2.0  # a pool slot that cannot reconnect gives up this soon; the next caller tries anew
 POOL_MIN, POOL_MAX = 2, 10  # a gateway worker's concurrent store calls; config-free
 DEFAULTS = {"connect_timeout": "2", "application_name": "deputy"}  # libpq: connect_timeout is 2 s at least
+# Each pooled session: a write waits at most 5 s for a lock (then fails closed, 503, rather than hang), and
+# a replica that stops mid-transaction (frozen, cut off) holds its locks at most 30 s.
+SESSION = "SET lock_timeout = '5s'; SET idle_in_transaction_session_timeout = '30s'"
 
 
 def conninfo(url: str) -> str:
@@ -52,6 +55,10 @@ def store_error(exc: psycopg.Error) -> StoreError:
     return StoreError(f"postgresql: {first_line(exc)}")
 
 
+async def _configure(connection: Connection) -> None:
+    await connection.execute(SESSION)
+
+
 class PostgresDatabase:
     """The pool of one store instance. Open with `await open()`; close with `await close()`."""
 
@@ -59,8 +66,8 @@ class PostgresDatabase:
         self.conninfo = conninfo(url)
         self._pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
             self.conninfo, connection_class=Connection, kwargs={"autocommit": True, "row_factory": dict_row},
-            min_size=POOL_MIN, max_size=POOL_MAX, timeout=CHECKOUT_TIMEOUT_S, reconnect_timeout=RECONNECT_TIMEOUT_S,
-            open=False, name="deputy")
+            configure=_configure, min_size=POOL_MIN, max_size=POOL_MAX, timeout=CHECKOUT_TIMEOUT_S,
+            reconnect_timeout=RECONNECT_TIMEOUT_S, open=False, name="deputy")
 
     async def open(self) -> None:
         try:

@@ -101,6 +101,8 @@ class Listener:
         """LISTEN is (again) in place: readers look at the table once more, and sync is restored."""
         await self._on_reconnect()
         self._wakeup.fire()
+        if self._listening.is_set():
+            log.warning("postgres.listen_restored", extra={"after": self.problem})
         self.problem = None
         self._listening.set()
 

@@ -155,6 +155,20 @@ async def test_a_grant_racing_an_admin_revocation_of_its_agent_is_in_the_cascade
         assert set(revocation.jtis) == {f"j{n}" for n in done}
 
 
+async def test_a_write_behind_a_stuck_revocation_fails_closed_after_the_lock_timeout(postgresql_url: str) -> None:
+    """A replica frozen in the middle of a revocation holds its tree's lock: a grant under the tree waits at
+    most lock_timeout (5 s), then fails with StoreError (503), recording nothing."""
+    async with replicas(postgresql_url, 1) as (store,):
+        await opened(store, "root", MAIL_AUD)
+        with admin(postgresql_url) as stuck, stuck.transaction():
+            stuck.execute("SELECT pg_advisory_xact_lock(hashtextextended('tree:root', 0))")
+            started = time.monotonic()
+            with pytest.raises(StoreError, match="lock timeout"):
+                await store.record_grant(token("j", "root"), event("x", "j"), presented=PRESENTED)
+            assert 4.5 < time.monotonic() - started < 8
+        assert await store.token("j") is None
+
+
 async def test_a_single_use_value_used_on_two_replicas_at_once_is_let_through_once(postgresql_url: str) -> None:
     async with replicas(postgresql_url) as (a, b):
         for round_ in range(10):
