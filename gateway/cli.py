@@ -270,7 +270,7 @@ def _db_upgrade(args: argparse.Namespace) -> int:
     except StoreError as exc:
         raise ConfigError(f"store.url: {exc}") from exc
     print(f"database schema: already at version {after}" if before == after
-          else f"database schema: version {before} → {after}")
+          else f"database schema: upgraded from version {before} to {after}")
     return 0
 
 

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
@@ -114,7 +115,8 @@ class Server:
         self.template = f"deputy_template_{os.getpid()}"
         self._execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.template)))
         self._execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.template)))
-        asyncio.run(upgrade(self.database_url(self.template)))
+        with ThreadPoolExecutor(1) as thread:  # first asked for by an async fixture, maybe: a loop of its own
+            thread.submit(asyncio.run, upgrade(self.database_url(self.template))).result()
 
     def database_url(self, name: str) -> str:
         return _with_dbname(self.url, name)

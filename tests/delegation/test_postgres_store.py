@@ -395,7 +395,8 @@ def test_deputy_serve_on_an_old_schema_exits_2_with_one_line_and_db_upgrade_fixe
         assert served.stderr == ("deputy: store.url: the database schema is at version 0, this Deputy needs"
                                  f" {SCHEMA_VERSION}: run `deputy db upgrade`\n")
         first, again = (deputy("db", "upgrade", "--config", str(config)) for _ in range(2))
-        assert (first.returncode, first.stdout) == (0, f"database schema: version 0 → {SCHEMA_VERSION}\n")
+        assert (first.returncode, first.stdout) == (
+            0, f"database schema: upgraded from version 0 to {SCHEMA_VERSION}\n")
         assert (again.returncode, again.stdout) == (0, f"database schema: already at version {SCHEMA_VERSION}\n")
     finally:
         postgresql_server.drop(empty)

@@ -61,12 +61,17 @@ def store_url(implementation: str, directory: Path) -> str:
     return f"sqlite:///{directory / 'deputy.db'}"
 
 
+def new_store_url(request: pytest.FixtureRequest, implementation: str, directory: Path) -> str:
+    """A new, empty store's URL: a SQLite file in `directory`, or a fresh PostgreSQL database with the
+    current schema (tests/postgres.py's `postgresql_url`, dropped after the test)."""
+    if implementation == "postgresql":
+        return str(request.getfixturevalue("postgresql_url"))
+    return store_url(implementation, directory)
+
+
 @pytest.fixture(params=IMPLEMENTATIONS)
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A new, empty store's URL: a SQLite file, or a fresh PostgreSQL database with the current schema."""
-    if request.param == "postgresql":
-        return str(request.getfixturevalue("postgresql_url"))
-    return store_url(request.param, tmp_path)
+    return new_store_url(request, request.param, tmp_path)
 
 
 @pytest.fixture

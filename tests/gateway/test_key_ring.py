@@ -21,7 +21,7 @@ from gateway.key_ring import KeyRing, KeyStoreError, KeyVault
 from gateway.keystore import KeyFiles
 from gateway.live_keys import LiveKeys
 from gateway.sealed_keys import CANNOT_OPEN, KeyEncryptionKey, StoreKeys
-from tests.delegation.test_store_contract import IMPLEMENTATIONS, store_url
+from tests.delegation.test_store_contract import IMPLEMENTATIONS, new_store_url, store_url
 from token_exchange.signing import SigningKey
 
 ISSUER = "https://deputy.example.com"
@@ -51,7 +51,7 @@ async def vaults(request: pytest.FixtureRequest, tmp_path: Path, kek: KeyEncrypt
     if request.param == "files":
         yield lambda: KeyFiles(tmp_path / "state")
         return
-    url = store_url(request.param, tmp_path)
+    url = new_store_url(request, request.param, tmp_path)
     opened = [await open_store(url) for _ in range(3)]
     turn = iter(range(1_000_000))
     yield lambda: StoreKeys(opened[next(turn) % len(opened)], kek)
