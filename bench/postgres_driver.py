@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import resource
@@ -33,6 +34,7 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import psycopg
+from psycopg.types.json import Jsonb
 
 from delegation.audit import AuditEvent
 from delegation.records import IssuedTokenRecord, Presented
@@ -108,7 +110,7 @@ class Asyncpg:
         await self.pool.close()
 
     async def grant(self, i: int) -> None:
-        params = grant_params(i)
+        params = {name: json.dumps(v.obj) if isinstance(v, Jsonb) else v for name, v in grant_params(i).items()}
         async with self.pool.acquire() as connection:
             row = await connection.fetchrow(self.write, *(params[n] for n in self.write_names))
         assert row is not None and row["fine"]

@@ -39,7 +39,7 @@ from ..records import CredentialRevoked, Party, Presented, TaskEnded, barred
 from ..tasks import ADMIN, EXPIRED, POLICY, REVOKED, EndedTask, Revocation
 from .postgres_db import Connection
 from .postgres_listen import CHANNEL
-from .postgres_rows import AUDIT_COLUMNS, TASK_COLUMNS, TOKEN_COLUMNS, audit_params, placeholders
+from .postgres_rows import AUDIT_COLUMNS, TASK_COLUMNS, TOKEN_COLUMNS, audit_params, row_insert
 
 FEED_LOCK = "deputy:feed"
 
@@ -57,16 +57,15 @@ _CHECKED = (  # the checks of `barred` and of an open task, then the inserts if 
     f" FROM {CHECKS})"
 )
 _INSERTS = {
-    table: f", {table} AS (INSERT INTO {table} ({', '.join(columns)})"
-           f" SELECT {placeholders(prefix, columns)} FROM ok WHERE ok.fine)"
-    for table, prefix, columns in (("tasks", "task", TASK_COLUMNS), ("issued_tokens", "token", TOKEN_COLUMNS),
-                                   ("audit_events", "audit", AUDIT_COLUMNS))
+    table: f", {table} AS ({row_insert(table, name, columns, 'ok, ')} WHERE ok.fine)"
+    for table, name, columns in (("tasks", "task", TASK_COLUMNS), ("issued_tokens", "token", TOKEN_COLUMNS),
+                                 ("audit_events", "audit", AUDIT_COLUMNS))
 }
 _RESULT = " SELECT agent, usr, state, deadline, fine FROM ok"
 GRANT = _CHECKED + _INSERTS["issued_tokens"] + _INSERTS["audit_events"] + _RESULT
 GRANT_WITH_TASK = _CHECKED + _INSERTS["tasks"] + _INSERTS["issued_tokens"] + _INSERTS["audit_events"] + _RESULT
 TASK = _CHECKED + _INSERTS["tasks"] + _INSERTS["audit_events"] + _RESULT
-INSERT_AUDIT = f"INSERT INTO audit_events ({', '.join(AUDIT_COLUMNS)}) VALUES ({placeholders('audit', AUDIT_COLUMNS)})"
+INSERT_AUDIT = row_insert("audit_events", "audit", AUDIT_COLUMNS)
 
 
 def party_keys(presented: Presented) -> list[str]:
