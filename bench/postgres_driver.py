@@ -1,9 +1,10 @@
 """psycopg 3 against asyncpg on the PostgreSQL store's hot path, on this machine.
 
-Two operations, each with the store's own SQL on a throwaway database with the store's schema:
+Three operations, each with the store's own SQL on a throwaway database with the store's schema:
 - grant: record_grant under an existing task, one statement in its own transaction (`deputy_checks`' shared
   advisory locks of the parties and the task's tree, then its fresh look at the cutoffs and the task, then
   the INSERTs of the token and the audit event if the checks pass);
+- one-shot: record_grant of a one-shot exchange (the same, with its implicit task inserted too);
 - lookup: the task lookup (`SELECT * FROM tasks WHERE id = ...`).
 
 Both drivers send each as one prepared statement, one round trip: psycopg as the store does
@@ -29,6 +30,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +43,7 @@ from delegation.records import IssuedTokenRecord, Presented
 from delegation.stores import postgres_writes as writes
 from delegation.stores.postgres import PostgresStore
 from delegation.stores.postgres_db import PostgresDatabase
-from delegation.stores.postgres_rows import audit_params, token_params
+from delegation.stores.postgres_rows import audit_params, task_params, token_params
 from delegation.stores.postgres_schema import upgrade
 from delegation.tasks import Task
 from token_exchange.actors import ActorRef
@@ -56,13 +58,17 @@ TASK = Task(id="bench-task", parent_id=None, root_id="bench-task", chain=(AGENT,
 Op = Callable[[int], Awaitable[None]]
 
 
-def grant_params(i: int) -> dict[str, Any]:
-    token = IssuedTokenRecord(f"jti-{os.getpid()}-{i}-{time.monotonic_ns()}", "https://idp.example", "alice",
-                              AGENT.id, "https://mail", "mail.read", NOW, NOW + 300, TASK.id, AGENT.domain)
+def grant_params(i: int, *, implicit: bool = False) -> dict[str, Any]:
+    """What record_grant sends: under TASK, or (`implicit`) with a new implicit task of its own."""
+    unique = f"{os.getpid()}-{i}-{time.monotonic_ns()}"
+    task = replace(TASK, id=f"task-{unique}", root_id=f"task-{unique}", implicit=True) if implicit else TASK
+    token = IssuedTokenRecord(f"jti-{unique}", "https://idp.example", "alice", AGENT.id, "https://mail", "mail.read",
+                              NOW, NOW + 300, task.id, AGENT.domain)
     event = AuditEvent(decision_id=token.jti, at=NOW, action="exchange", outcome="granted", agent=AGENT.id,
-                       audience="https://mail", granted_scope="mail.read", jti=token.jti, task_id=TASK.id,
+                       audience="https://mail", granted_scope="mail.read", jti=token.jti, task_id=task.id,
                        reasons=("granted",))
-    return {**writes.check_params(PRESENTED, under=TASK.id, now=NOW), **token_params(token), **audit_params(event)}
+    checks = writes.check_params(PRESENTED, under=None if implicit else TASK.id, now=NOW)
+    return {**checks, **token_params(token), **audit_params(event), **(task_params(task) if implicit else {})}
 
 
 def positional(sql: str) -> tuple[str, list[str]]:
@@ -93,6 +99,10 @@ class Psycopg:
         row = await self.db.fetchone(writes.GRANT, grant_params(i), prepare=True)
         assert row is not None and row["fine"]
 
+    async def one_shot(self, i: int) -> None:
+        row = await self.db.fetchone(writes.GRANT_WITH_TASK, grant_params(i, implicit=True), prepare=True)
+        assert row is not None and row["fine"]
+
     async def lookup(self, i: int) -> None:
         assert await self.db.fetchone("SELECT * FROM tasks WHERE id = %s", (TASK.id,), prepare=True) is not None
 
@@ -100,7 +110,7 @@ class Psycopg:
 class Asyncpg:
     def __init__(self, url: str) -> None:
         self.url = url
-        self.write, self.write_names = positional(writes.GRANT)
+        self.statements = {"grant": positional(writes.GRANT), "one_shot": positional(writes.GRANT_WITH_TASK)}
 
     async def __aenter__(self) -> Asyncpg:
         self.pool = await asyncpg.create_pool(self.url, min_size=2, max_size=10)
@@ -110,9 +120,16 @@ class Asyncpg:
         await self.pool.close()
 
     async def grant(self, i: int) -> None:
-        params = {name: json.dumps(v.obj) if isinstance(v, Jsonb) else v for name, v in grant_params(i).items()}
+        await self._write("grant", grant_params(i))
+
+    async def one_shot(self, i: int) -> None:
+        await self._write("one_shot", grant_params(i, implicit=True))
+
+    async def _write(self, operation: str, given: dict[str, Any]) -> None:
+        sql, names = self.statements[operation]
+        params = {name: json.dumps(v.obj) if isinstance(v, Jsonb) else v for name, v in given.items()}
         async with self.pool.acquire() as connection:
-            row = await connection.fetchrow(self.write, *(params[n] for n in self.write_names))
+            row = await connection.fetchrow(sql, *(params[n] for n in names))
         assert row is not None and row["fine"]
 
     async def lookup(self, i: int) -> None:
@@ -149,7 +166,7 @@ async def bench(url: str, seconds: float, callers: list[int], rounds: int) -> No
     await store.close()
     results: dict[tuple[str, int, str], list[dict[str, float]]] = {}
     for _ in range(rounds):
-        for operation in ("grant", "lookup"):
+        for operation in ("grant", "one_shot", "lookup"):
             for n in callers:
                 for name, driver in (("psycopg", Psycopg(url)), ("asyncpg", Asyncpg(url))):
                     async with driver:
