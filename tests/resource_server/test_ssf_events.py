@@ -107,8 +107,8 @@ def test_ssf_3_6_a_critical_member_not_processed_discards_the_event() -> None:
 
 def test_cutoffs_refuse_a_partys_tokens_issued_at_or_before_the_revocation() -> None:
     state = RevocationState()
-    spiffe = {"agent": "spiffe://example.org/agents/a", "agent_issuer": None, "subject": "alice"}
-    workload = {"agent": "ns:sa", "agent_issuer": "https://k8s", "subject": "carol"}
+    spiffe: dict[str, Any] = {"agent": "spiffe://example.org/agents/a", "agent_issuer": None, "subject": "alice"}
+    workload: dict[str, Any] = {"agent": "ns:sa", "agent_issuer": "https://k8s", "subject": "carol"}
     assert not state.barred(**spiffe, issued_at=AT)
     state.revoke(cutoffs={Cutoff("trust_domain", "example.org"): AT})
     assert state.barred(**spiffe, issued_at=AT) and not state.barred(**spiffe, issued_at=AT + 1)
