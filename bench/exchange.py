@@ -21,6 +21,7 @@ machine was meanwhile (other processes included), since they all share the same 
 Examples:
     python bench/exchange.py                          # 10 s per phase, 32 connections, 2 workers
     python bench/exchange.py --seconds 20 --workers 1 --json
+    python bench/exchange.py --store postgresql:///deputy_bench?host=/tmp --replicas 2 --workers 1
     python bench/exchange.py --setup /tmp/deputy-bench   # write a deployment + forms file, then exit
     deputy serve --config /tmp/deputy-bench/deputy.toml --workers 2 &
     python bench/exchange.py --url http://127.0.0.1:8601 --forms /tmp/deputy-bench/forms.txt
@@ -46,9 +47,9 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import jwt
+import scale_out
 
 from gateway.dev import DemoIdentities, DemoResource
-from gateway.process import gateway_process
 from token_exchange.signing import SigningKey
 
 GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -65,12 +66,6 @@ TARGET_P99_MS = 25.0  # issue #2: p99 under 25 ms at half that load (500/s)
 
 
 # ---------------------------------------------------------------- deployment
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_deployment(directory: Path, listen: str, tokens: int) -> tuple[Path, list[bytes]]:
@@ -113,6 +108,8 @@ def wait_healthy(url: str, timeout: float) -> None:
 
 
 # ---------------------------------------------------------------- load generator
+
+Target = tuple[str, int, list[bytes]]  # a replica's host and port, and the requests pre-built for it
 
 
 def request_bytes(host: str, port: int, body: bytes) -> bytes:
@@ -261,14 +258,14 @@ def record(phase: Phase, status: int, started: float, body: bytes) -> None:
         phase.error(kind)
 
 
-async def closed_loop(
-    host: str, port: int, requests: list[bytes], connections: int, seconds: float, name: str
-) -> Phase:
-    """Each connection sends its next exchange as soon as the previous one answered."""
+async def closed_loop(targets: list[Target], connections: int, seconds: float, name: str) -> Phase:
+    """Each connection sends its next exchange as soon as the previous one answered; connection n talks to
+    replica n mod len(targets)."""
     phase = Phase(name, connections)
     deadline = time.perf_counter() + seconds
 
     async def client(n: int) -> None:
+        host, port, requests = targets[n % len(targets)]
         conn = Connection(host, port)
         i = n
         try:
@@ -292,9 +289,7 @@ async def closed_loop(
     return phase
 
 
-async def open_loop(
-    host: str, port: int, requests: list[bytes], connections: int, seconds: float, rate: float, name: str
-) -> Phase:
+async def open_loop(targets: list[Target], connections: int, seconds: float, rate: float, name: str) -> Phase:
     """Exchanges scheduled at a fixed rate; latency counts from the scheduled time (no coordinated omission).
 
     A scheduled exchange waits in a queue when every connection is busy, and that wait is part of its latency.
@@ -302,7 +297,7 @@ async def open_loop(
     phase = Phase(name, connections, offered_rate=rate)
     queue: asyncio.Queue[float | None] = asyncio.Queue()
     total = int(rate * seconds)
-    conns = [Connection(host, port) for _ in range(connections)]
+    conns = [Connection(*targets[n % len(targets)][:2]) for n in range(connections)]
     await asyncio.gather(*(c.open() for c in conns))  # connection set-up is not part of the measurement
     start = time.perf_counter() + 0.05
 
@@ -319,7 +314,7 @@ async def open_loop(
             queue.put_nowait(None)
 
     async def client(n: int) -> None:
-        conn = conns[n]
+        conn, requests = conns[n], targets[n % len(targets)][2]
         i = n
         try:
             while (scheduled := await queue.get()) is not None:
@@ -368,14 +363,20 @@ def machine_cpu() -> tuple[float, float] | None:
     return (user + nice + system + irq + softirq) / ticks, steal / ticks
 
 
-async def measured(run: Any, gateway_pid: int | None) -> Phase:
+def gateways_cpu(pids: list[int]) -> float | None:
+    """CPU seconds of every gateway replica's process tree (None where /proc cannot tell)."""
+    times = [process_tree_cpu(pid) for pid in pids]
+    return sum(t for t in times if t is not None) if pids and None not in times else None
+
+
+async def measured(run: Any, gateway_pids: list[int]) -> Phase:
     """Run one phase, noting the CPU time the gateway, this generator and everything else spent meanwhile."""
-    gateway_before = process_tree_cpu(gateway_pid) if gateway_pid else None
+    gateway_before = gateways_cpu(gateway_pids)
     generator_before, machine_before, wall_before = time.process_time(), machine_cpu(), time.perf_counter()
     phase: Phase = await run
     wall = time.perf_counter() - wall_before
     phase.generator_cpu_s = time.process_time() - generator_before
-    if gateway_before is not None and gateway_pid and (after := process_tree_cpu(gateway_pid)) is not None:
+    if gateway_before is not None and (after := gateways_cpu(gateway_pids)) is not None:
         phase.gateway_cpu_s = after - gateway_before
     machine_after = machine_cpu()
     if machine_before and machine_after and wall > 0:
@@ -391,19 +392,26 @@ async def measured(run: Any, gateway_pid: int | None) -> Phase:
     return phase
 
 
-async def drive(url: str, forms: list[bytes], args: argparse.Namespace, gateway_pid: int | None) -> list[Phase]:
+def target(url: str, forms: list[bytes]) -> Target:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     if host not in ("127.0.0.1", "localhost", "::1"):
         raise SystemExit("bench: only loopback gateways are driven (127.0.0.1, localhost, ::1)")
-    requests = [request_bytes(host, port, body) for body in forms]
-    await check_one(host, port, requests[0])
+    return host, port, [request_bytes(host, port, body) for body in forms]
+
+
+async def drive(urls: list[str], forms: list[bytes], args: argparse.Namespace, gateway_pids: list[int]
+                ) -> list[Phase]:
+    """The phases against the gateway at `urls` (several replicas: each connection keeps to one of them)."""
+    targets = [target(url, forms) for url in urls]
+    for host, port, requests in targets:
+        await check_one(host, port, requests[0])
     phases = []
     if args.warmup > 0:
-        warmup = closed_loop(host, port, requests, args.concurrency, args.warmup, "warm-up (discarded)")
-        phases.append(await measured(warmup, gateway_pid))
-    closed = closed_loop(host, port, requests, args.concurrency, args.seconds, "max throughput (closed loop)")
-    peak = await measured(closed, gateway_pid)
+        warmup = closed_loop(targets, args.concurrency, args.warmup, "warm-up (discarded)")
+        phases.append(await measured(warmup, gateway_pids))
+    closed = closed_loop(targets, args.concurrency, args.seconds, "max throughput (closed loop)")
+    peak = await measured(closed, gateway_pids)
     phases.append(peak)
     # Phase 2 is the issue's target: half of 1,000/s. Phase 3, half of what this run reached, is stricter.
     loads = [(args.rate or TARGET_RATE / 2, "fixed rate" if args.rate else "half target load")]
@@ -413,8 +421,8 @@ async def drive(url: str, forms: list[bytes], args: argparse.Namespace, gateway_
         if rate >= 1:
             await asyncio.sleep(0.5)
             name = f"{label} (open loop, {rate:.0f}/s)"
-            opened = open_loop(host, port, requests, args.open_connections, args.seconds, rate, name)
-            phases.append(await measured(opened, gateway_pid))
+            opened = open_loop(targets, args.open_connections, args.seconds, rate, name)
+            phases.append(await measured(opened, gateway_pids))
     return phases
 
 
@@ -624,6 +632,7 @@ def parser() -> argparse.ArgumentParser:
         default=1.0,
         help="seconds spent measuring each of ES256 sign and verify (default 1)",
     )
+    scale_out.add_options(p)
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     p.add_argument("--url", help="drive an already running loopback gateway instead (needs --forms)")
     p.add_argument(
@@ -651,6 +660,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.url and not args.forms:
         raise SystemExit("bench: --url needs --forms (see --setup)")
+    scale_out.check_options(args)
 
     try:
         import uvloop
@@ -667,18 +677,19 @@ def main(argv: list[str] | None = None) -> int:
         forms = [line for line in args.forms.read_bytes().splitlines() if line.strip()]
         wait_healthy(args.url.rstrip("/"), timeout=10)
         log(f"driving {args.url}...")
-        phases = run(drive(args.url.rstrip("/"), forms, args, None))
+        phases = run(drive([args.url.rstrip("/")], forms, args, []))
         result = report(phases, crypto, args, f"gateway at {args.url}")
     else:
         with tempfile.TemporaryDirectory(prefix="deputy-bench-") as tmp:
-            listen = f"127.0.0.1:{free_port()}"
+            listen = f"127.0.0.1:{scale_out.free_port()}"
             config, forms = write_deployment(Path(tmp), listen, args.tokens)
-            url = f"http://{listen}"
-            log(f"starting deputy serve --workers {args.workers} on {url}...")
-            with gateway_process(config, url, workers=args.workers, timeout=60) as process:
+            if args.store:
+                scale_out.use_store(config, args.store)
+            log(f"starting {scale_out.describe(args, args.workers)}...")
+            with scale_out.replicas(config, listen, args.replicas, workers=args.workers) as running:
                 log(f"warm-up {args.warmup:.0f} s, then 3 phases of {args.seconds:.0f} s each...")
-                phases = run(drive(url, forms, args, process.pid))
-        result = report(phases, crypto, args, f"deputy serve --workers {args.workers} (embedded Rego, SQLite, ES256)")
+                phases = run(drive([url for url, _ in running], forms, args, [pid for _, pid in running]))
+        result = report(phases, crypto, args, scale_out.describe(args, args.workers))
 
     if args.json:
         print(json.dumps(result, indent=2))

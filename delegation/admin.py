@@ -13,7 +13,7 @@ from .audit import AuditEvent
 from .observe import NoObserver, Observer
 from .records import Party
 from .store import TaskEnding
-from .tasks import COMPLETED, REVOKED, Revocation, Task
+from .tasks import ADMIN, COMPLETED, REVOKED, USER, Revocation, Task
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class TaskAdmin:
         if task is None:
             raise NotFound("no such task")
         action = "admin_complete" if state == COMPLETED else "admin_revoke"
-        revocation = await self.end(task, state=state, by=admin, action=action, now=now)
+        revocation = await self.end(task, state=state, by=admin, action=action, now=now, initiator=ADMIN)
         return task_state(await self.store.task(task_id) or task, revocation)
 
     async def revoke_matching(self, party: Party, *, admin: str, now: int) -> dict[str, Any]:
@@ -50,11 +50,12 @@ class TaskAdmin:
                 "revoked_tokens": len(revocation.jtis) if revocation else 0}
 
     async def end(self, task: Task, *, state: str, by: str, action: str, now: int,
-                  by_domain: str | None = None) -> Revocation | None:
-        """End `task`, its descendants and their tokens; `by` (in `by_domain`, for an agent) is audited."""
+                  by_domain: str | None = None, initiator: str = USER) -> Revocation | None:
+        """End `task`, its descendants and their tokens; `by` (in `by_domain`, for an agent) is audited, and
+        `initiator` (the user's own agent, unless an admin) told to SSF receivers."""
         event = audit_event(action, by, task.id, now, domain=by_domain)
         revocation = await self.store.end_tasks([task.id], state=state, reason=f"{action} by {by}", now=now,
-                                                event=event)
+                                                event=event, initiator=initiator)
         self.observer.revoked(action, len(revocation.task_ids) if revocation else 0)
         log.info("task.ended", extra={"task_id": task.id, "state": state, "by": by,
                                       "tokens": len(revocation.jtis) if revocation else 0})

@@ -16,7 +16,7 @@ from .admin import NotFound, TaskAdmin, audit_event, task_state
 from .observe import Observer
 from .resources import Resources
 from .store import FeedPage, RevocationFeed, TaskEnding
-from .tasks import COMPLETED, Revocation
+from .tasks import COMPLETED, USER, Revocation
 
 INACTIVE: dict[str, Any] = {"active": False}
 _INTROSPECTED = ("scope", "client_id", "sub", "aud", "iss", "exp", "iat", "jti", "act", "txn")
@@ -61,7 +61,8 @@ class TaskLifecycle:
             raise UnauthorizedClient("the token was not issued to this agent")
         revocation = await self.store.revoke_token(
             record.jti, reason=f"revoked by {agent.id}", now=now,
-            event=audit_event("revoke", agent.id, record.task_id, now, jti=record.jti, domain=agent.domain))
+            event=audit_event("revoke", agent.id, record.task_id, now, jti=record.jti, domain=agent.domain),
+            initiator=USER)
         self.admin.observer.revoked("token", 1 if revocation else 0)
 
     async def _revoke_task(self, task_id: str, agent: ActorRef, now: int) -> None:

@@ -39,6 +39,10 @@ class Resources:
         """Whether this SPIFFE ID is listed in some resource's `clients` (may read the revocation feed)."""
         return spiffe_id in self._audiences_of
 
+    def clients(self) -> frozenset[str]:
+        """Every SPIFFE ID listed in some resource's `clients`."""
+        return frozenset(self._audiences_of)
+
     def audiences_of(self, spiffe_id: str) -> frozenset[str]:
         """The audiences of the resources whose `clients` list this SPIFFE ID: what it may be told about."""
         return self._audiences_of.get(spiffe_id, frozenset())

@@ -90,8 +90,17 @@ async def check_credentials(store: Credentials, presented: Presented) -> None:
         raise CredentialRevoked(which)
 
 
-class TaskRecords(Credentials, Protocol):
-    """What the token endpoint writes: each grant commits with its task and audit event, or not at all.
+class RevocationSync(Protocol):
+    def revocation_sync_problem(self) -> str | None:
+        """None while this process is sure to see at once every revocation committed by any process; else
+        why not (PostgreSQL: the LISTEN connection is lost, or not yet caught up). Meanwhile the gateway
+        mints nothing and `/readyz` answers 503 with this reason."""
+        ...
+
+
+class TaskRecords(Credentials, RevocationSync, Protocol):
+    """What the token endpoint writes: each grant commits with its task and audit event, or not at all;
+    nothing is minted while the revocation state is not in sync (`RevocationSync`).
 
     `presented` is re-checked in the transaction: `CredentialRevoked`, or `TaskEnded` for a write under
     a task that ended meanwhile."""
@@ -302,14 +311,6 @@ class KeyRecords(Protocol):
         ...
 
 
-class RevocationSync(Protocol):
-    def revocation_sync_problem(self) -> str | None:
-        """None while this process is sure to see at once every revocation committed by any process; else
-        why not (PostgreSQL: the LISTEN connection is lost, or not yet caught up). Meanwhile the gateway
-        mints nothing and `/readyz` answers 503 with this reason."""
-        ...
-
-
 class Store(TaskRecords, AuditLog, TaskEnding, RevocationFeed, AdminViews, Maintenance, SingleUse, EventStreams,
-            KeyRecords, RevocationSync, Protocol):
+            KeyRecords, Protocol):
     """Everything the gateway uses; `stores.open_store(url)` opens one."""

@@ -20,7 +20,7 @@ from delegation.records import StoreError
 from token_exchange.errors import InvalidClient, OAuthError, TemporarilyUnavailable, error_description
 from token_exchange.rfc6749 import TokenRequest
 
-from . import admin_routes, discovery_routes, keystore, openapi, task_routes
+from . import admin_routes, discovery_routes, keystore, openapi, ssf_routes, task_routes
 from .audit_export import audit_export, retire_audit
 from .auth import deputy
 from .http_forms import read_form
@@ -46,6 +46,7 @@ def build_app(prepared: Prepared, keys: keystore.KeyRing, observer: Observer | N
     app.include_router(task_routes.router)
     app.include_router(admin_routes.router)
     app.include_router(discovery_routes.router(prepared.settings.issuer))
+    app.include_router(ssf_routes.router(prepared.settings.issuer))
     # POST /token is served by TokenFastPath; the route is FastAPI's too, for other methods' 405 and the
     # OpenAPI document.
     app.add_api_route("/token", token, methods=["POST"], **openapi.documented(
@@ -66,7 +67,8 @@ def _lifespan(prepared: Prepared, keys: keystore.KeyRing, observer: Observer | N
             # Measured: with the default thresholds, full collections stall a worker for tens of ms and
             # make most of the p99 at 500 exchanges/s; rarer, larger young collections keep it under 25 ms.
             gc.set_threshold(*GC_THRESHOLDS)
-            background = [asyncio.create_task(_sweep(parts)), asyncio.create_task(parts.keys.follow())]
+            background = [asyncio.create_task(_sweep(parts)), asyncio.create_task(parts.keys.follow()),
+                          asyncio.create_task(parts.ssf.delivery.run())]
             try:
                 yield
             finally:

@@ -32,7 +32,8 @@ def router(issuer: str) -> APIRouter:
 
     @routes.get("/readyz")
     async def readyz(request: Request) -> JSONResponse:
-        """Readiness: the store answers and the policy engine can decide; 503 naming each problem."""
+        """Readiness: the store answers, the policy engine can decide and the revocation state is in sync;
+        503 naming each problem."""
         problems = await readiness_problems(deputy(request))
         body = {"status": "unavailable", "problems": problems} if problems else {"status": "ready"}
         return JSONResponse(body, status_code=503 if problems else 200, headers={"Cache-Control": "no-store"})
@@ -48,4 +49,6 @@ async def readiness_problems(parts: Deputy) -> list[str]:
         problems.append(f"store: {exc}")
     if problem := await parts.policy.problem():
         problems.append(problem)
+    if problem := parts.store.revocation_sync_problem():
+        problems.append(f"revocations: {problem}")
     return problems

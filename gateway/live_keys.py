@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from token_exchange.keys import KeySet, StaticKeys, parse_key_set
-from token_exchange.rfc9068 import Signer
-from token_exchange.signing import SIGNING_ALGORITHMS
+from token_exchange.rfc9068 import Signer, new_id
+from token_exchange.signing import SIGNING_ALGORITHMS, SigningKey
 
 from . import keystore
 
@@ -27,6 +33,7 @@ class LiveKeys:
         self._signer = signer
         self._own_keys = own_keys
         self._stamp = keystore.stamp(state_dir)
+        self._events_signer = EventSigner(issuer=signer.issuer)
 
     @classmethod
     def of(cls, state_dir: Path, ring: keystore.KeyRing, *, issuer: str) -> LiveKeys:
@@ -43,6 +50,13 @@ class LiveKeys:
 
     def public_jwks(self) -> dict[str, list[dict[str, object]]]:
         return self.ring.public_jwks()
+
+    @property
+    def events_signer(self) -> EventSigner:
+        return self._events_signer
+
+    def events_jwks(self) -> dict[str, list[dict[str, object]]]:
+        return {"keys": [self._events_signer.key.public_jwk]}
 
     async def follow(self, every: float = RELOAD_CHECK_S) -> None:
         """Check the ring on disk every `every` seconds; never ends."""
@@ -68,6 +82,19 @@ class LiveKeys:
         self.ring, self._stamp = ring, stamp
         log.warning("keys.reloaded", extra={"kid": ring.current.kid, "previous": ring.previous and ring.previous.kid})
         return True
+
+
+class EventSigner:
+    """TEMPORARY (until the keys branch lands): SETs signed RS256 with a key made by this process."""
+
+    def __init__(self, *, issuer: str) -> None:
+        self.issuer = issuer
+        self.key = SigningKey.of("RS256", rsa.generate_private_key(public_exponent=65537, key_size=2048))
+
+    def sign_event(self, claims: Mapping[str, Any]) -> str:
+        body = {"iss": self.issuer, "iat": int(time.time()), "jti": new_id(), **claims}
+        return jwt.encode(body, self.key.private_key, algorithm="RS256",
+                          headers={"typ": "secevent+jwt", "kid": self.key.kid})
 
 
 def _verification_keys(ring: keystore.KeyRing) -> KeySet:

@@ -187,6 +187,100 @@ class AuditPage(Body):
     events: list[AuditEventBody]
 
 
+class AuthorizationScheme(Body):
+    spec_urn: str
+
+
+class SsfConfigurationBody(Body):
+    """SSF 1.0 §7.1: the transmitter metadata (CAEP interoperability profile §2.3)."""
+
+    issuer: str
+    spec_version: str
+    jwks_uri: str = Field(description="The SET signing keys (RS256), not the access-token JWKS.")
+    delivery_methods_supported: list[str]
+    configuration_endpoint: str
+    status_endpoint: str
+    verification_endpoint: str
+    authorization_schemes: list[AuthorizationScheme]
+    default_subjects: str = Field(description="ALL: every subject of the receiver's resources is included.")
+
+
+class SsfJwksBody(Body):
+    keys: list[dict[str, Any]]
+
+
+class DeliveryBody(Body):
+    """SSF §6.1: push (urn:ietf:rfc:8935) to the receiver's endpoint_url, or poll (urn:ietf:rfc:8936) from
+    Deputy's. In a request, authorization_header (push only) is sent with every push; it is never shown."""
+
+    method: str
+    endpoint_url: str | None = None
+    authorization_header: str | None = None
+
+
+class StreamRequestBody(BaseModel):
+    """SSF §8.1.1: the receiver-supplied members (PATCH and PUT also `stream_id`); transmitter-supplied
+    members may be sent, unchanged (`aud` is never updatable)."""
+
+    model_config = ConfigDict(extra="allow")
+    stream_id: str | None = None
+    delivery: DeliveryBody | None = Field(default=None, description="Absent on create: poll.")
+    events_requested: list[str] | None = None
+    description: str | None = None
+
+
+class StreamConfigBody(Body):
+    """SSF §8.1.1: a stream's configuration."""
+
+    stream_id: str
+    iss: str
+    aud: str | list[str] = Field(description="The audiences of the receiver's resources; never updatable.")
+    delivery: DeliveryBody
+    events_supported: list[str]
+    events_requested: list[str] | None = None
+    events_delivered: list[str]
+    description: str | None = None
+    min_verification_interval: int
+    inactivity_timeout: int
+
+
+class StreamStatusBody(Body):
+    """SSF §8.1.2: enabled, paused (events held) or disabled (nothing held)."""
+
+    stream_id: str
+    status: str
+    reason: str | None = None
+
+
+class VerificationBody(Body):
+    """SSF §8.1.4.2: a verification event echoing `state` is queued on the stream."""
+
+    stream_id: str
+    state: str | None = None
+
+
+class SetErrorBody(Body):
+    err: str
+    description: str | None = None
+
+
+class PollRequestBody(Body):
+    """RFC 8936 §2.2, §2.4."""
+
+    maxEvents: int | None = Field(default=None, ge=0, description="At most this many SETs; 0: acknowledge only.")
+    returnImmediately: bool = Field(default=False, description="false: hold until a SET is waiting, at most "
+                                                                "[ssf] poll_timeout seconds.")
+    ack: list[str] = []
+    setErrs: dict[str, SetErrorBody] = {}
+
+
+class PollBody(Body):
+    """RFC 8936 §2.3: SETs by jti, unacknowledged ones given again."""
+
+    sets: dict[str, str]
+    moreAvailable: bool
+
+
 ERRORS = {status: {"model": OAuthErrorBody, "description": text} for status, text in (
     (400, "A bad request (RFC 6749 section 5.2)."),
     (401, "The caller did not authenticate (RFC 6750 section 3, WWW-Authenticate)."),
@@ -221,12 +315,23 @@ ATTESTATION_HEADERS = [
 """The token endpoint's optional header fields (only read when `[[attesters]]` are configured)."""
 
 
+_NESTED: dict[str, Any] = {}
+"""The schemas of models nested in JSON request bodies, added to the document's components by `install`."""
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """`openapi_extra` for a route whose body is `model` as JSON (the route reads it itself)."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    _NESTED.update(schema.pop("$defs", {}))
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
 def documented(body: type[BaseModel] | None, *, summary: str, form_body: type[BaseModel] | None = None,
-               bearer: bool = True, stream: bool = False,
-               headers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Keyword arguments for a route decorator: the 200 body, the refusals, a form body, the security,
-    header fields it reads."""
-    extra: dict[str, Any] = form(form_body) if form_body is not None else {}
+               bearer: bool = True, stream: bool = False, headers: list[dict[str, Any]] | None = None,
+               json: type[BaseModel] | None = None, status: int = 200) -> dict[str, Any]:
+    """Keyword arguments for a route decorator: the `status` answer's body, the refusals, a form or JSON
+    body, the security, header fields it reads."""
+    extra: dict[str, Any] = form(form_body) if form_body is not None else json_body(json) if json is not None else {}
     if bearer:
         extra["security"] = [{"bearer": []}]
     if headers:
@@ -237,7 +342,8 @@ def documented(body: type[BaseModel] | None, *, summary: str, form_body: type[Ba
             "Server-Sent Events: `event: revocation`, `id` the cursor, `data` a RevocationEvent as JSON.")}}}
     elif body is not None:
         ok["model"] = body
-    return {"response_model": None, "summary": summary, "openapi_extra": extra, "responses": {200: ok, **ERRORS}}
+    return {"response_model": None, "summary": summary, "openapi_extra": extra, "status_code": status,
+            "responses": {status: ok, **ERRORS}}
 
 
 def install(app: FastAPI) -> None:
@@ -248,6 +354,7 @@ def install(app: FastAPI) -> None:
             schema = get_openapi(title="Deputy", version=_version(), routes=app.routes, description=(
                 "Delegated-access gateway for AI agents: RFC 8693 token exchange, tasks, revocation."))
             schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = BEARER_SCHEME
+            schema["components"].setdefault("schemas", {}).update(_NESTED)
             _without_validation_errors(schema)
             app.openapi_schema = schema
         return app.openapi_schema

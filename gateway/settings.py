@@ -68,6 +68,18 @@ class PolicySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SsfSettings:
+    """The SSF transmitter (seconds): how long a long poll is held (RFC 8936 §2.5), how often a stream may ask
+    for verification (SSF §8.1.4.2), how long a stream nobody manages or polls lives (SSF §8.1.1), and how
+    long a push to a receiver may take (RFC 8935)."""
+
+    poll_timeout: int = 15
+    min_verification_interval: int = 1
+    inactivity_timeout: int = 86400
+    push_timeout: int = 5
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsSettings:
     """The management listener for Prometheus' `/metrics`; None: no metrics are served."""
 
@@ -148,6 +160,7 @@ class Settings:
     attesters: tuple[AttesterSettings, ...] = ()
     workload_issuers: tuple[WorkloadIssuerSettings, ...] = ()
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    ssf: SsfSettings = field(default_factory=SsfSettings)
 
 
 def load_settings(path: Path | None, *, listen: str | None = None) -> Settings:
@@ -192,6 +205,7 @@ def parse_settings(document: dict[str, Any], *, base: Path) -> Settings:
     attesters = tuple(_attester(s) for s in t.tables("attesters"))
     workloads = tuple(_workload_issuer(s, issuer) for s in t.tables("workload_issuers"))
     metrics = _metrics(t.table("metrics"), (host, port))
+    ssf = _ssf(t.table("ssf"), tasks)
     t.done()
     _unique("subject_issuers", [s.issuer for s in issuers], "issuer")
     _unique("trust_domains", [d.name for d in domains], "name")
@@ -205,12 +219,12 @@ def parse_settings(document: dict[str, Any], *, base: Path) -> Settings:
     if any(r.audience == issuer for r in resources):
         raise ConfigError("resources: no resource audience may equal the gateway issuer (task tokens use it)")
     return Settings(issuer, host, port, state_dir, store_url, tokens, policy, issuers, domains, resources, tasks,
-                    admin, audit, attesters, workloads, metrics)
+                    admin, audit, attesters, workloads, metrics, ssf)
 
 
 KNOWN_KEYS: dict[str, frozenset[str]] = {
     "": frozenset({"issuer", "listen", "state_dir", "tokens", "store", "policy", "subject_issuers", "trust_domains",
-                   "resources", "tasks", "admin", "audit", "attesters", "workload_issuers", "metrics"}),
+                   "resources", "tasks", "admin", "audit", "attesters", "workload_issuers", "metrics", "ssf"}),
     "audit": frozenset({"retention", "export", "export_dir", "decision_log"}),
     "tokens": frozenset({"signing_alg", "default_ttl", "max_ttl"}),
     "store": frozenset({"url"}),
@@ -218,6 +232,7 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
     "attesters": frozenset({"name", "jwks_file", "jwks_uri", "max_age"}),
     "workload_issuers": frozenset({"issuer", "jwks_file", "jwks_uri", "discovery", "audience", "kind", "id_claim"}),
     "metrics": frozenset({"listen"}),
+    "ssf": frozenset({"poll_timeout", "min_verification_interval", "inactivity_timeout", "push_timeout"}),
     "subject_issuers": frozenset({"issuer", "jwks_file", "jwks_uri", "audience"}),
     "trust_domains": frozenset({"name", "bundle_file", "bundle_uri"}),
     "resources": frozenset({"audience", "scopes", "max_ttl", "clients"}),
@@ -460,6 +475,22 @@ def _metrics(t: _Table, public: tuple[str, int]) -> MetricsSettings:
         raise ConfigError("metrics.listen: must differ from listen (metrics are never served on the public port)")
     t.done()
     return MetricsSettings(where)
+
+
+def _ssf(t: _Table, tasks: TaskSettings) -> SsfSettings:
+    poll_timeout = t.positive("poll_timeout", 15)
+    if poll_timeout > 300:
+        raise ConfigError("ssf.poll_timeout: must be at most 300 seconds (a long poll holds a connection)")
+    interval = t.take("min_verification_interval", int, 1)
+    if interval < 0:
+        raise ConfigError("ssf.min_verification_interval: must be a number of seconds (0: no limit)")
+    inactivity = t.positive("inactivity_timeout", min(86400, tasks.retention))
+    push_timeout = t.positive("push_timeout", 5)
+    if inactivity > tasks.retention:
+        raise ConfigError("ssf.inactivity_timeout: must not exceed tasks.retention (a stream left alone longer "
+                          "could miss events purged from the feed)")
+    t.done()
+    return SsfSettings(poll_timeout, interval, inactivity, push_timeout)
 
 
 def _admin(t: _Table) -> AdminSettings:

@@ -18,6 +18,7 @@ from delegation.opa import OpaServer
 from delegation.policy import PolicyEngine, PolicyError, PolicySource
 from delegation.rego import EmbeddedRego
 from delegation.resources import Resource, Resources
+from delegation.ssf import StreamTimings, Transmitter
 from delegation.store import Store
 from delegation.stores import open_store
 from delegation.token_endpoint import TokenEndpoint
@@ -29,6 +30,7 @@ from token_exchange.attestation import metadata as attestation_metadata
 from token_exchange.keys import ASYMMETRIC_ALGORITHMS, KeySource, RemoteKeys, StaticKeys, parse_key_set, read_key_set
 from token_exchange.oidc_discovery import DiscoveredKeys
 from token_exchange.rfc8414 import metadata
+from token_exchange.rfc8935 import Pusher
 from token_exchange.scope import Scope
 from token_exchange.signing import SIGNING_ALGORITHMS
 from token_exchange.single_use import SingleUse
@@ -123,6 +125,7 @@ class Deputy:
     store: Store
     policy: PolicyEngine
     observer: Observer
+    ssf: Transmitter
 
 
 class KeySources:
@@ -131,16 +134,16 @@ class KeySources:
 
     def __init__(self, prepared: Prepared, client: httpx2.AsyncClient) -> None:
         self._static = prepared.static_keys
-        self._client = client
+        self.client = client  # also the SSF transmitter's, for push delivery
 
     def __call__(self, keyset: KeySetSettings, key: str, allowed: frozenset[str], use: str | None) -> KeySource:
         if keyset.uri is not None:
-            return RemoteKeys(keyset.uri, client=self._client,
+            return RemoteKeys(keyset.uri, client=self.client,
                               parse=lambda document: parse_key_set(document, allowed=allowed, use=use))
         return self._static[key]
 
     def discovered(self, issuer: str, allowed: frozenset[str]) -> KeySource:
-        return DiscoveredKeys(issuer, client=self._client,
+        return DiscoveredKeys(issuer, client=self.client,
                               parse=lambda document: parse_key_set(document, allowed=allowed))
 
 
@@ -206,7 +209,17 @@ def assemble(prepared: Prepared, ring: KeyRing, store: Store, sources: KeySource
     callers = Callers(actors=actors, users=users, credentials=store, resources=resources, admins=admins)
     document = discovery(settings, resources, endpoint)
     lifecycle = TaskLifecycle(store=store, own_tokens=own_tokens, resources=resources, observer=observer)
-    return Deputy(settings, endpoint, lifecycle, callers, keys, document, store, prepared.policy, observer)
+    return Deputy(settings, endpoint, lifecycle, callers, keys, document, store, prepared.policy, observer,
+                  transmitter(settings, store, keys, resources, sources.client))
+
+
+def transmitter(settings: Settings, store: Store, keys: LiveKeys, resources: Resources,
+                client: httpx2.AsyncClient) -> Transmitter:
+    """The SSF transmitter: streams for the resources' clients, SETs signed with the event keys."""
+    ssf = settings.ssf
+    timings = StreamTimings(ssf.poll_timeout, ssf.min_verification_interval, ssf.inactivity_timeout)
+    return Transmitter.of(store, keys.events_signer, resources, Pusher(client, timeout=ssf.push_timeout),
+                          issuer=settings.issuer, timings=timings)
 
 
 @asynccontextmanager

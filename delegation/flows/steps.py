@@ -170,6 +170,7 @@ class ExchangeSteps:
                   task.deadline - now)
         if ttl <= 0:
             raise InvalidRequest("subject_token rejected: expired")
+        self._require_sync()
         claims = access_token_claims(Grant(resource.audience, scope, ttl), subject=task.user_subject,
                                      actor=actor_claim(task.chain), now=now)
         token = self.signer.sign({**claims, "txn": task.id}, typ=ACCESS_TOKEN_JWT_TYPE)
@@ -192,6 +193,7 @@ class ExchangeSteps:
         now = ctx.now
         deadline = min(task.deadline, now + decision.ttl) if decision.ttl is not None else task.deadline
         task = replace(task, scope=scope, deadline=_within_subject(deadline, subject_expires_at, decision, ctx))
+        self._require_sync()
         token = self.signer.sign(
             task_token_claims(task_id=task.id, user=task.user_subject, chain=task.chain, scope=scope,
                               audience=self.signer.issuer, context=task.context, now=now, deadline=task.deadline),
@@ -201,6 +203,13 @@ class ExchangeSteps:
         await self.store(self.records.record_task(task, event, presented=presented), "record_task")
         self._granted(event)
         return TokenResponse(token.token, TXN_TOKEN_TYPE, "N_A", task.deadline - now, scope, (("task_id", task.id),))
+
+    def _require_sync(self) -> None:
+        """Mint nothing while this gateway cannot confirm it sees every revocation (scale-out: a replica
+        that lost its PostgreSQL notifications, until it has caught up)."""
+        if problem := self.records.revocation_sync_problem():
+            raise TemporarilyUnavailable(f"this gateway cannot confirm its revocation state ({problem}); "
+                                         "nothing was issued")
 
     def _granted(self, event: AuditEvent) -> None:
         """A grant was recorded (with its audit event): logged and counted."""

@@ -8,11 +8,11 @@ transactions are batched).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import json
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import IO, Any
@@ -25,11 +25,11 @@ from token_exchange.txn_tokens import TaskContext
 from ..audit import AuditEvent
 from ..records import CredentialRevoked, IssuedTokenRecord, Party, Presented, TaskEnded, barred
 from ..store import AuditQuery, AuditRecord, FeedPage, TaskDetail, TaskQuery, TokenState, TokenView
-from ..tasks import EXPIRED, OPEN, REVOKED, Revocation, Task
+from ..tasks import ADMIN, EXPIRED, OPEN, POLICY, REVOKED, SYSTEM, EndedTask, Revocation, Task
+from .sqlite_streams import FEED_POLL_S, SqliteEventStreams
 from .sqlite_writes import SqliteDatabase
 
 FEED_PAGE = 500
-FEED_POLL_S = 0.05  # other workers' revocations; this process's own wake `follow` at once
 SWEEP_BATCH = 500  # rows a sweep transaction touches at most (each a few ms of write lock)
 
 _AUDIT_COLUMNS = tuple(AuditEvent.__dataclass_fields__)
@@ -50,7 +50,8 @@ _CUTOFFS = (  # the cutoffs that may bear on an agent (by id, by domain) and a u
 _FEED = (  # the page's events (those with something for these audiences), then their rows for them
     "WITH page AS (SELECT DISTINCT seq FROM revocation_audiences WHERE audience IN ({marks})"
     " AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?)"
-    " SELECT r.seq, r.at, r.reason, a.task_ids, a.jtis FROM page JOIN revocations r ON r.seq = page.seq"
+    " SELECT r.seq, r.at, r.reason, r.initiator, r.party, r.tasks, a.task_ids, a.jtis"
+    " FROM page JOIN revocations r ON r.seq = page.seq"
     " JOIN revocation_audiences a ON a.seq = page.seq AND a.audience IN ({marks}) ORDER BY r.seq, a.audience"
 )
 _OPEN_TASKS_OF = {  # the party's id, then its domain (None: any), for the columns that hold them
@@ -67,13 +68,13 @@ def sqlite_path(url: str) -> Path:
     return Path(url.removeprefix("sqlite:///"))
 
 
-class SqliteStore:
+class SqliteStore(SqliteEventStreams):
     """The embedded store. Open with `await SqliteStore.open(path)`; close with `await store.close()`."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db = SqliteDatabase(path)
-        self._revoked = asyncio.Event()
+        self._changed = asyncio.Event()
         self._sweep_lock: IO[str] | None = None
 
     @classmethod
@@ -138,9 +139,10 @@ class SqliteStore:
         return TokenState(_token_record(row), row["revoked_at"] is not None, task)
 
     async def end_tasks(self, roots: Sequence[str], *, state: str, reason: str, now: int,
-                        event: AuditEvent | None = None) -> Revocation | None:
+                        event: AuditEvent | None = None, initiator: str = SYSTEM) -> Revocation | None:
         """End open tasks, all their descendants and every token minted under them, atomically."""
-        return self._announce(await self._db.write(lambda c: _end_tasks(c, list(roots), state, reason, now, event)))
+        ending = _Ending(state, reason, now, initiator)
+        return self._announce(await self._db.write(lambda c: _end_tasks(c, list(roots), ending, event)))
 
     async def end_matching(self, party: Party, *, reason: str, now: int,
                            event: AuditEvent | None = None) -> Revocation | None:
@@ -152,12 +154,12 @@ class SqliteStore:
                 "INSERT INTO credential_cutoffs VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET issued_before ="
                 " max(issued_before, excluded.issued_before)", (party.kind, party.id, party.domain or "", now))
             rows = connection.execute(*_open_tasks_of(party))
-            return _end_tasks(connection, [r[0] for r in rows], REVOKED, reason, now, event)
+            return _end_tasks(connection, [r[0] for r in rows], _Ending(REVOKED, reason, now, ADMIN, party), event)
 
         return self._announce(await self._db.write(work))
 
-    async def revoke_token(self, jti: str, *, reason: str, now: int, event: AuditEvent | None = None
-                           ) -> Revocation | None:
+    async def revoke_token(self, jti: str, *, reason: str, now: int, event: AuditEvent | None = None,
+                           initiator: str = SYSTEM) -> Revocation | None:
         def work(connection: sqlite3.Connection) -> Revocation | None:
             changed = connection.execute(
                 "UPDATE issued_tokens SET revoked_at = ? WHERE jti = ? AND revoked_at IS NULL", (now, jti)
@@ -167,7 +169,7 @@ class SqliteStore:
             if not changed:
                 return None
             audience = connection.execute("SELECT audience FROM issued_tokens WHERE jti = ?", (jti,)).fetchone()
-            return _revocation(connection, now, reason, [], [(jti, audience[0])])
+            return _revocation(connection, _Ending(REVOKED, reason, now, initiator), [], [(jti, audience[0])])
 
         return self._announce(await self._db.write(work))
 
@@ -175,8 +177,7 @@ class SqliteStore:
     def _announce(self, revocation: Revocation | None) -> Revocation | None:
         """Wake this process's feed readers at once; other workers' readers find it at their next poll."""
         if revocation is not None:
-            self._revoked.set()
-            self._revoked = asyncio.Event()
+            self._wake()
         return revocation
 
     async def revocations(self, since: int, limit: int, *, audiences: frozenset[str]) -> FeedPage:
@@ -197,8 +198,7 @@ class SqliteStore:
                 yield event
             cursor = page.next
             if not page.events:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._revoked.wait(), FEED_POLL_S)
+                await self.wait_for_events(FEED_POLL_S)
 
     # Single-use values (proof jtis)
     async def first_use(self, namespace: str, value: str, *, expires_at: int) -> bool:
@@ -335,7 +335,7 @@ def _expire_batch(connection: sqlite3.Connection, now: int, batch: int) -> int:
             agent_domain=row["agent_domain"], user_issuer=row["user_issuer"], user_subject=row["user_subject"],
             task_id=row["id"], reasons=("task deadline passed",))))
     if expired:
-        _end_tasks(connection, [r["id"] for r in expired], EXPIRED, "deadline passed", now, None)
+        _end_tasks(connection, [r["id"] for r in expired], _Ending(EXPIRED, "deadline passed", now, POLICY), None)
     return len(expired)
 
 
@@ -407,52 +407,71 @@ def _filters(**equal: str | None) -> tuple[str, list[Any]]:
     return ("WHERE " + " AND ".join(f"{n} = ?" for n in names) if names else ""), params
 
 
-def _end_tasks(connection: sqlite3.Connection, roots: list[str], state: str, reason: str, now: int,
+@dataclass(frozen=True, slots=True)
+class _Ending:
+    """How a cascade ends its tasks: their new state, the feed event's reason, when, by whom, for which party."""
+
+    state: str
+    reason: str
+    now: int
+    initiator: str
+    party: Party | None = None
+
+
+def _end_tasks(connection: sqlite3.Connection, roots: list[str], ending: _Ending,
                event: AuditEvent | None) -> Revocation | None:
     if event is not None:
         connection.execute(_INSERT_AUDIT, _audit_row(event))
     if not roots:
         return None
     marks = ", ".join("?" * len(roots))
-    tasks = [(r[0], json.loads(r[1])) for r in connection.execute(
-        f"""WITH RECURSIVE subtree(id) AS (
-                SELECT id FROM tasks WHERE id IN ({marks})
-                UNION SELECT t.id FROM tasks t JOIN subtree s ON t.parent_id = s.id)
-            SELECT tasks.id, tasks.audiences FROM tasks JOIN subtree USING (id) WHERE tasks.state = ?""",
-        (*roots, OPEN))]
+    tasks: dict[str, tuple[list[str], EndedTask]] = {}
+    for r in connection.execute(
+        f"""WITH RECURSIVE subtree(id, cause) AS (
+                SELECT id, id FROM tasks WHERE id IN ({marks})
+                UNION SELECT t.id, s.cause FROM tasks t JOIN subtree s ON t.parent_id = s.id)
+            SELECT tasks.id, tasks.audiences, tasks.user_issuer, tasks.user_subject, subtree.cause
+            FROM tasks JOIN subtree USING (id) WHERE tasks.state = ?""",
+        (*roots, OPEN)):
+        tasks.setdefault(r[0], (json.loads(r[1]), EndedTask(r[0], r[2], r[3], r[4])))
     if not tasks:
         return None
-    ids = [task_id for task_id, _ in tasks]
+    ids = list(tasks)
     marks = ", ".join("?" * len(ids))
-    connection.execute(f"UPDATE tasks SET state = ?, ended_at = ? WHERE id IN ({marks})", (state, now, *ids))
+    connection.execute(f"UPDATE tasks SET state = ?, ended_at = ? WHERE id IN ({marks})",
+                       (ending.state, ending.now, *ids))
     tokens = [(r[0], r[1]) for r in connection.execute(
         f"SELECT jti, audience FROM issued_tokens WHERE task_id IN ({marks}) AND revoked_at IS NULL"
-        " AND expires_at > ?", (*ids, now))]
+        " AND expires_at > ?", (*ids, ending.now))]
     # Each token carries its own revocation too, so it stays revoked after its task's row is purged.
     connection.execute(f"UPDATE issued_tokens SET revoked_at = ? WHERE task_id IN ({marks}) AND revoked_at IS NULL",
-                       (now, *ids))
-    return _revocation(connection, now, reason, tasks, tokens)
+                       (ending.now, *ids))
+    return _revocation(connection, ending, list(tasks.values()), tokens)
 
 
-def _revocation(connection: sqlite3.Connection, now: int, reason: str, tasks: Sequence[tuple[str, Sequence[str]]],
+def _revocation(connection: sqlite3.Connection, ending: _Ending, tasks: Sequence[tuple[Sequence[str], EndedTask]],
                 tokens: Sequence[tuple[str, str]]) -> Revocation:
     """A feed event, and for each audience concerned what it tells that audience's resource servers: the
     tasks that include the audience and the tokens issued for it."""
-    task_ids, jtis = [task_id for task_id, _ in tasks], [jti for jti, _ in tokens]
+    task_ids, jtis = [task.id for _, task in tasks], [jti for jti, _ in tokens]
+    party = json.dumps({"kind": ending.party.kind, "id": ending.party.id, "domain": ending.party.domain}) \
+        if ending.party else None
+    detail = json.dumps({t.id: [t.user_issuer, t.user_subject, t.cause] for _, t in tasks})
     cursor = connection.execute(
-        "INSERT INTO revocations (at, reason, task_ids, jtis) VALUES (?, ?, ?, ?)",
-        (now, reason, json.dumps(task_ids), json.dumps(jtis)),
+        "INSERT INTO revocations (at, reason, task_ids, jtis, initiator, party, tasks) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (ending.now, ending.reason, json.dumps(task_ids), json.dumps(jtis), ending.initiator, party, detail),
     )
     seq = int(cursor.lastrowid or 0)
     told: dict[str, tuple[list[str], list[str]]] = {}
-    for task_id, audiences in tasks:
+    for audiences, task in tasks:
         for audience in audiences:
-            told.setdefault(audience, ([], []))[0].append(task_id)
+            told.setdefault(audience, ([], []))[0].append(task.id)
     for jti, audience in tokens:
         told.setdefault(audience, ([], []))[1].append(jti)
     connection.executemany("INSERT INTO revocation_audiences VALUES (?, ?, ?, ?)",
                            [(aud, seq, json.dumps(t), json.dumps(j)) for aud, (t, j) in told.items()])
-    return Revocation(seq, now, reason, tuple(task_ids), tuple(jtis))
+    return Revocation(seq, ending.now, ending.reason, tuple(task_ids), tuple(jtis), tuple(t for _, t in tasks),
+                      ending.party, ending.initiator)
 
 
 def _narrowed_events(rows: Sequence[sqlite3.Row]) -> tuple[Revocation, ...]:
@@ -462,5 +481,11 @@ def _narrowed_events(rows: Sequence[sqlite3.Row]) -> tuple[Revocation, ...]:
         _, task_ids, jtis = events.setdefault(row["seq"], (row, {}, {}))
         task_ids.update(dict.fromkeys(json.loads(row["task_ids"])))
         jtis.update(dict.fromkeys(json.loads(row["jtis"])))
-    return tuple(Revocation(seq, row["at"], row["reason"], tuple(task_ids), tuple(jtis))
-                 for seq, (row, task_ids, jtis) in events.items())
+    return tuple(_event(seq, row, tuple(task_ids), tuple(jtis)) for seq, (row, task_ids, jtis) in events.items())
+
+
+def _event(seq: int, row: sqlite3.Row, task_ids: tuple[str, ...], jtis: tuple[str, ...]) -> Revocation:
+    detail = json.loads(row["tasks"])
+    tasks = tuple(EndedTask(task_id, *detail[task_id]) for task_id in task_ids if task_id in detail)
+    party = Party(**json.loads(row["party"])) if row["party"] else None
+    return Revocation(seq, row["at"], row["reason"], task_ids, jtis, tasks, party, row["initiator"])

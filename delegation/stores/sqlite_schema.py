@@ -136,6 +136,49 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX seen_once_expiry ON seen_once (expires_at);
     """,
+    # 5: feed events name who ended them, the party of an admin revocation and, per task, its user and the
+    # task the cascade started from (what SSF SETs carry); SSF streams with their queued SETs; the signing
+    # key ring, sealed, for a gateway whose keys live in the store. Events recorded before are filled in
+    # from the tasks still kept (each its own cause).
+    """
+    ALTER TABLE revocations ADD COLUMN initiator TEXT NOT NULL DEFAULT 'system';
+    ALTER TABLE revocations ADD COLUMN party TEXT;
+    ALTER TABLE revocations ADD COLUMN tasks TEXT NOT NULL DEFAULT '{}';
+    UPDATE revocations SET tasks = coalesce((
+        SELECT json_group_object(t.value, json_array(tasks.user_issuer, tasks.user_subject, t.value))
+        FROM json_each(revocations.task_ids) t JOIN tasks ON tasks.id = t.value), '{}');
+    CREATE TABLE ssf_streams (
+        id TEXT PRIMARY KEY,
+        client TEXT NOT NULL,
+        audiences TEXT NOT NULL,
+        delivery TEXT NOT NULL,
+        endpoint_url TEXT,
+        authorization_header TEXT,
+        events_requested TEXT NOT NULL,
+        events_delivered TEXT NOT NULL,
+        description TEXT,
+        status TEXT NOT NULL,
+        reason TEXT,
+        cursor INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        touched_at INTEGER NOT NULL,
+        verified_at INTEGER
+    ) WITHOUT ROWID;
+    CREATE INDEX ssf_streams_client ON ssf_streams (client);
+    CREATE INDEX ssf_streams_touched ON ssf_streams (touched_at);
+    CREATE TABLE ssf_pending (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        stream_id TEXT NOT NULL REFERENCES ssf_streams (id) ON DELETE CASCADE,
+        jti TEXT NOT NULL,
+        token TEXT NOT NULL,
+        UNIQUE (stream_id, jti)
+    );
+    CREATE TABLE signing_key_ring (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        version INTEGER NOT NULL,
+        sealed BLOB NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -71,6 +71,10 @@ class FakeStore:
     user_cutoff: int | None = None
     cutoff_queries: list[tuple[ActorRef | None, tuple[str, str] | None]] = field(default_factory=list)
     failures: dict[str, Exception] = field(default_factory=dict)
+    sync_problem: str | None = None  # what `revocation_sync_problem` says (None: in sync)
+
+    def revocation_sync_problem(self) -> str | None:
+        return self.sync_problem
 
     def fail(self, method: str, error: Exception) -> None:
         self.failures[method] = error

@@ -475,6 +475,24 @@ async def test_deputy_a_write_that_fails_issues_nothing_and_is_refused_as_it_fit
     assert error.status == (503 if cls is TemporarilyUnavailable else 400)
 
 
+@pytest.mark.parametrize("flow", ["one_shot", "open_task", "task_access", "delegate"])
+async def test_issue9_a_gateway_out_of_sync_with_revocations_mints_nothing(world: World, flow: str) -> None:
+    changes: dict[str, str | None] = {}
+    if flow == "open_task":
+        changes["requested_token_type"] = TXN_TOKEN_TYPE
+    if flow in ("task_access", "delegate"):
+        changes.update(task_token_form(await world.open_task()))
+    if flow == "delegate":
+        changes.update(actor_token="helper-token", requested_token_type=TXN_TOKEN_TYPE)
+    writes = len(world.store.writes)
+    world.store.sync_problem = "lost its PostgreSQL LISTEN connection"
+    error = await world.refused(TemporarilyUnavailable, "cannot confirm its revocation state (lost its PostgreSQL"
+                                " LISTEN connection); nothing was issued", **changes)
+    assert (error.status, len(world.store.writes)) == (503, writes)
+    world.store.sync_problem = None
+    await world.post(**changes)  # back in sync: served again
+
+
 @pytest.mark.parametrize("method", ["cutoffs", "task"])
 async def test_deputy_a_store_that_cannot_be_read_is_temporarily_unavailable(world: World, method: str) -> None:
     opened = await world.open_task()

@@ -16,10 +16,10 @@ import pytest
 
 from delegation.audit import AuditEvent
 from delegation.records import CredentialRevoked, IssuedTokenRecord, Party, Presented, StoreError, TaskEnded
-from delegation.store import AuditQuery, Store
+from delegation.store import ENABLED, PAUSED, POLL, PUSH, AuditQuery, PendingSet, SealedRing, Store, Stream
 from delegation.stores import open_store
 from delegation.stores.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
-from delegation.tasks import Task
+from delegation.tasks import ADMIN, POLICY, USER, EndedTask, Task
 from token_exchange.actors import ActorRef
 from token_exchange.scope import Scope
 
@@ -461,3 +461,112 @@ async def test_abca_9_7_used_values_are_kept_until_they_expire_then_purged(store
     await store.expire_and_purge(now=NOW + 61, retention=100, batch=3)  # type: ignore[call-arg]
     assert all([await store.first_use("ns", f"v{i}", expires_at=NOW + 120) for i in range(7)])  # purged, all 7
     assert not await store.first_use("ns", "later", expires_at=NOW + 600)
+
+
+# Issue 9: what SSF SETs are made of, SSF streams and their queues, the sealed key ring.
+
+async def test_issue9_feed_events_name_each_tasks_user_and_cause_the_party_and_the_initiator(store: Store) -> None:
+    parent = await opened(store, "parent", MAIL_AUD)
+    child = replace(task("child", parent=parent), audiences=(MAIL_AUD,))
+    await record_task(store, child, event("delegate", "child"))
+    await opened(store, "other", FILES_AUD)
+    ended = await store.end_tasks(["parent"], state="completed", reason="done", now=NOW + 1, initiator=USER)
+    assert ended is not None and ended.initiator == USER and ended.party is None
+    assert {t.id: (t.user_issuer, t.user_subject, t.cause) for t in ended.tasks} == {
+        "parent": ("https://idp", "alice", "parent"), "child": ("https://idp", "alice", "parent")}
+    revoked = await store.end_matching(Party("user", "alice", "https://idp"), reason="admin", now=NOW + 2)
+    assert revoked is not None and revoked.initiator == ADMIN
+    assert revoked.party == Party("user", "alice", "https://idp") and revoked.task_ids == ("other",)
+    page = await store.revocations(0, 10, audiences=ONLY_MAIL)
+    assert [(e.seq, [t.id for t in e.tasks], e.initiator) for e in page.events] == [
+        (ended.seq, list(ended.task_ids), USER)]  # the files event is not told to mail, nor its tasks
+    told = (await store.revocations(0, 10, audiences=ONLY_FILES)).events
+    assert [(e.party, e.tasks, e.initiator) for e in told] == [
+        (revoked.party, (EndedTask("other", "https://idp", "alice", "other"),), ADMIN)]
+
+
+async def test_issue9_expiry_is_initiated_by_policy_and_a_token_revocation_by_its_caller(store: Store) -> None:
+    await opened(store, "short", MAIL_AUD)
+    await granted(store, "j1", "short", MAIL_AUD)
+    revoked = await store.revoke_token("j1", reason="revoked", now=NOW + 1, initiator=USER)
+    assert revoked is not None and revoked.tasks == () and revoked.jtis == ("j1",) and revoked.initiator == USER
+    await store.expire_and_purge(now=NOW + 601, retention=10_000)
+    events = (await store.revocations(revoked.seq, 10, audiences=ONLY_MAIL)).events
+    assert [(e.task_ids, e.initiator) for e in events] == [(("short",), POLICY)]
+
+
+def stream(stream_id: str = "s1", *, client: str = "spiffe://example.org/mail-api", cursor: int = 0,
+           delivery: str = POLL) -> Stream:
+    return Stream(id=stream_id, client=client, audiences=(MAIL_AUD,), delivery=delivery, endpoint_url=None,
+                  authorization_header=None, events_requested=("urn:a",), events_delivered=("urn:a",),
+                  description=None, status=ENABLED, reason=None, cursor=cursor, created_at=NOW, touched_at=NOW)
+
+
+async def test_issue9_ssf_streams_are_created_read_updated_and_deleted_with_their_queues(store: Store) -> None:
+    await store.create_stream(stream("s1"))
+    await store.create_stream(stream("s2", client="spiffe://example.org/files-api", delivery=PUSH))
+    assert await store.stream("s1") == stream("s1")
+    assert [s.id for s in await store.streams_of("spiffe://example.org/mail-api")] == ["s1"]
+    changed = replace(stream("s1"), status=PAUSED, reason="maintenance", description="mail", cursor=99,
+                      audiences=("https://else",), verified_at=NOW + 5)
+    assert await store.update_stream(changed)
+    assert await store.stream("s1") == replace(changed, cursor=0, audiences=(MAIL_AUD,))  # never those
+    assert await store.enqueue_sets("s1", [PendingSet("v1", "set-v1")])
+    assert await store.delete_stream("s1") and not await store.delete_stream("s1")
+    assert await store.stream("s1") is None and not await store.update_stream(changed)
+    assert not await store.enqueue_sets("s1", [PendingSet("v2", "set-v2")])
+    assert await store.pending_sets("s1", 10) == ([], False)
+
+
+async def test_issue9_sets_are_queued_once_by_whoever_advances_the_cursor_first(store: Store) -> None:
+    await store.create_stream(stream("s1", cursor=3))
+    first = [PendingSet("a", "set-a"), PendingSet("b", "set-b")]
+    assert await store.advance_stream("s1", from_cursor=3, to_cursor=7, sets=first)
+    assert not await store.advance_stream("s1", from_cursor=3, to_cursor=7, sets=[PendingSet("c", "set-c")])
+    assert (await store.stream("s1") or stream()).cursor == 7
+    await store.enqueue_sets("s1", [PendingSet("v", "set-v")])
+    assert await store.pending_sets("s1", 2) == (first, True)  # oldest first, and more is queued
+    assert await store.acknowledge("s1", ["a", "unknown"]) == 1
+    assert await store.pending_sets("s1", 10) == ([PendingSet("b", "set-b"), PendingSet("v", "set-v")], False)
+    await store.clear_stream("s1", cursor=5)  # a disabled stream holds nothing; its cursor never moves back
+    assert await store.pending_sets("s1", 10) == ([], False) and (await store.stream("s1") or stream()).cursor == 7
+
+
+async def test_issue9_push_streams_are_the_enabled_push_streams_with_sets_queued(store: Store) -> None:
+    await store.create_stream(stream("poll"))
+    await store.create_stream(stream("push", delivery=PUSH))
+    await store.create_stream(stream("idle", delivery=PUSH))
+    await store.create_stream(replace(stream("paused", delivery=PUSH), status=PAUSED))
+    for stream_id in ("poll", "push", "paused"):
+        await store.enqueue_sets(stream_id, [PendingSet(f"j-{stream_id}", "set")])
+    assert [s.id for s in await store.push_streams()] == ["push"]
+
+
+async def test_issue9_streams_untouched_past_the_inactivity_timeout_are_dropped(store: Store) -> None:
+    await store.create_stream(stream("old"))
+    await store.create_stream(stream("fresh"))
+    await store.touch_stream("fresh", NOW + 100)
+    await store.touch_stream("fresh", NOW + 50)  # a touch never moves back
+    assert await store.drop_inactive_streams(NOW + 60) == 1
+    assert await store.stream("old") is None and (await store.stream("fresh") or stream()).touched_at == NOW + 100
+
+
+async def test_issue9_a_queued_set_wakes_a_waiter_at_once(store: Store) -> None:
+    await store.create_stream(stream("s1"))
+    waiter = asyncio.ensure_future(store.wait_for_events(30))
+    await asyncio.sleep(0)
+    await store.enqueue_sets("s1", [PendingSet("v", "set-v")])
+    await asyncio.wait_for(waiter, 1)
+
+
+async def test_issue9_the_sealed_key_ring_is_saved_by_compare_and_set(store: Store) -> None:
+    assert await store.key_ring() is None and await store.key_ring_version() is None
+    assert await store.save_key_ring(b"ring-1", replaces=None) == 1
+    assert await store.save_key_ring(b"other", replaces=None) is None  # another process made one first
+    assert await store.save_key_ring(b"ring-2", replaces=1) == 2
+    assert await store.save_key_ring(b"stale", replaces=1) is None
+    assert await store.key_ring() == SealedRing(2, b"ring-2") and await store.key_ring_version() == 2
+
+
+async def test_issue9_a_single_process_store_is_always_in_sync(store: Store) -> None:
+    assert store.revocation_sync_problem() is None
