@@ -194,14 +194,16 @@ async def test_ssf_a_fresh_verifier_starts_complete_from_its_streams_backlog(env
 async def test_ssf_8_1_2_1_a_stream_not_enabled_refuses_every_token_until_enabled_and_replaced(
         env: Env, status: str) -> None:
     token = env.mint(env.open_task())
-    async with running(env, max_feed_staleness=30) as verifier:  # staleness alone would not refuse for 30 s
+    async with running(env, max_feed_staleness=8) as verifier:  # staleness alone would not refuse for 8 s
         paused = receiver_of(verifier).stream_id
         assert paused is not None
         await verifier.verify(token, "mail.read")
         env.stream_status(paused, status)
+        started = time.monotonic()
         await refused(verifier, token, FeedStale)
+        assert time.monotonic() - started < 4  # the status, not the staleness bound
         env.stream_status(paused, "enabled")
-        await accepted(verifier, token)
+        await accepted(verifier, token, timeout=6)  # seen at the next status read (every 2 s)
         assert receiver_of(verifier).stream_id not in (None, paused)  # a new stream: its backlog is complete
         revoked_meanwhile = env.open_task()
         later = env.mint(revoked_meanwhile)
@@ -211,7 +213,7 @@ async def test_ssf_8_1_2_1_a_stream_not_enabled_refuses_every_token_until_enable
 
 async def test_ssf_8_1_1_5_a_stream_deleted_on_the_gateway_is_recreated_and_verified_again(env: Env) -> None:
     token = env.mint(env.open_task())
-    async with running(env, max_feed_staleness=30) as verifier:
+    async with running(env, max_feed_staleness=8) as verifier:
         old = receiver_of(verifier).stream_id
         deleted = env.client.delete("/ssf/streams", params={"stream_id": old}, headers=env.as_watcher())
         assert deleted.status_code == 204, deleted.text
@@ -261,8 +263,9 @@ async def test_rfc8936_2_4_4_a_bad_set_is_refused_reported_in_set_errs_and_the_s
         env: Env, sign: Any, err: str) -> None:
     task = env.open_task()
     token = env.mint(task)
-    async with running(env, max_feed_staleness=30) as verifier:
-        signer, old = _injector(env), receiver_of(verifier).stream_id
+    signer = _injector(env)  # before start: the receiver fetches the SET keys once, then on an unknown kid
+    async with running(env, max_feed_staleness=8) as verifier:
+        old = receiver_of(verifier).stream_id
         body = signer.claims(sub_id=session_subject(task["task_id"]))
         env.proxy.controls.inject.append((body["jti"], sign(signer, body)))
 
@@ -278,8 +281,9 @@ async def test_rfc8936_2_4_4_a_bad_set_is_refused_reported_in_set_errs_and_the_s
 async def test_rfc8936_2_4_a_redelivered_set_is_acknowledged_again_and_not_reprocessed(env: Env) -> None:
     task = env.open_task()
     token = env.mint(task)
+    signer = _injector(env)
     async with running(env) as verifier:
-        signer, stream = _injector(env), receiver_of(verifier).stream_id
+        stream = receiver_of(verifier).stream_id
         body = signer.claims(sub_id=session_subject(task["task_id"]))
         env.proxy.controls.inject.append((body["jti"], signer.sign(body)))
         assert "revoked" in str(await refused(verifier, token))
@@ -336,8 +340,8 @@ async def test_ssf_8_1_4_1_a_stray_verification_event_leaves_a_verified_stream_i
 async def test_caep_3_3_a_credential_change_cuts_off_the_agents_tokens_issued_before_it(env: Env) -> None:
     task = env.open_task()
     before = env.mint(task)
+    signer = _injector(env)
     async with running(env) as verifier:
-        signer = _injector(env)
         at = claims(before)["iat"]
         body = signer.claims(CREDENTIAL_CHANGE, event={
             "credential_type": "spiffe-jwt-svid", "change_type": "revoke", "event_timestamp": at,
