@@ -23,7 +23,8 @@ Anything that leaves the state in doubt makes it stale at once (`RevocationState
 verifier refuses every token, never "nothing revoked": the stream paused or disabled (by status or a
 `stream-updated` SET), gone (404), or a SET refused (a revocation may have been lost). The stream is then
 replaced by a new one, whose backlog restores what a paused or disabled stream may have dropped; a paused
-or disabled stream is kept, and refused on, until it is enabled again. A SET that cannot be checked now
+or disabled stream is kept, and refused on, until it is enabled again, unless the transmitter announced
+disabling it itself (it will carry nothing more). A SET that cannot be checked now
 (the key set unreachable) is left unacknowledged, so it comes again, and blocks confirmation meanwhile.
 """
 
@@ -34,6 +35,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -43,7 +45,16 @@ from token_exchange.keys import RemoteKeys, parse_key_set
 
 from .revocations import RevocationState
 from .sets import SET_ALGORITHMS, SetRejected, SetUnverifiable, SetValidator
-from .ssf_client import PollAnswer, SsfClient, StreamConfig, StreamGone, TooSoon, TransmitterError, discover
+from .ssf_client import (
+    MAX_EVENTS,
+    PollAnswer,
+    SsfClient,
+    StreamConfig,
+    StreamGone,
+    TooSoon,
+    TransmitterError,
+    discover,
+)
 from .ssf_events import Effect, Ignored, Revoke, StatusChanged, Verified, effect_of
 
 log = logging.getLogger(__name__)
@@ -52,6 +63,7 @@ BACKOFF_MIN_S, BACKOFF_MAX_S = 0.05, 5.0
 VERIFY_RETRY_S = 5.0  # ask again when the verification event has not come by then (or after the minimum)
 START_SYNC_S = 5.0  # how long `start` waits for the first confirmation while the stream makes progress
 CLOSE_TIMEOUT_S = 2.0
+MAX_SEEN = 100_000
 
 
 class StreamLost(Exception):
@@ -72,6 +84,7 @@ class _Stream:
     replace: str | None = None  # why the stream must be replaced
     acks: set[str] = field(default_factory=set)
     errors: dict[str, dict[str, str]] = field(default_factory=dict)
+    verified_now: asyncio.Event = field(default_factory=asyncio.Event)  # confirm at once, not a heartbeat later
 
 
 class SsfReceiver:
@@ -97,7 +110,7 @@ class SsfReceiver:
         self._ssf: SsfClient | None = None
         self._keys: RemoteKeys | None = None
         self._stream: _Stream | None = None
-        self._seen: set[str] = set()  # jtis of SETs applied: a redelivery is acknowledged, never reapplied
+        self._seen: OrderedDict[str, None] = OrderedDict()  # SETs applied: acknowledged again, never reapplied
         self._lock = asyncio.Lock()  # one confirmation round at a time
         self._runner: asyncio.Task[None] | None = None
 
@@ -234,7 +247,9 @@ class SsfReceiver:
             except Exception as exc:  # see `_run`
                 log.warning("ssf.round_failed", extra={"stream_id": stream.config.stream_id, "error": _why(exc)})
             await self._report_and_check(stream)
-            await asyncio.sleep(self._heartbeat_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stream.verified_now.wait(), self._heartbeat_s)
+            stream.verified_now.clear()
 
     async def _round(self, stream: _Stream) -> None:
         """One confirmation round (see the module docstring)."""
@@ -255,7 +270,7 @@ class SsfReceiver:
 
     async def _poll(self, stream: _Stream, *, immediate: bool, max_events: int | None = None) -> PollAnswer:
         """RFC 8936 §2.2, acknowledging and reporting what is pending; both are cleared once sent."""
-        acks, errors = sorted(stream.acks), dict(stream.errors)
+        acks, errors = sorted(stream.acks)[:MAX_EVENTS], dict(stream.errors)
         answer = await self._client_api().poll(stream.config, ack=acks, errors=errors, immediate=immediate,
                                                max_events=max_events)
         stream.acks.difference_update(acks)
@@ -300,23 +315,29 @@ class SsfReceiver:
             return
         if isinstance(effect, Verified):
             stream.verified = True
+            stream.verified_now.set()
             log.info("ssf.stream_verified", extra={"stream_id": stream.config.stream_id})
         elif isinstance(effect, Revoke):
             self._state.revoke(jtis=effect.jtis, task_ids=effect.task_ids, cutoffs=effect.cutoffs)
         elif isinstance(effect, StatusChanged):
-            self._on_status(stream, effect.status, effect.reason)
+            self._on_status(stream, effect.status, effect.reason, announced=True)
         elif isinstance(effect, Ignored):
             log.debug("ssf.set_ignored", extra={"jti": jti[:64], "why": effect.why})
-        self._seen.add(jti)
+        self._seen[jti] = None
+        if len(self._seen) > MAX_SEEN:  # the oldest: long acknowledged, and applying a SET again changes nothing
+            self._seen.popitem(last=False)
         stream.acks.add(jti)
 
-    def _on_status(self, stream: _Stream, status: str, reason: str | None) -> None:
+    def _on_status(self, stream: _Stream, status: str, reason: str | None, *, announced: bool = False) -> None:
         """SSF §8.1.2.1: only `enabled` transmits. Anything else makes the state stale; enabled again, the
-        stream is replaced, since what it held back meanwhile may be gone."""
+        stream is replaced, since what it held back meanwhile may be gone. A stream the transmitter itself
+        disabled (`announced` by a stream-updated event, §8.1.5) will carry nothing more: replaced at once."""
         if status == "enabled":
             if stream.status != "enabled":
                 stream.replace = stream.replace or f"the stream is enabled again after being {stream.status}"
             return
+        if announced and status == "disabled":
+            stream.replace = stream.replace or f"the transmitter disabled the stream: {(reason or '-')[:200]}"
         if stream.status != status:
             log.warning("ssf.stream_not_enabled", extra={"stream_id": stream.config.stream_id, "status": status[:32],
                                                          "reason": (reason or "")[:200]})

@@ -24,7 +24,13 @@ from gateway.dev import DemoIdentities, DemoResource
 from resource_server import AccessTokenVerifier, FeedStale, InvalidToken
 from resource_server.ssf import SsfReceiver
 from tests.resource_server.ssf_proxy import TransmitterProxy, eventually
-from tests.resource_server.ssf_support import CREDENTIAL_CHANGE, SetSigner, rsa_key, session_subject
+from tests.resource_server.ssf_support import (
+    CREDENTIAL_CHANGE,
+    STREAM_UPDATED,
+    SetSigner,
+    rsa_key,
+    session_subject,
+)
 from tests.support import ACCESS_TOKEN, GRANT, JWT, free_port, gateway_process
 
 TXN = "urn:ietf:params:oauth:token-type:txn_token"
@@ -209,6 +215,24 @@ async def test_ssf_8_1_2_1_a_stream_not_enabled_refuses_every_token_until_enable
         later = env.mint(revoked_meanwhile)
         env.complete(revoked_meanwhile)
         await refused(verifier, later)
+
+
+@pytest.mark.parametrize("status", ["paused", "disabled"])
+async def test_ssf_8_1_5_a_stream_updated_event_makes_the_state_stale_and_the_stream_replaced(
+        env: Env, status: str) -> None:
+    """Announced by the transmitter (here: a SET the proxy adds, signed with a key of the SET key set). Paused,
+    the status read that follows says enabled again; disabled, the transmitter will carry nothing more."""
+    token = env.mint(env.open_task())
+    signer = _injector(env)
+    async with running(env, max_feed_staleness=8) as verifier:
+        old = receiver_of(verifier).stream_id
+        body = signer.claims(STREAM_UPDATED, event={"status": status, "reason": "maintenance"},
+                             sub_id={"format": "opaque", "id": old})
+        env.proxy.controls.inject.append((body["jti"], signer.sign(body)))
+        await refused(verifier, token, FeedStale)
+        await accepted(verifier, token, timeout=6)
+        assert receiver_of(verifier).stream_id not in (None, old)
+        assert body["jti"] in env.proxy.controls.acked()
 
 
 async def test_ssf_8_1_1_5_a_stream_deleted_on_the_gateway_is_recreated_and_verified_again(env: Env) -> None:
