@@ -64,15 +64,17 @@ class Outbox:
         return control[:limit], len(control) > limit
 
     async def _signed(self, stream: Stream, events: Sequence[Revocation]) -> list[PendingSet]:
-        """Every SET of these events; a token revoked on its own is looked up for its task (`txn`)."""
+        """The SETs of these events of the types the stream delivers; a token revoked on its own is looked up
+        for its task (`txn`)."""
         task_of: dict[str, str] = {}
         for jti in (jti for event in events if not event.task_ids for jti in event.jtis):
             found = await self.store.token(jti)
             if found is not None and found.record.task_id is not None:
                 task_of[jti] = found.record.task_id
-        now = int(self.clock())
+        now, delivered = int(self.clock()), frozenset(stream.events_delivered)  # SSF §8.1.1: only those
         return [self._sign(stream, draft, now) for event in events
-                for draft in revocation_drafts(event, issuer=self.issuer, task_of_token=task_of)]
+                for draft in revocation_drafts(event, issuer=self.issuer, task_of_token=task_of)
+                if draft.event in delivered]
 
     def _sign(self, stream: Stream, draft: SetDraft, now: int) -> PendingSet:
         jti = new_id()  # RFC 8417 §2.2: unique in the feed; never the revoked token's

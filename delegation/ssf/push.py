@@ -4,7 +4,7 @@ Woken whenever a revocation or SET may have been committed (`wait_for_events`), 
 stream's new SETs and POSTs them in order, one at a time. A SET the receiver takes (202) or refuses (400:
 sending it again cannot help) leaves the queue; any other answer stops that stream's delivery and retries
 it after a per-stream backoff that doubles up to BACKOFF_MAX_S, the SET still queued. Streams that nobody
-managed or polled for `inactivity_timeout` seconds are deleted (SSF §8.1.1)."""
+managed, polled or took pushes from for `inactivity_timeout` seconds are deleted (SSF §8.1.1)."""
 
 from __future__ import annotations
 
@@ -58,9 +58,9 @@ class PushDelivery:
             await self.store.wait_for_events(self._pause())
 
     async def round(self) -> None:
-        """Sweep inactive streams (once a minute), then deliver to every push stream that is due."""
-        if self.clock() >= self._next_inactivity_sweep:
-            self._next_inactivity_sweep = self.clock() + INACTIVITY_SWEEP_S
+        """Sweep inactive streams (once a minute at most), then deliver to every push stream that is due."""
+        if self.clock() >= self._next_inactivity_sweep:  # twice per timeout at least, so none lives 1.5 times it
+            self._next_inactivity_sweep = self.clock() + min(INACTIVITY_SWEEP_S, self.inactivity_timeout / 2)
             if dropped := await self.store.drop_inactive_streams(int(self.wall_clock()) - self.inactivity_timeout):
                 log.warning("ssf.streams_inactive", extra={"deleted": dropped})
         streams = [s for client in self.clients for s in await self.store.streams_of(client) if s.delivery == PUSH]
@@ -87,6 +87,8 @@ class PushDelivery:
             if result.outcome == "refused":
                 log.warning("ssf.set_refused", extra={"stream_id": stream.id, "jti": pending.jti, "err": result.detail})
             await self.store.acknowledge(stream.id, [pending.jti])
+        if sets:  # a receiver that answers pushes is active (SSF §8.1.1 lets the transmitter choose)
+            await self.store.touch_stream(stream.id, int(self.wall_clock()))
         self._retry.pop(stream.id, None)
         return len(sets) == BATCH
 

@@ -142,7 +142,9 @@ def event_of(claims: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 
 def exchange(env: Deployment, agent: str = "/agents/mail", **form: Any) -> dict[str, Any]:
-    response = env.client.post("/token", data={"grant_type": GRANT, "actor_token": env.svid(agent),
+    """An exchange by `agent` (a path in example.org, or a SPIFFE ID)."""
+    svid = env.svid(sub=agent) if agent.startswith("spiffe://") else env.svid(agent)
+    response = env.client.post("/token", data={"grant_type": GRANT, "actor_token": svid,
                                                "actor_token_type": JWT, **form})
     assert response.status_code == 200, response.text
     return dict(response.json())

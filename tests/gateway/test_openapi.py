@@ -57,7 +57,8 @@ def test_openapi_every_documented_operation_is_served_with_its_method(env: Env, 
             continue  # needs credentials to answer at all; its 401 is checked below
         answered = env.client.request(method.upper(), url)  # no credentials: refused, but by that route
         assert answered.status_code != 405 and "no such endpoint" not in answered.text, (path, method)
-        assert env.client.request("DELETE", url).status_code == 405, path  # and no method it does not document
+        if "delete" not in document["paths"][path]:
+            assert env.client.request("DELETE", url).status_code == 405, path  # and no method it does not document
     assert env.client.get("/revocations/stream").status_code == 401
 
 

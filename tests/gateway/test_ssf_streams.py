@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway import openapi
-from tests.conftest import Deployment
+from tests.conftest import Deployment, make_setup, running
 from tests.gateway.ssf_env import (
     CREDENTIAL_CHANGE,
     DOCS,
@@ -22,9 +23,14 @@ from tests.gateway.ssf_env import (
     RS_DOCS,
     RS_PHOTOS,
     SESSION_REVOKED,
+    STREAM_UPDATED,
     VERIFICATION,
     Receiver,
     event_of,
+    one_shot,
+    policy_data,
+    resources,
+    revoke,
     ssf_deployment,
 )
 
@@ -258,3 +264,59 @@ def test_a_body_that_is_not_json_is_refused_by_media_type(docs: Receiver) -> Non
     response = docs.request("POST", "/ssf/streams", content=b"{}", headers={"Content-Type": "text/plain"})
     assert (response.status_code, response.json()["error"]) == (400, "invalid_request")
     assert "application/json" in response.json()["error_description"]
+
+
+def test_ssf_8_1_5_a_receiver_that_lost_a_resource_has_its_stream_disabled_with_stream_updated(
+        tmp_path: Path) -> None:
+    """`aud` never changes (§8.1.1): once a restart drops RS_BOTH from PHOTOS' clients, its stream about
+    DOCS and PHOTOS would tell it of a resource it no longer serves; the transmitter disables it instead
+    and says so (§8.1.2: stream-updated, before it stops)."""
+    setup = make_setup(tmp_path, extra=resources(), policy_files={"data.json": policy_data()})
+    try:
+        with running(setup) as env:
+            stream_id = Receiver(env, RS_BOTH).create()["stream_id"]
+        photos_clients = json.dumps([RS_PHOTOS, RS_BOTH])
+        setup.config.write_text(setup.config.read_text().replace(photos_clients, json.dumps([RS_PHOTOS])))
+        with running(setup) as env:
+            both = Receiver(env, RS_BOTH)
+            status = both.request("GET", "/ssf/status", params={"stream_id": stream_id}).json()
+            assert status["status"] == "disabled" and "create a new stream" in status["reason"]
+            revoke(env, one_shot(env, PHOTOS))
+            [updated] = both.drain(stream_id, [DOCS, PHOTOS])
+            assert event_of(updated) == (STREAM_UPDATED, {"status": "disabled", "reason": status["reason"]})
+            assert updated["sub_id"] == {"format": "opaque", "id": stream_id}
+            assert both.create()["aud"] == DOCS
+        assert "Traceback" not in env.log()
+    finally:
+        setup.jwks_server.close()
+
+
+SSF_OPERATIONS = {("/.well-known/ssf-configuration", "get"), ("/ssf/jwks.json", "get"), ("/ssf/streams", "post"),
+                  ("/ssf/streams", "get"), ("/ssf/streams", "patch"), ("/ssf/streams", "put"),
+                  ("/ssf/streams", "delete"), ("/ssf/status", "get"), ("/ssf/status", "post"),
+                  ("/ssf/verify", "post"), ("/ssf/poll/{stream_id}", "post")}
+
+
+def test_openapi_documents_every_ssf_endpoint_with_its_body_and_security(env: Deployment) -> None:
+    document = env.client.get("/openapi.json").json()
+    for path, method in SSF_OPERATIONS:
+        operation = document["paths"][path][method]
+        assert ("security" in operation) == (path.startswith("/ssf/") and path != "/ssf/jwks.json"), (path, method)
+        if method in ("post", "patch", "put"):
+            assert "application/json" in operation["requestBody"]["content"], (path, method)
+    assert set(document["paths"]["/ssf/streams"]["post"]["responses"]) >= {"201", "400", "401", "403"}
+    assert "204" in document["paths"]["/ssf/verify"]["post"]["responses"]
+    refs = {ref.rpartition("/")[2] for ref in _refs(document)}
+    assert refs <= set(document["components"]["schemas"]), refs - set(document["components"]["schemas"])
+
+
+def _refs(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "$ref":
+                yield value
+            else:
+                yield from _refs(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _refs(item)
