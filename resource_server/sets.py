@@ -5,23 +5,39 @@ A SET that fails is refused with the RFC 8935 §2.4 error code a receiver report
 signature does not verify), `invalid_issuer`, `invalid_audience`, and `invalid_request` for everything
 else. A SET that cannot be checked at all right now (the transmitter's key set unreachable) is neither
 refused nor accepted: `SetUnverifiable`, so it stays unacknowledged and comes again.
+
+The keys come from `SetKeys`: the transmitter's `jwks_uri` cached, and fetched afresh as soon as a SET names
+a `kid` the cache lacks (at most once a second), so a rotated key is used at once and "no such key" is only
+said of a key set just fetched.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import httpx2
+
 from token_exchange.errors import error_description
 from token_exchange.jws import TokenError, check_claim_values, header_algorithm, unverified_parts, verify_with_key
-from token_exchange.keys import KeyLookupError, KeySetUnavailable, KeySource, VerificationKey
+from token_exchange.keys import (
+    KeyLookupError,
+    KeySetUnavailable,
+    KeySource,
+    RemoteKeys,
+    UnknownKey,
+    VerificationKey,
+    parse_key_set,
+)
 
 from .caep import EventError, check_event
 from .subjects import SubjectError, check_subject
 
 SET_TYPE = "secevent+jwt"  # RFC 8417 §2.3, SSF §4.1.1
 SET_ALGORITHMS = frozenset({"RS256"})  # CAEP interoperability profile §2.6
+RENEW_MIN_S = 1.0  # a SET naming a kid the cache lacks fetches the key set again, at most this often
 
 
 class SetRejected(Exception):
@@ -35,6 +51,40 @@ class SetRejected(Exception):
 
 class SetUnverifiable(Exception):
     """The SET could not be checked now (its key set could not be fetched); not the SET's fault."""
+
+
+class SetKeys:
+    """A `KeySource` for the SET keys at `uri` (RS256 keys of at least 2048 bits); see the module docstring.
+    A fetch that fails keeps the keys already held."""
+
+    def __init__(self, uri: str, *, client: httpx2.AsyncClient, clock: Callable[[], float] = time.monotonic) -> None:
+        self.uri = uri
+        self._client = client
+        self._clock = clock
+        self._keys = self._fresh()
+        self._renewed_at = float("-inf")
+
+    def _fresh(self) -> RemoteKeys:
+        return RemoteKeys(self.uri, client=self._client, clock=self._clock,
+                          parse=lambda document: parse_key_set(document, allowed=SET_ALGORITHMS))
+
+    async def key_for(self, kid: str) -> VerificationKey:
+        try:
+            return await self._keys.key_for(kid)
+        except (UnknownKey, KeySetUnavailable) as exc:
+            if self._clock() - self._renewed_at < RENEW_MIN_S:  # no verdict on a key set not fetched just now
+                raise KeySetUnavailable(f"key set {self.uri} not fetched again yet") from exc
+        self._renewed_at = self._clock()
+        fresh = self._fresh()
+        try:
+            key = await fresh.key_for(kid)
+        except KeySetUnavailable:
+            raise
+        except KeyLookupError:
+            self._keys = fresh  # fetched: the verdict on this kid stands
+            raise
+        self._keys = fresh
+        return key
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,10 +41,8 @@ from dataclasses import dataclass, field
 
 import httpx2
 
-from token_exchange.keys import RemoteKeys, parse_key_set
-
 from .revocations import RevocationState
-from .sets import SET_ALGORITHMS, SetRejected, SetUnverifiable, SetValidator
+from .sets import SetKeys, SetRejected, SetUnverifiable, SetValidator
 from .ssf_client import (
     MAX_EVENTS,
     PollAnswer,
@@ -108,7 +106,7 @@ class SsfReceiver:
         self._heartbeat_s = heartbeat
         self._clock = clock
         self._ssf: SsfClient | None = None
-        self._keys: RemoteKeys | None = None
+        self._keys: SetKeys | None = None
         self._stream: _Stream | None = None
         self._seen: OrderedDict[str, None] = OrderedDict()  # SETs applied: acknowledged again, never reapplied
         self._lock = asyncio.Lock()  # one confirmation round at a time
@@ -128,8 +126,7 @@ class SsfReceiver:
         tokens are refused until the stream is in sync."""
         metadata = await discover(self._client, self.issuer)
         self._ssf = SsfClient(metadata, client=self._client, svid=self._svid)
-        self._keys = RemoteKeys(metadata.jwks_uri, client=self._client,
-                                parse=lambda doc: parse_key_set(doc, allowed=SET_ALGORITHMS))
+        self._keys = SetKeys(metadata.jwks_uri, client=self._client, clock=self._clock)
         deadline = self._clock() + START_SYNC_S
         try:
             stream = await self._open()
@@ -150,7 +147,8 @@ class SsfReceiver:
             self._runner = None
         if self._stream is not None and self._ssf is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._ssf.delete(self._stream.config.stream_id), CLOSE_TIMEOUT_S)
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await self._ssf.delete(self._stream.config.stream_id)
             self._stream = None
 
     async def poll(self) -> None:
@@ -247,8 +245,9 @@ class SsfReceiver:
             except Exception as exc:  # see `_run`
                 log.warning("ssf.round_failed", extra={"stream_id": stream.config.stream_id, "error": _why(exc)})
             await self._report_and_check(stream)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stream.verified_now.wait(), self._heartbeat_s)
+            with contextlib.suppress(TimeoutError):  # asyncio.timeout: 3.11's wait_for can swallow a cancellation
+                async with asyncio.timeout(self._heartbeat_s):
+                    await stream.verified_now.wait()
             stream.verified_now.clear()
 
     async def _round(self, stream: _Stream) -> None:

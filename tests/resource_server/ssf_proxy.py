@@ -30,6 +30,8 @@ class Controls:
     """What the proxy does to the traffic; tests change it while the proxy runs."""
 
     inject: list[tuple[str, str]] = field(default_factory=list)  # (jti, SET) for the next poll answer
+    always: list[tuple[str, str]] = field(default_factory=list)  # (jti, SET) in every poll answer
+    keys_down: bool = False  # answer 502 for the SET key set only
     extra_keys: list[dict[str, Any]] = field(default_factory=list)  # added to /ssf/jwks.json
     rewrite_state: str | None = None  # replaces the state of verification requests
     down: bool = False  # answer 502 to everything, as a dead network would
@@ -79,7 +81,7 @@ class TransmitterProxy:
 
     async def _forward(self, request: Request) -> Response:
         assert self._client is not None
-        if self.controls.down:
+        if self.controls.down or (self.controls.keys_down and request.url.path == "/ssf/jwks.json"):
             return Response(status_code=502)
         body = await request.body()
         path = request.url.path
@@ -103,7 +105,7 @@ class TransmitterProxy:
             content = json.dumps({"keys": [*document["keys"], *self.controls.extra_keys]}).encode()
         if upstream.status_code == 200 and path.startswith("/ssf/poll/"):
             with self.controls.lock:
-                injected, self.controls.inject[:] = list(self.controls.inject), []
+                injected, self.controls.inject[:] = [*self.controls.inject, *self.controls.always], []
             if injected:
                 answer = json.loads(content)
                 answer["sets"].update(dict(injected))

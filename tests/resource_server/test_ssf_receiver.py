@@ -104,8 +104,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
 def clean_controls(env: Env) -> None:
     controls = env.proxy.controls
     controls.inject.clear()
+    controls.always.clear()
     controls.extra_keys.clear()
-    controls.rewrite_state, controls.down = None, False
+    controls.rewrite_state, controls.down, controls.keys_down = None, False, False
 
 
 @contextlib.asynccontextmanager
@@ -317,6 +318,24 @@ async def test_rfc8936_2_4_a_redelivered_set_is_acknowledged_again_and_not_repro
         await eventually(lambda: _assert(env.proxy.controls.acked().count(body["jti"]) == 2))
         assert body["jti"] not in env.proxy.controls.reported()
         assert receiver_of(verifier).stream_id == stream
+
+
+async def test_a_set_that_cannot_be_checked_now_is_neither_acknowledged_nor_reported_and_holds_confirmation(
+        env: Env) -> None:
+    """Its key is not in the key set the receiver holds, and the key set cannot be fetched again (502)."""
+    task = env.open_task()
+    token = env.mint(task)
+    async with running(env, max_feed_staleness=1.0) as verifier:
+        stream = receiver_of(verifier).stream_id
+        env.proxy.controls.keys_down = True
+        unknown = SetSigner(issuer=env.issuer, audience=MAIL)
+        body = unknown.claims(sub_id=session_subject(task["task_id"]))
+        env.proxy.controls.always.append((body["jti"], unknown.sign(body)))
+        await refused(verifier, token, FeedStale, timeout=3.0)
+        assert body["jti"] not in env.proxy.controls.acked() and body["jti"] not in env.proxy.controls.reported()
+        assert receiver_of(verifier).stream_id == stream  # no verdict on the SET, so no reason to replace
+        env.proxy.controls.always.clear()
+        await accepted(verifier, token)
 
 
 def _assert(condition: bool) -> None:

@@ -13,7 +13,7 @@ import httpx2
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from resource_server.sets import ReceivedSet, SetRejected, SetUnverifiable, SetValidator
+from resource_server.sets import ReceivedSet, SetKeys, SetRejected, SetUnverifiable, SetValidator
 from tests.resource_server.ssf_support import (
     AUDIENCE,
     CAEP,
@@ -25,7 +25,6 @@ from tests.resource_server.ssf_support import (
     session_subject,
 )
 from tests.support import JwksServer, b64url, compact
-from token_exchange.keys import RemoteKeys, parse_key_set
 
 SIGNER = SetSigner()
 STRANGER = rsa_key()  # a key the transmitter never published
@@ -43,8 +42,7 @@ def server() -> Iterator[JwksServer]:
 @pytest.fixture
 async def validator(server: JwksServer) -> AsyncIterator[SetValidator]:
     async with httpx2.AsyncClient(timeout=5) as client:
-        keys = RemoteKeys(server.url + "/ssf/jwks.json", client=client,
-                          parse=lambda doc: parse_key_set(doc, allowed=frozenset({"RS256"})))
+        keys = SetKeys(server.url + "/ssf/jwks.json", client=client)
         yield SetValidator(issuer=ISSUER, audience=frozenset({AUDIENCE}), keys=keys)
 
 
@@ -66,8 +64,7 @@ async def test_ssf_4_2_3_unknown_fields_and_event_types_pass_validation(validato
 async def test_ssf_8_1_1_an_array_aud_must_be_the_streams_audiences(server: JwksServer) -> None:
     signer = SetSigner(key=SIGNER.key, audience=[AUDIENCE, "https://docs.example.com"])
     async with httpx2.AsyncClient(timeout=5) as client:
-        keys = RemoteKeys(server.url + "/ssf/jwks.json", client=client,
-                          parse=lambda doc: parse_key_set(doc, allowed=frozenset({"RS256"})))
+        keys = SetKeys(server.url + "/ssf/jwks.json", client=client)
         both = SetValidator(issuer=ISSUER, audience=frozenset({"https://docs.example.com", AUDIENCE}), keys=keys)
         jti, token = signer.set()
         assert (await both.validate(token, jti=jti)).jti == jti
@@ -210,11 +207,44 @@ async def test_an_unreachable_key_set_is_no_verdict_on_the_set() -> None:
     server = JwksServer()
     try:
         async with httpx2.AsyncClient(timeout=5) as client:
-            keys = RemoteKeys(server.url + "/missing", client=client,
-                              parse=lambda doc: parse_key_set(doc, allowed=frozenset({"RS256"})))
+            keys = SetKeys(server.url + "/missing", client=client)
             validator = SetValidator(issuer=ISSUER, audience=frozenset({AUDIENCE}), keys=keys)
             jti, token = SIGNER.set()
             with pytest.raises(SetUnverifiable):
                 await validator.validate(token, jti=jti)
+    finally:
+        server.close()
+
+
+async def test_ssf_4_1_4_a_rotated_set_key_is_fetched_at_once_and_a_failed_fetch_keeps_the_keys() -> None:
+    """A kid the cached key set lacks fetches it again (at most once a second), not 30 s later."""
+    server, clock = JwksServer(), [1000.0]
+    first, rotated = SetSigner(), SetSigner()
+    server.documents["/jwks"] = first.jwks()
+    try:
+        async with httpx2.AsyncClient(timeout=5) as client:
+            keys = SetKeys(server.url + "/jwks", client=client, clock=lambda: clock[0])
+            validator = SetValidator(issuer=ISSUER, audience=frozenset({AUDIENCE}), keys=keys)
+            jti, token = first.set()
+            await validator.validate(token, jti=jti)
+            server.documents["/jwks"] = first.jwks(rotated.key)
+            clock[0] += 1
+            jti, token = rotated.set()
+            assert (await validator.validate(token, jti=jti)).jti == jti
+            del server.documents["/jwks"]  # the key set unreachable: the keys held still verify
+            clock[0] += 1
+            stranger_jti, stranger = SetSigner().set()
+            with pytest.raises(SetUnverifiable):
+                await validator.validate(stranger, jti=stranger_jti)
+            jti, token = first.set()
+            assert (await validator.validate(token, jti=jti)).jti == jti
+            server.documents["/jwks"] = first.jwks(rotated.key)
+            with pytest.raises(SetUnverifiable):  # no fetch within a second of the last: no verdict either
+                await validator.validate(stranger, jti=stranger_jti)
+            clock[0] += 1
+            with pytest.raises(SetRejected) as caught:  # fetched now, and the kid is not in it
+                await validator.validate(stranger, jti=stranger_jti)
+            assert caught.value.err == "invalid_key"
+            assert server.hits["/jwks"] == 4
     finally:
         server.close()
