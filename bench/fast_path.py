@@ -25,7 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from exchange import write_deployment
 
-from gateway import keystore
 from gateway.app import build_app
 from gateway.settings import load_settings
 from gateway.wiring import prepare
@@ -71,7 +70,7 @@ async def measure(args: argparse.Namespace, directory: Path) -> dict[str, list[f
     config, forms = write_deployment(directory, "127.0.0.1:8600", 64)
     settings = load_settings(config)
     prepared = prepare(settings)
-    served = build_app(prepared, keystore.load_or_create(settings.state_dir, settings.tokens.signing_alg))
+    served = build_app(prepared)
     fastapi_app = served.app
     results: dict[str, list[float]] = {"fast path": [], "FastAPI": []}
     async with fastapi_app.router.lifespan_context(fastapi_app):

@@ -20,7 +20,7 @@ from delegation.records import StoreError
 from token_exchange.errors import InvalidClient, OAuthError, TemporarilyUnavailable, error_description
 from token_exchange.rfc6749 import TokenRequest
 
-from . import admin_routes, discovery_routes, keystore, openapi, ssf_routes, task_routes
+from . import admin_routes, discovery_routes, openapi, ssf_routes, task_routes
 from .audit_export import audit_export, retire_audit
 from .auth import deputy
 from .http_forms import read_form
@@ -31,10 +31,10 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 GC_THRESHOLDS = (50_000, 50, 100)  # CPython's defaults are (700, 10, 10)
 
 
-def build_app(prepared: Prepared, keys: keystore.KeyRing, observer: Observer | None = None) -> TokenFastPath:
+def build_app(prepared: Prepared, observer: Observer | None = None) -> TokenFastPath:
     """The public app; `observer` counts what it does (the metrics, served elsewhere: never here)."""
     app = FastAPI(
-        title="Deputy", lifespan=_lifespan(prepared, keys, observer), docs_url=None, redoc_url=None,
+        title="Deputy", lifespan=_lifespan(prepared, observer), docs_url=None, redoc_url=None,
         openapi_url="/openapi.json", redirect_slashes=False,  # `/token/` is no endpoint: 404, not a redirect
         telemetry={"tracing": False, "metrics": False, "logs": False},  # Deputy's record is its audit trail
     )
@@ -57,11 +57,10 @@ def build_app(prepared: Prepared, keys: keystore.KeyRing, observer: Observer | N
     return TokenFastPath(app)
 
 
-def _lifespan(prepared: Prepared, keys: keystore.KeyRing, observer: Observer | None
-              ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+def _lifespan(prepared: Prepared, observer: Observer | None) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with running(prepared, keys, observer) as parts:
+        async with running(prepared, observer) as parts:
             app.state.deputy = parts
             gc.freeze()  # start-up objects (compiled policy, keys, modules) leave the collector's scans
             # Measured: with the default thresholds, full collections stall a worker for tens of ms and

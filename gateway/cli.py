@@ -6,13 +6,16 @@ import argparse
 import asyncio
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import admin_cli, dev, keystore, logs, policy_cli
+from . import admin_cli, dev, key_ring, logs, policy_cli
+from .key_ring import KeyRing, KeyStoreError, KeyVault
 from .settings import DEFAULT_LISTEN, ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:
+    from .sealed_keys import KeyEncryptionKey
     from .wiring import Prepared
 
 # The serving stack (FastAPI, uvicorn, the policy engine, the store) is imported by the commands that use
@@ -26,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (ConfigError, keystore.KeyStoreError) as exc:
+    except (ConfigError, KeyStoreError) as exc:
         print(f"deputy: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
@@ -107,31 +110,41 @@ def _positive(text: str) -> int:
     return int(text)
 
 
-def _ready(settings: Settings, *, dev_listen: str | None) -> tuple[Prepared, keystore.KeyRing]:
+def _ready(settings: Settings, *, dev_listen: str | None) -> tuple[Prepared, KeyRing]:
     """Everything made once before serving, once the port is known to be free: with --dev (`dev_listen`) the
-    demo identities and their config, then the policy compiled, keys and schema."""
+    demo identities and their config, then the policy compiled, the schema and the keys."""
     from .wiring import prepare
 
     if dev_listen is not None:
         settings = load_settings(dev.DemoIdentities(DEV_DIR).create(listen=dev_listen))
         dev.remember(DEV_DIR)
     prepared = prepare(settings)
-    keys = keystore.load_or_create(settings.state_dir, settings.tokens.signing_alg)
-    _migrate(settings)
-    return prepared, keys
+    return prepared, _with_keys(settings, prepared.encryption_key, key_ring.load_or_create)
 
 
-def _migrate(settings: Settings) -> None:
+def _with_keys(settings: Settings, kek: KeyEncryptionKey | None,
+               change: Callable[[KeyVault, str], Awaitable[tuple[KeyRing, int]]]) -> KeyRing:
+    """Open the store (which makes or checks its schema), then `change` the key ring in the vault the
+    settings choose (`key_ring.load_or_create` or `rotate`)."""
+    from delegation.records import StoreError
     from delegation.stores import open_store
 
-    async def run() -> None:
-        store = await open_store(settings.store_url)
-        await store.close()
+    from .wiring import key_vault
 
-    try:
-        asyncio.run(run())
-    except Exception as exc:
-        raise ConfigError(f"store.url: {exc}") from exc
+    async def run() -> KeyRing:
+        try:
+            store = await open_store(settings.store_url)
+        except Exception as exc:
+            raise ConfigError(f"store.url: {exc}") from exc
+        try:
+            ring, _ = await change(key_vault(settings, kek, store), settings.tokens.signing_alg)
+            return ring
+        except StoreError as exc:
+            raise ConfigError(f"store.url: {exc}") from exc
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -153,22 +166,23 @@ def _serve(args: argparse.Namespace) -> int:
                                on_ready=lambda: _announce(args, prepared, keys), on_death=worker_died)
     with workers.listening(settings.host, settings.port) as sock, metrics.in_process(settings.metrics.listen) as seen:
         prepared, keys = _ready(settings, dev_listen=listen if args.dev else None)
-        return workers.serve(build_app(prepared, keys, seen), sock, log_level=args.log_level,
+        return workers.serve(build_app(prepared, seen), sock, log_level=args.log_level,
                              on_ready=lambda: _announce(args, prepared, keys))
 
 
-def _announce(args: argparse.Namespace, prepared: Prepared, keys: keystore.KeyRing) -> None:
+def _announce(args: argparse.Namespace, prepared: Prepared, keys: KeyRing) -> None:
     _banner(prepared.settings, prepared, keys, args.workers)
     if args.dev:
         _dev_banner(prepared.settings)
 
 
-def _banner(settings: Settings, prepared: Prepared, keys: keystore.KeyRing, workers: int) -> None:
+def _banner(settings: Settings, prepared: Prepared, keys: KeyRing, workers: int) -> None:
     lines = [
         f"Deputy listening on http://{settings.host}:{settings.port} ({workers} worker{'s' * (workers > 1)})",
         f"  issuer            {settings.issuer}",
         f"  state             {settings.state_dir}",
-        f"  signing key       {keys.current.algorithm} kid={keys.current.kid}",
+        f"  signing key       {keys.tokens.current.algorithm} kid={keys.tokens.current.kid}"
+        f" ({'in the store, sealed' if settings.keys.encryption_key_file else 'files'})",
         f"  policy            {_policy_line(settings, prepared)}",
         f"  subject issuers   {', '.join(s.issuer for s in settings.subject_issuers) or 'none'}",
         f"  trust domains     {', '.join(d.name for d in settings.trust_domains) or 'none'}",
@@ -225,12 +239,16 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _rotate(args: argparse.Namespace) -> int:
+    from .wiring import encryption_key
+
     settings = load_settings(args.config)
-    ring = keystore.rotate(settings.state_dir, settings.tokens.signing_alg)
-    print(f"new signing key {ring.current.kid} ({ring.current.algorithm})")
-    if ring.previous:
-        print(f"previous key {ring.previous.kid} stays published until the next rotation")
-    print("running gateways sign with it within seconds (each worker checks the key ring every second)")
+    ring = _with_keys(settings, encryption_key(settings), key_ring.rotate)
+    tokens, events = ring.tokens, ring.events
+    print(f"new signing key {tokens.current.kid} ({tokens.current.algorithm})")
+    if tokens.previous:
+        print(f"previous key {tokens.previous.kid} stays published until the next rotation")
+    print(f"new event signing key {events.current.kid} ({events.current.algorithm})")
+    print("running gateways sign with them within seconds (each worker checks the key ring every second)")
     return 0
 
 

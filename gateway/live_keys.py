@@ -1,65 +1,61 @@
-"""The signing key ring in force: reloaded when `deputy keys rotate` changes it on disk, so every worker
-of a running gateway signs with the new key within seconds, without a restart."""
+"""The signing key ring in force: reloaded when `deputy keys rotate` changes it in its vault (the key files,
+or the store), so every worker of every replica signs with the new keys within seconds, without a restart."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
 
-import jwt
-from cryptography.hazmat.primitives.asymmetric import rsa
-
+from delegation.records import StoreError
+from token_exchange.event_signing import EventSigner
 from token_exchange.keys import KeySet, StaticKeys, parse_key_set
-from token_exchange.rfc9068 import Signer, new_id
-from token_exchange.signing import SIGNING_ALGORITHMS, SigningKey
+from token_exchange.rfc9068 import Signer
+from token_exchange.signing import SIGNING_ALGORITHMS
 
-from . import keystore
+from .key_ring import Jwks, KeyRing, KeyStoreError, KeyVault, load_or_create
 
 log = logging.getLogger(__name__)
 RELOAD_CHECK_S = 1.0
 
 
 class LiveKeys:
-    """The ring, the signer that signs with its current key and the verifier keys of Deputy's own tokens
-    (current and previous), kept in step."""
+    """The ring, the signers that sign with its current token and event keys, and the verifier keys of
+    Deputy's own tokens (current and previous token keys), kept in step."""
 
-    def __init__(self, state_dir: Path, ring: keystore.KeyRing, *, signer: Signer, own_keys: StaticKeys) -> None:
-        self.state_dir = state_dir
+    def __init__(self, vault: KeyVault, ring: KeyRing, version: int, *, issuer: str) -> None:
         self.ring = ring
-        self._signer = signer
-        self._own_keys = own_keys
-        self._stamp = keystore.stamp(state_dir)
-        self._events_signer = EventSigner(issuer=signer.issuer)
+        self._vault, self._version = vault, version
+        self._signer = Signer(issuer=issuer, key=ring.tokens.current)
+        self._events_signer = EventSigner(issuer=issuer, key=ring.events.current)
+        self._own_keys = StaticKeys(_verification_keys(ring))
 
     @classmethod
-    def of(cls, state_dir: Path, ring: keystore.KeyRing, *, issuer: str) -> LiveKeys:
-        signer = Signer(issuer=issuer, key=ring.current)
-        return cls(state_dir, ring, signer=signer, own_keys=StaticKeys(_verification_keys(ring)))
+    async def open(cls, vault: KeyVault, *, algorithm: str, issuer: str) -> LiveKeys:
+        """The ring in `vault`, made on first start (`key_ring.load_or_create`)."""
+        ring, version = await load_or_create(vault, algorithm)
+        return cls(vault, ring, version, issuer=issuer)
 
     @property
     def signer(self) -> Signer:
         return self._signer
 
     @property
+    def events_signer(self) -> EventSigner:
+        """Signs SSF SETs (`sign_event(claims)`) with the current event key."""
+        return self._events_signer
+
+    @property
     def own_keys(self) -> StaticKeys:
         return self._own_keys
 
-    def public_jwks(self) -> dict[str, list[dict[str, object]]]:
+    def public_jwks(self) -> Jwks:
         return self.ring.public_jwks()
 
-    @property
-    def events_signer(self) -> EventSigner:
-        return self._events_signer
-
-    def events_jwks(self) -> dict[str, list[dict[str, object]]]:
-        return {"keys": [self._events_signer.key.public_jwk]}
+    def events_jwks(self) -> Jwks:
+        return self.ring.events_jwks()
 
     async def follow(self, every: float = RELOAD_CHECK_S) -> None:
-        """Check the ring on disk every `every` seconds; never ends."""
+        """Check the ring's version every `every` seconds; never ends."""
         while True:
             await asyncio.sleep(every)
             try:
@@ -68,34 +64,28 @@ class LiveKeys:
                 log.exception("keys.reload_failed")
 
     async def refresh(self) -> bool:
-        """Take up a rotated ring; an unreadable one is logged and the ring in force kept. True if changed."""
+        """Take up a changed ring; one that cannot be read or opened is logged and the ring in force kept.
+        True if it changed."""
         try:
-            stamp = await asyncio.to_thread(keystore.stamp, self.state_dir)
-            if stamp == self._stamp or stamp is None:
+            if await self._vault.version() in (None, self._version):
                 return False
-            ring = await asyncio.to_thread(keystore.load, self.state_dir)
-        except keystore.KeyStoreError as exc:
+            stored = await self._vault.read()
+        except (KeyStoreError, StoreError) as exc:
             log.error("keys.reload_failed", extra={"error": str(exc)})
             return False
+        if stored is None:
+            return False
+        if (ring := stored.ring()) is None:
+            log.error("keys.reload_failed", extra={"error": "the saved key ring has no event keys"})
+            return False
         self._own_keys.replace(_verification_keys(ring))
-        self._signer.use(ring.current)
-        self.ring, self._stamp = ring, stamp
-        log.warning("keys.reloaded", extra={"kid": ring.current.kid, "previous": ring.previous and ring.previous.kid})
+        self._signer.use(ring.tokens.current)
+        self._events_signer.use(ring.events.current)
+        self.ring, self._version = ring, stored.version
+        log.warning("keys.reloaded", extra={"kid": ring.tokens.current.kid, "events_kid": ring.events.current.kid,
+                                            "version": stored.version})
         return True
 
 
-class EventSigner:
-    """TEMPORARY (until the keys branch lands): SETs signed RS256 with a key made by this process."""
-
-    def __init__(self, *, issuer: str) -> None:
-        self.issuer = issuer
-        self.key = SigningKey.of("RS256", rsa.generate_private_key(public_exponent=65537, key_size=2048))
-
-    def sign_event(self, claims: Mapping[str, Any]) -> str:
-        body = {"iss": self.issuer, "iat": int(time.time()), "jti": new_id(), **claims}
-        return jwt.encode(body, self.key.private_key, algorithm="RS256",
-                          headers={"typ": "secevent+jwt", "kid": self.key.kid})
-
-
-def _verification_keys(ring: keystore.KeyRing) -> KeySet:
+def _verification_keys(ring: KeyRing) -> KeySet:
     return parse_key_set(ring.public_jwks(), allowed=frozenset(SIGNING_ALGORITHMS))

@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 
 class Body(BaseModel):
@@ -242,6 +242,10 @@ class StreamConfigBody(Body):
     description: str | None = None
     min_verification_interval: int
     inactivity_timeout: int
+
+
+class StreamRead(RootModel[StreamConfigBody | list[StreamConfigBody]]):
+    """SSF §8.1.1.2: the stream asked for, or without `stream_id` the list of the caller's streams."""
 
 
 class StreamStatusBody(Body):

@@ -19,6 +19,7 @@ from token_exchange.spiffe import SpiffeId, SpiffeIdError
 
 T = TypeVar("T")
 DEFAULT_LISTEN = "127.0.0.1:8600"
+SHARED_STORES = ("postgresql://", "postgres://")  # libpq connection URIs (PostgreSQL docs §34.1.1.2)
 
 
 class ConfigError(Exception):
@@ -84,6 +85,14 @@ class MetricsSettings:
     """The management listener for Prometheus' `/metrics`; None: no metrics are served."""
 
     listen: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeySettings:
+    """Where the signing key ring is kept: with `encryption_key_file`, in the store, sealed under the
+    key-encryption key that file holds (every replica shares it); without, as files in `state_dir/keys`."""
+
+    encryption_key_file: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +169,7 @@ class Settings:
     attesters: tuple[AttesterSettings, ...] = ()
     workload_issuers: tuple[WorkloadIssuerSettings, ...] = ()
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    keys: KeySettings = field(default_factory=KeySettings)
     ssf: SsfSettings = field(default_factory=SsfSettings)
 
 
@@ -192,9 +202,10 @@ def parse_settings(document: dict[str, Any], *, base: Path) -> Settings:
     store_url = store.take("url", str, f"sqlite:///{state_dir / 'deputy.db'}")
     if store_url.startswith("sqlite:///") and not store_url.startswith("sqlite:////"):
         store_url = f"sqlite:///{base / store_url.removeprefix('sqlite:///')}"
-    elif not store_url.startswith("sqlite:///"):
-        raise ConfigError("store.url: only sqlite:///path URLs are supported in this version")
+    elif not store_url.startswith(("sqlite:///", *SHARED_STORES)):
+        raise ConfigError("store.url: must be a sqlite:///path or postgresql:// URL")
     store.done()
+    keys = _keys(t.table("keys"), store_url)
     policy = _policy(t.table("policy"))
     issuers = tuple(_subject_issuer(s, issuer) for s in t.tables("subject_issuers"))
     domains = tuple(_trust_domain(s) for s in t.tables("trust_domains"))
@@ -219,12 +230,13 @@ def parse_settings(document: dict[str, Any], *, base: Path) -> Settings:
     if any(r.audience == issuer for r in resources):
         raise ConfigError("resources: no resource audience may equal the gateway issuer (task tokens use it)")
     return Settings(issuer, host, port, state_dir, store_url, tokens, policy, issuers, domains, resources, tasks,
-                    admin, audit, attesters, workloads, metrics, ssf)
+                    admin, audit, attesters, workloads, metrics, keys, ssf)
 
 
 KNOWN_KEYS: dict[str, frozenset[str]] = {
     "": frozenset({"issuer", "listen", "state_dir", "tokens", "store", "policy", "subject_issuers", "trust_domains",
-                   "resources", "tasks", "admin", "audit", "attesters", "workload_issuers", "metrics", "ssf"}),
+                   "resources", "tasks", "admin", "audit", "attesters", "workload_issuers", "metrics",
+                   "keys", "ssf"}),
     "audit": frozenset({"retention", "export", "export_dir", "decision_log"}),
     "tokens": frozenset({"signing_alg", "default_ttl", "max_ttl"}),
     "store": frozenset({"url"}),
@@ -232,6 +244,7 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
     "attesters": frozenset({"name", "jwks_file", "jwks_uri", "max_age"}),
     "workload_issuers": frozenset({"issuer", "jwks_file", "jwks_uri", "discovery", "audience", "kind", "id_claim"}),
     "metrics": frozenset({"listen"}),
+    "keys": frozenset({"encryption_key_file"}),
     "ssf": frozenset({"poll_timeout", "min_verification_interval", "inactivity_timeout", "push_timeout"}),
     "subject_issuers": frozenset({"issuer", "jwks_file", "jwks_uri", "audience"}),
     "trust_domains": frozenset({"name", "bundle_file", "bundle_uri"}),
@@ -491,6 +504,19 @@ def _ssf(t: _Table, tasks: TaskSettings) -> SsfSettings:
                           "could miss events purged from the feed)")
     t.done()
     return SsfSettings(poll_timeout, interval, inactivity, push_timeout)
+
+
+def _keys(t: _Table, store_url: str) -> KeySettings:
+    """The key-encryption key is required where replicas share the store (PostgreSQL): the ring is in it."""
+    if "encryption_key_file" not in t.data:
+        t.done()
+        if store_url.startswith(SHARED_STORES):
+            raise ConfigError("keys.encryption_key_file: required with a PostgreSQL store (replicas share their "
+                              "signing keys through the database, which needs a key-encryption key)")
+        return KeySettings()
+    path = t.path("encryption_key_file", "")
+    t.done()
+    return KeySettings(path)
 
 
 def _admin(t: _Table) -> AdminSettings:

@@ -5,6 +5,7 @@ a JWT-SVID listed in some resource's `clients`, as a Bearer token."""
 from __future__ import annotations
 
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -23,6 +24,7 @@ from .openapi import (
     SsfConfigurationBody,
     SsfJwksBody,
     StreamConfigBody,
+    StreamRead,
     StreamRequestBody,
     StreamStatusBody,
     VerificationBody,
@@ -40,6 +42,8 @@ def transmitter(request: Request) -> Transmitter:
 
 
 def router(issuer: str) -> APIRouter:
+    """The metadata at SSF §7.2's well-known path, the endpoints under the issuer's path (where the metadata
+    says they are: `<issuer>/ssf/...`)."""
     routes = APIRouter()
     document = ssf.metadata(issuer)
 
@@ -48,7 +52,7 @@ def router(issuer: str) -> APIRouter:
     async def ssf_configuration() -> JSONResponse:
         return JSONResponse(document, headers={"Cache-Control": "max-age=60"})
 
-    routes.include_router(_streams)
+    routes.include_router(_streams, prefix=urlsplit(issuer).path.rstrip("/"))
     return routes
 
 
@@ -67,7 +71,7 @@ async def create_stream(request: Request, caller: Receiver) -> JSONResponse:
     return JSONResponse(config, status_code=201, headers=NO_STORE)
 
 
-@_streams.get("/streams", **documented(StreamConfigBody, summary=(
+@_streams.get("/streams", **documented(StreamRead, summary=(
     "SSF 8.1.1.2: a stream's configuration, or without stream_id the list of the caller's")))
 async def read_streams(request: Request, caller: Receiver, stream_id: StreamId = None) -> JSONResponse:
     return JSONResponse(await transmitter(request).streams.read(caller.id, stream_id), headers=NO_STORE)

@@ -40,8 +40,10 @@ from token_exchange.user_tokens import SubjectIssuer, UserTokenVerifier
 from token_exchange.workload_tokens import WorkloadIssuer, WorkloadTokenVerifier
 
 from .decision_log import DecisionLogFile
-from .keystore import KeyRing
+from .key_ring import KeyVault
+from .keystore import KeyFiles
 from .live_keys import LiveKeys
+from .sealed_keys import KeyEncryptionKey, StoreKeys, read_encryption_key
 from .settings import ConfigError, KeySetSettings, PolicySettings, Settings
 
 SVID_KEY_USE = "jwt-svid"
@@ -59,6 +61,7 @@ class Prepared:
     settings: Settings
     policy: PolicyEngine
     static_keys: dict[str, StaticKeys]  # by config key of the file
+    encryption_key: KeyEncryptionKey | None  # `[keys] encryption_key_file`: the ring is in the store
 
 
 def prepare(settings: Settings) -> Prepared:
@@ -66,7 +69,17 @@ def prepare(settings: Settings) -> Prepared:
     static = {key: _read(keyset, key, allowed, use) for key, keyset, allowed, use in key_files(settings)}
     if settings.audit.decision_log is not None:
         _check_writable(settings.audit.decision_log)
-    return Prepared(settings, policy_engine(settings.policy), static)
+    return Prepared(settings, policy_engine(settings.policy), static, encryption_key(settings))
+
+
+def encryption_key(settings: Settings) -> KeyEncryptionKey | None:
+    path = settings.keys.encryption_key_file
+    return None if path is None else read_encryption_key(path)
+
+
+def key_vault(settings: Settings, kek: KeyEncryptionKey | None, store: Store) -> KeyVault:
+    """Where the signing key ring is kept: sealed in the store under the key-encryption key, else as files."""
+    return KeyFiles(settings.state_dir) if kek is None else StoreKeys(store, kek)
 
 
 def _check_writable(decision_log: Path) -> None:
@@ -189,16 +202,15 @@ def discovery(settings: Settings, resources: Resources, endpoint: TokenEndpoint)
                     grant_types=endpoint.grant_types, token_auth_methods=methods, extensions=extensions)
 
 
-def assemble(prepared: Prepared, ring: KeyRing, store: Store, sources: KeySources,
+def assemble(prepared: Prepared, keys: LiveKeys, store: Store, sources: KeySources,
              observer: Observer | None = None) -> Deputy:
-    """Every part of the gateway, from its settings, key ring, store and key sources; `observer` counts
+    """Every part of the gateway, from its settings, signing keys, store and key sources; `observer` counts
     what happens (the metrics)."""
     observer = observer or NoObserver()
     settings = prepared.settings
     actors, users = verifiers(settings, sources)
     resources = Resources(Resource(r.audience, Scope(frozenset(r.scopes)), r.max_ttl, frozenset(r.clients))
                           for r in settings.resources)
-    keys = LiveKeys.of(settings.state_dir, ring, issuer=settings.issuer)
     own_tokens = OwnTokenVerifier(keys.own_keys, issuer=settings.issuer, allowed=frozenset(SIGNING_ALGORITHMS))
     lifetimes = Lifetimes(settings.tokens.default_ttl, settings.tokens.max_ttl, settings.tasks.default_ttl,
                           settings.tasks.max_ttl)
@@ -223,13 +235,16 @@ def transmitter(settings: Settings, store: Store, keys: LiveKeys, resources: Res
 
 
 @asynccontextmanager
-async def running(prepared: Prepared, keys: KeyRing, observer: Observer | None = None) -> AsyncIterator[Deputy]:
-    """Open the store, the policy engine's client, the decision-log file and the HTTP client for remote key
-    sets; close them on exit."""
-    store = await open_store(prepared.settings.store_url)
-    decision_log = prepared.settings.audit.decision_log
+async def running(prepared: Prepared, observer: Observer | None = None) -> AsyncIterator[Deputy]:
+    """Open the store, then the signing keys, the policy engine's client, the decision-log file and the HTTP
+    client for remote key sets; close them on exit."""
+    settings = prepared.settings
+    store = await open_store(settings.store_url)
+    decision_log = settings.audit.decision_log
     log_file = DecisionLogFile(decision_log) if decision_log is not None else None
     try:
+        keys = await LiveKeys.open(key_vault(settings, prepared.encryption_key, store),
+                                   algorithm=settings.tokens.signing_alg, issuer=settings.issuer)
         await prepared.policy.start()
         observers = Observers(observer or NoObserver(), log_file) if log_file else observer
         async with httpx2.AsyncClient(timeout=5.0, follow_redirects=False) as client:

@@ -3,7 +3,7 @@ SO_REUSEPORT socket on the shared port.
 
 With one listening socket shared by all workers (uvicorn's `workers=`), whichever process wakes first
 accepts a burst of keep-alive connections and the others sit idle. With a socket per process the kernel
-spreads new connections across them by hash, as nginx's `reuseport` does. Keys and the database schema
+spreads new connections across them by hash, as nginx's `reuseport` does. The database schema and the keys
 are made by the parent before any worker starts, and every worker serves the parent's Settings.
 
 A worker that ends without the parent asking (a signal, a crash, even exit status 0) is started again after
@@ -306,17 +306,17 @@ def _how(exitcode: int | None) -> dict[str, Any]:
 def _worker(settings: Settings, log_level: str, ready: Connection) -> None:
     """One worker process: the app, its own SO_REUSEPORT socket, and `ready` told once it serves."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent stops us
-    from . import keystore, logs, metrics
+    from . import logs, metrics
     from .app import build_app
+    from .key_ring import KeyStoreError
     from .wiring import prepare
 
     logs.configure(log_level.upper())
     try:
-        app = build_app(prepare(settings), keystore.load(settings.state_dir),
-                        metrics.worker_observer(settings.metrics.listen))
+        app = build_app(prepare(settings), metrics.worker_observer(settings.metrics.listen))
         with listening(settings.host, settings.port, reuse_port=True) as sock:
             exit_code = serve(app, sock, log_level=log_level, on_ready=lambda: ready.send(os.getpid()))
-    except (ConfigError, keystore.KeyStoreError) as exc:
+    except (ConfigError, KeyStoreError) as exc:
         log.error("workers.start_failed", extra={"pid": os.getpid(), "reason": str(exc)})
         exit_code = EXIT_WORKER_START_FAILED
     sys.exit(exit_code)

@@ -43,6 +43,13 @@ class TooManyRequests(OAuthError):
         return {**super().headers(), "Retry-After": str(max(1, self.retry_after))}
 
 
+class StreamConflict(OAuthError):
+    """SSF §8.1.1.1: 409, the transmitter will not make another stream for this receiver."""
+
+    error = "conflict"
+    status = 409
+
+
 # Subject identifiers: every member the format requires, none it does not describe (RFC 9493 §3).
 def opaque(identifier: str) -> SubjectId:
     """RFC 9493 §3.2.4."""
@@ -73,7 +80,7 @@ def complex_subject(**members: SubjectId) -> SubjectId:
 
 def _member(name: str, value: str) -> str:
     if not isinstance(value, str) or not value:
-        raise ValueError(f"a subject identifier's {name} must be a non-empty string (RFC 9493 §3)")
+        raise ValueError(f"a subject identifier's {name} must be a non-empty string (RFC 9493 section 3)")
     return value
 
 

@@ -1,10 +1,11 @@
 """RFC 8935 push delivery and the streams' inactivity sweep, run by the one process that leads the sweeps.
 
 Woken whenever a revocation or SET may have been committed (`wait_for_events`), it makes each enabled push
-stream's new SETs and POSTs them in order, one at a time. A SET the receiver takes (202) or refuses (400:
-sending it again cannot help) leaves the queue; any other answer stops that stream's delivery and retries
-it after a per-stream backoff that doubles up to BACKOFF_MAX_S, the SET still queued. Streams that nobody
-managed, polled or took pushes from for `inactivity_timeout` seconds are deleted (SSF §8.1.1)."""
+stream's new SETs and POSTs them in order, one at a time (a paused or disabled stream's control events
+only). A SET the receiver takes (202) or refuses (400: sending it again cannot help) leaves the queue; any
+other answer stops that stream's delivery and retries it after a per-stream backoff that doubles up to
+BACKOFF_MAX_S, the SET still queued. Streams that nobody managed, polled or took pushes from for
+`inactivity_timeout` seconds are deleted (SSF §8.1.1)."""
 
 from __future__ import annotations
 
@@ -17,14 +18,14 @@ from typing import Protocol
 from token_exchange.rfc8935 import PushResult
 
 from ..records import StoreError
-from ..store import ENABLED, PUSH, Stream
+from ..store import PUSH, Stream
 from .outbox import Outbox
 from .seams import SsfStore
 from .streams import StreamManager
 
 log = logging.getLogger(__name__)
 BATCH = 100  # SETs pushed per stream per round
-IDLE_S = 5.0  # the longest wait between rounds (another worker's commit may not wake this one)
+IDLE_S = 1.0  # between full rounds: a new or re-enabled stream is pushed its backlog within it
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 1.0, 300.0
 INACTIVITY_SWEEP_S = 60.0
 
@@ -42,7 +43,8 @@ class PushDelivery:
         self.inactivity_timeout = inactivity_timeout
         self.clock, self.wall_clock = clock, wall_clock
         self._retry: dict[str, tuple[float, float]] = {}  # stream id → (when to try again, the last backoff)
-        self._next_inactivity_sweep = 0.0
+        self._next_inactivity_sweep = self._next_full = 0.0
+        self._head = 0  # the feed's head at the last full round
         self._busy = False
 
     async def run(self) -> None:
@@ -58,24 +60,40 @@ class PushDelivery:
             await self.store.wait_for_events(self._pause())
 
     async def round(self) -> None:
-        """Sweep inactive streams (once a minute at most), then deliver to every push stream that is due."""
-        if self.clock() >= self._next_inactivity_sweep:  # twice per timeout at least, so none lives 1.5 times it
-            self._next_inactivity_sweep = self.clock() + min(INACTIVITY_SWEEP_S, self.inactivity_timeout / 2)
-            if dropped := await self.store.drop_inactive_streams(int(self.wall_clock()) - self.inactivity_timeout):
-                log.warning("ssf.streams_inactive", extra={"deleted": dropped})
-        streams = [s for client in self.clients for s in await self.store.streams_of(client) if s.delivery == PUSH]
-        self._retry = {s.id: self._retry[s.id] for s in streams if s.id in self._retry}  # deleted ones go
-        due = [s for s in streams if self._retry.get(s.id, (0.0, 0.0))[0] <= self.clock()]
+        """Sweep inactive streams now and then; deliver to the push streams that are due."""
+        await self._sweep_inactive()
+        due = [s for s in await self._candidates() if self._retry.get(s.id, (0.0, 0.0))[0] <= self.clock()]
         results = await asyncio.gather(*(self._deliver(s) for s in due), return_exceptions=True)
         for stream, result in zip(due, results, strict=True):
             if isinstance(result, BaseException):
                 log.error("ssf.push_failed", extra={"stream_id": stream.id, "error": f"{type(result).__name__}"})
         self._busy = any(result is True for result in results)
 
+    async def _candidates(self) -> list[Stream]:
+        """Every push stream of the resources' clients when the feed moved (their new SETs are to be made),
+        after a full batch, or every IDLE_S; else only the enabled ones with SETs queued (one cheap query:
+        this runs on every wake)."""
+        head = (await self.store.revocations(self._head, 1, audiences=frozenset())).next  # no audience: the head
+        if head == self._head and not self._busy and self.clock() < self._next_full:
+            return await self.store.push_streams()
+        self._head, self._next_full = head, self.clock() + IDLE_S
+        streams = [s for client in self.clients for s in await self.store.streams_of(client) if s.delivery == PUSH]
+        self._retry = {s.id: self._retry[s.id] for s in streams if s.id in self._retry}  # deleted ones go
+        return streams
+
+    async def _sweep_inactive(self) -> None:
+        """At least twice per `inactivity_timeout` (at most once a minute), so no stream outlives 1.5 times it."""
+        if self.clock() < self._next_inactivity_sweep:
+            return
+        self._next_inactivity_sweep = self.clock() + min(INACTIVITY_SWEEP_S, self.inactivity_timeout / 2)
+        if dropped := await self.store.drop_inactive_streams(int(self.wall_clock()) - self.inactivity_timeout):
+            log.warning("ssf.streams_inactive", extra={"deleted": dropped})
+
     async def _deliver(self, stream: Stream) -> bool:
-        """Push the stream's queued SETs in order; True if a full batch went (more may be waiting)."""
+        """Push the stream's queued SETs in order (a stream not enabled: its control events only, `Outbox.pending`);
+        True if a full batch went (more may be waiting)."""
         stream = await self.streams.current(stream)
-        if stream.status != ENABLED or stream.endpoint_url is None:
+        if stream.endpoint_url is None:
             return False
         await self.outbox.fill(stream, wanted=BATCH)
         sets, _ = await self.outbox.pending(stream, BATCH)

@@ -15,7 +15,7 @@ from typing import Any
 
 from token_exchange.errors import AccessDenied, InvalidRequest
 from token_exchange.json_bodies import optional_string, required_string
-from token_exchange.ssf import TooManyRequests
+from token_exchange.ssf import StreamConflict, TooManyRequests
 
 from ..admin import NotFound
 from ..resources import Resources
@@ -26,6 +26,7 @@ from .outbox import Outbox
 from .seams import SsfStore, StreamTimings
 
 MAX_STREAM_ID, MAX_STATE, MAX_REASON = 64, 1024, 1024
+MAX_STREAMS = 100  # per receiver: each holds its own copy of every SET
 STATUSES = (ENABLED, PAUSED, DISABLED)
 LOST_RESOURCES = "the receiver is no longer a client of every resource in aud; create a new stream"
 
@@ -48,6 +49,8 @@ class StreamManager:
         audiences = self.resources.audiences_of(client)
         if not audiences:
             raise AccessDenied("this workload is not a client of any resource")
+        if len(await self.store.streams_of(client)) >= MAX_STREAMS:
+            raise StreamConflict(f"this receiver has {MAX_STREAMS} streams already: delete those it no longer uses")
         stream = new_stream(StreamRequest.parse(document), client=client, audiences=audiences, now=self._now())
         config = self.config(stream)
         check_transmitter_supplied(document, config)

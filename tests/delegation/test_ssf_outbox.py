@@ -1,6 +1,7 @@
 """The SSF transmitter on a real SQLite store, below HTTP: two processes making one stream's SETs at once
 (each feed event becomes its SETs once: `advance_stream` is compare-and-set), SETs made a bounded number at a
-time, and push delivery's per-stream backoff (RFC 8935: retried, doubling, capped; reset by a success)."""
+time, push delivery's per-stream backoff (RFC 8935: retried, doubling, capped; reset by a success), and the
+number of streams a receiver may have."""
 
 from __future__ import annotations
 
@@ -17,12 +18,13 @@ from delegation.resources import Resource, Resources
 from delegation.ssf.outbox import FEED_PAGE, Outbox
 from delegation.ssf.push import BACKOFF_FIRST_S, BACKOFF_MAX_S, PushDelivery
 from delegation.ssf.seams import StreamTimings
-from delegation.ssf.streams import StreamManager
+from delegation.ssf.streams import MAX_STREAMS, StreamManager
 from delegation.store import ENABLED, POLL, PUSH, Store, Stream
 from delegation.stores import open_store
-from tests.delegation.test_store_contract import PRESENTED, event, record_grant, record_task, task, token
+from tests.delegation.test_store_contract import NOW, PRESENTED, event, record_grant, record_task, task, token
 from token_exchange.rfc8935 import PushResult
 from token_exchange.scope import Scope
+from token_exchange.ssf import StreamConflict
 
 ISSUER = "https://deputy.example.com"
 MAIL = "https://mail"  # the contract suite's tokens and tasks are for it
@@ -154,3 +156,29 @@ async def test_rfc8935_a_failing_receiver_is_retried_after_a_doubling_capped_bac
     clock.now += 0.01
     await delivery.round()
     assert pusher.calls == calls + 1
+
+
+async def test_ssf_8_1_1_1_a_receiver_gets_409_past_its_number_of_streams(stores: tuple[Store, Store]) -> None:
+    store, _ = stores
+    manager = StreamManager(store, Outbox(store, Signer(), issuer=ISSUER), RESOURCES, issuer=ISSUER,
+                            timings=StreamTimings())
+    for _ in range(MAX_STREAMS):
+        await manager.create(CLIENT, {})
+    with pytest.raises(StreamConflict) as refused:
+        await manager.create(CLIENT, {})
+    assert (refused.value.status, refused.value.error) == (409, "conflict")
+    await store.delete_stream((await store.streams_of(CLIENT))[0].id)
+    assert (await manager.create(CLIENT, {}))["aud"] == MAIL  # room again
+
+
+async def test_caep_3_1_a_task_past_its_deadline_is_session_revoked_initiated_by_policy(stores: tuple[Store, Store]
+                                                                                         ) -> None:
+    store, _ = stores
+    await record_task(store, task("late"), event("open_task", "late"))
+    await store.create_stream(stream())
+    assert await store.expire_and_purge(now=NOW + 601, retention=10**6) == (1, 0)
+    await Outbox(store, Signer(), issuer=ISSUER).fill(await store.stream("s1") or stream(), wanted=10)
+    [claims] = await all_pending(store, "s1")
+    assert claims["sub_id"]["session"] == {"format": "opaque", "id": "late"} and claims["txn"] == "late"
+    payload = claims["events"]["https://schemas.openid.net/secevent/caep/event-type/session-revoked"]
+    assert payload["initiating_entity"] == "policy" and payload["event_timestamp"] == NOW + 601

@@ -183,7 +183,7 @@ CASES = [
          "policy.dir", "data.json"),
     Case("decision_log_cannot_open", _append('\n[audit]\ndecision_log = "/proc/no-such-dir/decisions.jsonl"\n'),
          "audit.decision_log", "cannot open"),
-    Case("store_url_not_sqlite", _append('\n[store]\nurl = "postgres://db/deputy"\n'), "store.url"),
+    Case("store_url_unsupported", _append('\n[store]\nurl = "mysql://db/deputy"\n'), "store.url"),
     Case("not_toml", _append("this is = = not toml\n"), "deputy.toml", "TOML"),
     Case("not_utf8", _whole(b'listen = "127.0.0.1:8600"\nissuer = "\xff"\n'), "deputy.toml"),
     Case("config_file_missing", lambda text, d: "\0missing", "nowhere.toml"),

@@ -86,7 +86,7 @@ def test_embedded_defaults_start_with_state_in_the_working_directory(tmp_path: P
         metadata = httpx2.get("http://127.0.0.1:8600/.well-known/oauth-authorization-server").json()
         assert metadata["issuer"] == "http://127.0.0.1:8600"
         keys = list((tmp_path / ".deputy" / "keys").glob("*.pem"))
-        assert len(keys) == 1 and keys[0].stat().st_mode & 0o777 == 0o600
+        assert len(keys) == 2 and all(key.stat().st_mode & 0o777 == 0o600 for key in keys)  # token and event keys
         assert (tmp_path / ".deputy" / "deputy.db").stat().st_mode & 0o777 == 0o600
     finally:
         process.terminate()

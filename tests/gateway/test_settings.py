@@ -3,6 +3,7 @@ named as what it is (the one-line `key: reason` form of every config error)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +81,30 @@ def test_issue8_settings_defaults_and_a_full_opa_configuration(tmp_path: Path) -
     workload = settings.workload_issuers[0]
     assert (workload.kind, workload.audience, workload.id_claim, workload.discovery) == (
         "kubernetes", settings.issuer, "sub", False)
+
+
+@pytest.mark.parametrize(("document", "message"), [
+    ({"ssf": {"poll_timout": 15}}, "ssf.poll_timout: unknown key"),
+    ({"ssf": {"poll_timeout": 0}}, "ssf.poll_timeout: must be a positive number of seconds"),
+    ({"ssf": {"poll_timeout": 301}}, "ssf.poll_timeout: must be at most 300 seconds (a long poll holds a connection)"),
+    ({"ssf": {"poll_timeout": 1.5}}, "ssf.poll_timeout: must be an integer"),
+    ({"ssf": {"min_verification_interval": -1}},
+     "ssf.min_verification_interval: must be a number of seconds (0: no limit)"),
+    ({"ssf": {"inactivity_timeout": 90000}},
+     "ssf.inactivity_timeout: must not exceed tasks.retention (a stream left alone longer could miss events purged "
+     "from the feed)"),
+    ({"ssf": {"push_timeout": 0}}, "ssf.push_timeout: must be a positive number of seconds"),
+])
+def test_issue9_ssf_settings_are_checked(document: dict[str, Any], message: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(document, base=tmp_path)
+    assert str(caught.value) == message
+
+
+def test_issue9_ssf_defaults_and_an_inactivity_timeout_that_follows_a_shorter_retention(tmp_path: Path) -> None:
+    ssf = parse_settings({}, base=tmp_path).ssf
+    assert (ssf.poll_timeout, ssf.min_verification_interval, ssf.inactivity_timeout, ssf.push_timeout) == (
+        15, 1, 86400, 5)
+    assert parse_settings({"tasks": {"retention": 7200}}, base=tmp_path).ssf.inactivity_timeout == 7200
+    assert parse_settings({"ssf": {"min_verification_interval": 0, "poll_timeout": 30}}, base=tmp_path).ssf == (
+        replace(ssf, min_verification_interval=0, poll_timeout=30))

@@ -273,8 +273,9 @@ def test_a_push_stream_is_not_polled(env: Deployment) -> None:
     assert (answer.status_code, answer.json()["error"]) == (400, "invalid_request")
 
 
-def test_a_poll_of_no_stream_is_404(env: Deployment) -> None:
-    answer = Receiver(env, RS_DOCS).poll("no-such-stream", returnImmediately=True)
+@pytest.mark.parametrize("stream_id", ["no-such-stream", "%00", "x" * 4000, "%F0%9F%92%A5", "..%2Fstreams"])
+def test_a_poll_of_no_stream_is_404(env: Deployment, stream_id: str) -> None:
+    answer = Receiver(env, RS_DOCS).poll(stream_id, returnImmediately=True)
     assert (answer.status_code, answer.json()["error"]) == (404, "not_found")
 
 

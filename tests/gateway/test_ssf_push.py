@@ -21,6 +21,7 @@ from tests.gateway.ssf_env import (
     DOCS,
     PUSH,
     RS_DOCS,
+    VERIFICATION,
     Receiver,
     checked_set,
     claims_of,
@@ -206,3 +207,17 @@ def test_ssf_8_1_1_a_stream_nobody_touches_for_the_inactivity_timeout_is_deleted
         assert rs.request("GET", "/ssf/streams", params={"stream_id": kept}).status_code == 200
         assert rs.request("GET", "/ssf/streams", params={"stream_id": left}).status_code == 404
         assert rs.create()["inactivity_timeout"] == 2
+
+
+def test_ssf_8_1_4_a_paused_push_stream_is_still_pushed_its_verification(env: Deployment,
+                                                                         receiver: SetReceiver) -> None:
+    stream_id = push_stream(env, receiver)
+    rs = Receiver(env, RS_DOCS)
+    rs.request("POST", "/ssf/status", json={"stream_id": stream_id, "status": "paused"})
+    revoke(env, one_shot(env, DOCS))  # held
+    assert rs.request("POST", "/ssf/verify", json={"stream_id": stream_id, "state": "xyz"}).status_code == 204
+    until(lambda: len(receiver.received) == 1)
+    claims = claims_of(receiver.tokens()[0])
+    assert claims["events"] == {VERIFICATION: {"state": "xyz"}}
+    time.sleep(0.3)
+    assert len(receiver.received) == 1  # the revocation stays held

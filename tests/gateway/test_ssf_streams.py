@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 
-from gateway import openapi
+from gateway import openapi, ssf_routes
 from tests.conftest import Deployment, make_setup, running
 from tests.gateway.ssf_env import (
     CREDENTIAL_CHANGE,
@@ -101,6 +102,8 @@ def test_ssf_8_1_1_2_read_one_stream_or_the_list_of_the_callers(env: Deployment)
     assert {first["stream_id"], second["stream_id"]} <= {s["stream_id"] for s in listed.json()}
     one = photos.request("GET", "/ssf/streams", params={"stream_id": first["stream_id"]})
     assert one.status_code == 200 and one.json() == first
+    openapi.StreamRead.model_validate(listed.json())
+    openapi.StreamRead.model_validate(one.json())
 
 
 def test_ssf_8_1_1_2_a_client_without_streams_reads_an_empty_list(env: Deployment) -> None:
@@ -320,3 +323,12 @@ def _refs(node: Any) -> Iterator[str]:
     elif isinstance(node, list):
         for item in node:
             yield from _refs(item)
+
+
+def test_ssf_7_2_with_an_issuer_path_the_metadata_and_endpoints_are_served_where_the_metadata_says() -> None:
+    app = FastAPI()
+    app.include_router(ssf_routes.router("https://example.com/deputy"))
+    paths = set(app.openapi()["paths"])
+    assert {"/.well-known/ssf-configuration/deputy", "/deputy/ssf/jwks.json", "/deputy/ssf/streams",
+            "/deputy/ssf/status", "/deputy/ssf/verify", "/deputy/ssf/poll/{stream_id}"} <= paths
+    assert "/ssf/streams" not in paths

@@ -7,6 +7,7 @@ a refusal is caused by the one thing the attack changes. A rejected token is `in
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -302,7 +303,9 @@ def test_rfc7519_4_1_time_audience_and_subject_claims_are_checked(probe: Probe, 
 
 
 def _deputy_key(d: Deployment) -> SigningKey:
-    return keystore.load(d.state_dir).current
+    stored = asyncio.run(keystore.KeyFiles(d.state_dir).read())
+    assert stored is not None
+    return stored.tokens.current
 
 
 ISSUER_ATTACKS: dict[str, Callable[[Deployment], str]] = {

@@ -23,7 +23,6 @@ import jwt
 import pytest
 
 import gateway.wiring
-from gateway import keystore
 from gateway.app import build_app
 from gateway.settings import load_settings
 from gateway.wiring import prepare
@@ -266,11 +265,9 @@ def test_deputy_verification_keys_are_bound_to_one_algorithm(old: SigningKey) ->
 
 @asynccontextmanager
 async def in_process_gateway(setup: Setup) -> AsyncIterator[httpx2.AsyncClient]:
-    """`deputy serve`'s start-up (settings, prepare, keys, app, lifespan) in this process, served over ASGI."""
-    settings = load_settings(setup.config)
-    prepared = prepare(settings)
-    keys = keystore.load_or_create(settings.state_dir, settings.tokens.signing_alg)
-    app = build_app(prepared, keys)
+    """`deputy serve`'s start-up (settings, prepare, app, lifespan with the store and keys) in this process,
+    served over ASGI."""
+    app = build_app(prepare(load_settings(setup.config)))
     thresholds = gc.get_threshold()
     try:
         async with app.app.router.lifespan_context(app.app), httpx2.AsyncClient(
