@@ -16,7 +16,8 @@ deletes it on close. Two loops then share the stream:
   the time it was sent says nothing recent, and the time it was answered is not a bound either (a SET
   committed just before the transmitter wrote its empty answer may not have woken it yet). A request's
   send time is a sound bound because the transmitter reads a stream's queue, made from every revocation
-  committed anywhere, after it receives the request, and every unacknowledged SET is in every answer.
+  committed anywhere, after it receives the request, and every unacknowledged SET is in every answer
+  (Deputy's poll makes the stream's SETs from the feed, then answers with the oldest unacknowledged).
   The status is read after the poll because a paused stream answers polls with nothing.
 
 Anything that leaves the state in doubt makes it stale at once (`RevocationState.unconfirm`), so the
@@ -24,8 +25,8 @@ verifier refuses every token, never "nothing revoked": the stream paused or disa
 `stream-updated` SET), gone (404), or a SET refused (a revocation may have been lost). The stream is then
 replaced by a new one, whose backlog restores what a paused or disabled stream may have dropped; a paused
 or disabled stream is kept, and refused on, until it is enabled again, unless the transmitter announced
-disabling it itself (it will carry nothing more). A SET that cannot be checked now
-(the key set unreachable) is left unacknowledged, so it comes again, and blocks confirmation meanwhile.
+disabling it itself (it will carry nothing more). A SET that cannot be checked now (the key set
+unreachable) is left unacknowledged, so it comes again, and blocks confirmation meanwhile.
 """
 
 from __future__ import annotations
