@@ -3,7 +3,8 @@ verifier (resource_server.AccessTokenVerifier, embedded defaults) rejects the ta
 
 It builds its own deployment in a temporary directory (a user IdP and a SPIFFE trust domain with freshly
 generated ES256 keys, one resource whose `clients` lists the verifier's SPIFFE ID, the packaged policy),
-starts `deputy serve` on a free loopback port, starts one verifier following the revocation feed, then for
+starts `deputy serve` on a free loopback port, starts one verifier following its SSF poll stream (or, with
+`--revocations feed`, the native revocation feed), then for
 each task: open it, mint an access token within it, verify that token (must pass), complete the task, and
 poll `verify` every 1 ms until it is refused as revoked. The clock starts just before `complete` is sent.
 
@@ -103,7 +104,7 @@ async def one_task(client: httpx2.AsyncClient, deployment: DemoIdentities, verif
     raise TimeoutError(f"token of task {task['task_id']} still accepted after {GIVE_UP_S:g} s")
 
 
-async def run(tasks: int, log: Any) -> dict[str, Any]:
+async def run(tasks: int, log: Any, revocations: Any = "ssf") -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="deputy-revocation-bench-") as tmp:
         port = free_port()
         deployment = DemoIdentities(Path(tmp) / "deployment")
@@ -116,7 +117,8 @@ async def run(tasks: int, log: Any) -> dict[str, Any]:
                 httpx2.AsyncClient(base_url=url, timeout=10) as client,
                 httpx2.AsyncClient(timeout=10) as rs_client,
                 AccessTokenVerifier(
-                    issuer=url, audience=RESOURCE, client=rs_client, svid=lambda: deployment.svid(WATCHER)
+                    issuer=url, audience=RESOURCE, client=rs_client, svid=lambda: deployment.svid(WATCHER),
+                    revocations=revocations,
                 ) as verifier,
             ):
                 staleness = verifier.max_feed_staleness
@@ -143,7 +145,7 @@ async def run(tasks: int, log: Any) -> dict[str, Any]:
         "mean_ms": round(sum(ordered) / len(ordered) * 1000, 2) if ordered else None,
         "target_p99_ms": TARGET_P99_MS,
         "met": p99 is not None and p99 < TARGET_P99_MS and not failures,
-        "verifier": {"max_feed_staleness_s": staleness, "poll_interval_ms": POLL_S * 1000},
+        "verifier": {"revocations": revocations, "max_feed_staleness_s": staleness, "poll_interval_ms": POLL_S * 1000},
         "cpu_count": os.cpu_count(),
     }
 
@@ -184,11 +186,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=1000, help=f"tasks to open and complete (1..{MAX_TASKS})")
     parser.add_argument("--json", action="store_true", help="print the result as JSON only")
+    parser.add_argument("--revocations", choices=("ssf", "feed"), default="ssf",
+                        help="what the verifier follows: its own SSF poll stream (default) or the native feed")
     args = parser.parse_args(argv)
     if not 1 <= args.tasks <= MAX_TASKS:
         parser.error(f"--tasks must be between 1 and {MAX_TASKS}")
     log = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
-    result = asyncio.run(run(args.tasks, log))
+    result = asyncio.run(run(args.tasks, log, args.revocations))
     if args.json:
         print(json.dumps(result, indent=2))
     else:

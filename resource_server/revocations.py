@@ -11,8 +11,9 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 
 import httpx2
 
@@ -23,13 +24,26 @@ BACKOFF_MIN_S, BACKOFF_MAX_S = 0.05, 5.0
 STREAM_READ_TIMEOUT_S = 60.0  # the gateway sends a keep-alive comment every 15 s of quiet
 
 
+@dataclass(frozen=True, slots=True)
+class Cutoff:
+    """One party whose tokens issued at or before a time are refused (the time is the value it maps to in
+    `RevocationState.cutoffs`): an agent (`value` its id, `issuer` its workload issuer, None for a SPIFFE ID),
+    a SPIFFE trust domain, a workload issuer (`agent_issuer`), or a user (`user`: the token's `sub`)."""
+
+    kind: Literal["agent", "trust_domain", "agent_issuer", "user"]
+    value: str
+    issuer: str | None = None
+
+
 class RevocationState:
-    """Revoked jtis and task ids learned from the feed, the cursor reached, and when it was last confirmed."""
+    """Revoked jtis, task ids and party cutoffs learned from the feed or SSF, the feed cursor reached, and
+    when the state was last confirmed complete."""
 
     def __init__(self) -> None:
         self.cursor = 0
         self.jtis: set[str] = set()
         self.task_ids: set[str] = set()
+        self.cutoffs: dict[Cutoff, float] = {}
         self.confirmed_at = float("-inf")  # monotonic time at which the feed was known complete
         self.updated = asyncio.Event()  # set (and replaced) whenever events are applied
 
@@ -45,15 +59,55 @@ class RevocationState:
                 self.cursor = seq
                 applied += 1
         if applied:
-            self.updated.set()
-            self.updated = asyncio.Event()
+            self._notify()
         return applied
+
+    def revoke(self, *, jtis: Iterable[str] = (), task_ids: Iterable[str] = (),
+               cutoffs: Mapping[Cutoff, float] | None = None) -> None:
+        """Record revocations that arrive one by one (SSF SETs), and wake whoever waits on `updated`."""
+        self.jtis.update(jtis)
+        self.task_ids.update(task_ids)
+        for cutoff, at in (cutoffs or {}).items():
+            self.cutoffs[cutoff] = max(at, self.cutoffs.get(cutoff, at))
+        self._notify()
+
+    def _notify(self) -> None:
+        self.updated.set()
+        self.updated = asyncio.Event()
 
     def confirm(self, at: float) -> None:
         self.confirmed_at = max(self.confirmed_at, at)
 
+    def unconfirm(self) -> None:
+        """The source can no longer vouch for the state (an SSF stream paused, disabled or gone): stale now."""
+        self.confirmed_at = float("-inf")
+
     def revoked(self, jti: str, task_id: str | None) -> bool:
         return jti in self.jtis or (task_id is not None and task_id in self.task_ids)
+
+    def barred(self, *, agent: str, agent_issuer: str | None, subject: str, issued_at: int) -> bool:
+        """Whether a cutoff covers a token of this agent and user issued at `issued_at`."""
+        if not self.cutoffs:
+            return False
+        parties = [Cutoff("agent", agent, agent_issuer), Cutoff("user", subject)]
+        if agent_issuer is not None:
+            parties.append(Cutoff("agent_issuer", agent_issuer))
+        elif agent.startswith("spiffe://"):
+            parties.append(Cutoff("trust_domain", agent.split("/")[2]))
+        return any(issued_at <= self.cutoffs.get(party, float("-inf")) for party in parties)
+
+
+class RevocationSource(Protocol):
+    """What keeps a `RevocationState` current for the verifier: the native feed or an SSF receiver."""
+
+    @property
+    def state(self) -> RevocationState: ...
+
+    async def start(self) -> None: ...
+
+    async def poll(self) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class RevocationFeed:
@@ -69,13 +123,17 @@ class RevocationFeed:
     def __init__(self, uri: str, *, client: httpx2.AsyncClient, svid: Callable[[], str], heartbeat: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.uri = uri
-        self.state = RevocationState()
+        self._state = RevocationState()
         self._client = client
         self._svid = svid
         self._heartbeat_s = heartbeat
         self._clock = clock
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def state(self) -> RevocationState:
+        return self._state
 
     async def start(self) -> None:
         """Catch up once (an unreachable feed does not raise), then follow in the background."""

@@ -1,8 +1,9 @@
 """RFC 9068 §4 for resource servers: verify Deputy's JWT access tokens locally, against live revocation state.
 
 The verifier checks each token against the issuer's cached `jwks_uri` (RFC 8414 §2), the required scope
-(RFC 6750 §3.1), and the revocation feed it follows. When it cannot confirm the feed is in sync for
-longer than `max_feed_staleness`, it rejects every token.
+(RFC 6750 §3.1), and the revocations it follows: Deputy's OpenID SSF transmitter by poll (the default,
+`resource_server.ssf`) or Deputy's native feed (`revocations="feed"`). When it cannot confirm the
+revocation state for longer than `max_feed_staleness`, it rejects every token.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 import httpx2
 
@@ -22,7 +23,8 @@ from token_exchange.rfc8414 import metadata_url
 from token_exchange.scope import Scope
 
 from .errors import DiscoveryFailed, FeedStale, InsufficientScope, InvalidToken
-from .revocations import RevocationFeed, RevocationState
+from .revocations import RevocationFeed, RevocationSource, RevocationState
+from .ssf import SsfReceiver
 
 ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
 MAX_LEEWAY_S = 300
@@ -68,16 +70,19 @@ class AccessTokenVerifier:
         audience: this resource's indicator; `aud` must contain it (RFC 9068 §4 item 4).
         client: the HTTP client for metadata, keys and the feed; owned by the caller.
         svid: returns a current JWT-SVID (audience: the issuer) naming a SPIFFE ID listed in the
-            resource's `clients`; called for every feed request, so rotation is picked up.
+            resource's `clients`; called for every SSF or feed request, so rotation is picked up.
         max_feed_staleness: seconds the revocation state may go unconfirmed before every token is refused.
         leeway: seconds of clock skew allowed on `exp`, `nbf` and `iat` (at most 300).
-        feed_uri: the paged feed; `<issuer>/revocations` unless given (the stream is `<feed_uri>/stream`).
+        revocations: `"ssf"` (an SSF poll stream of this verifier's own) or `"feed"` (the native feed).
+        feed_uri: with `"feed"`, the paged feed; `<issuer>/revocations` unless given (the stream is
+            `<feed_uri>/stream`).
     """
 
     def __init__(
         self, *, issuer: str, audience: str, client: httpx2.AsyncClient, svid: Callable[[], str],
         max_feed_staleness: float = 5.0, leeway: int = 30, algorithms: frozenset[str] = ASYMMETRIC_ALGORITHMS,
-        feed_uri: str | None = None, clock: Callable[[], float] = time.monotonic,
+        revocations: Literal["ssf", "feed"] = "ssf", feed_uri: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 0 <= leeway <= MAX_LEEWAY_S:
             raise ValueError(f"leeway must be between 0 and {MAX_LEEWAY_S} seconds")
@@ -89,8 +94,15 @@ class AccessTokenVerifier:
         self.audience = audience
         self.max_feed_staleness = max_feed_staleness
         heartbeat = min(max(max_feed_staleness / 4, 0.05), 5.0)
-        self.feed = RevocationFeed(feed_uri or issuer.rstrip("/") + "/revocations", client=client, svid=svid,
-                                   heartbeat=heartbeat, clock=clock)
+        self.feed: RevocationSource
+        if revocations == "ssf" and feed_uri is None:
+            self.feed = SsfReceiver(issuer, audience=audience, client=client, svid=svid, heartbeat=heartbeat,
+                                    clock=clock)
+        elif revocations == "feed":
+            self.feed = RevocationFeed(feed_uri or issuer.rstrip("/") + "/revocations", client=client, svid=svid,
+                                       heartbeat=heartbeat, clock=clock)
+        else:
+            raise ValueError('feed_uri is for revocations="feed"; revocations must be "ssf" or "feed"')
         self._client = client
         self._leeway = leeway
         self._algorithms = algorithms
@@ -103,10 +115,11 @@ class AccessTokenVerifier:
         return self.feed.state
 
     async def start(self) -> None:
-        """Discover `jwks_uri` (RFC 8414 §3), catch up with the feed once, then follow it in the background.
+        """Discover `jwks_uri` (RFC 8414 §3), catch up with the revocations once, then follow them in the
+        background.
 
-        Raises `DiscoveryFailed` if the metadata is unusable. An unreachable feed does not raise: the
-        verifier simply refuses tokens until it has caught up.
+        Raises `DiscoveryFailed` if the metadata (or the SSF configuration) is unusable. An unreachable
+        feed or stream does not raise: the verifier simply refuses tokens until it has caught up.
         """
         jwks_uri = await self._discover_jwks_uri()
         algorithms = self._algorithms
@@ -188,9 +201,12 @@ class AccessTokenVerifier:
             raise FeedStale("revocation state unavailable; refusing all tokens")
         if state.revoked(access.jti, access.task_id):
             raise InvalidToken("token has been revoked")
+        if state.barred(agent=access.agent, agent_issuer=access.agent_issuer, subject=access.subject,
+                        issued_at=access.claims["iat"]):
+            raise InvalidToken("token has been revoked: its credentials were revoked after it was issued")
 
     async def poll(self) -> None:
-        """Catch up with the feed now (see `RevocationFeed.poll`)."""
+        """Catch up with the revocations now (`SsfReceiver.poll`, `RevocationFeed.poll`)."""
         await self.feed.poll()
 
 

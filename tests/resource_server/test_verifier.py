@@ -1,5 +1,6 @@
 """The resource-server verifier against a real gateway: RFC 9068 §4 checks, RFC 6750 §3.1 errors, and
-revocation learned from the feed, failing closed when the feed is gone."""
+revocation learned from SSF (the default) or the native feed, failing closed when the feed is gone
+(the SSF receiver's own cases: test_ssf_receiver.py)."""
 
 import asyncio
 import base64
@@ -145,10 +146,17 @@ async def test_rfc6750_3_1_insufficient_scope_is_distinct(env: Env, verifier: Ac
     assert not isinstance(caught.value, InvalidToken)
 
 
-async def test_completed_task_rejected_within_one_second(env: Env, verifier: AccessTokenVerifier) -> None:
+@pytest.mark.parametrize("revocations", ["ssf", "feed"])
+async def test_completed_task_rejected_within_one_second(env: Env, revocations: Any) -> None:
     task = env.open_task()
     token = env.mint(task["access_token"])
     other = env.mint(env.open_task()["access_token"])
+    async with running(env, revocations=revocations) as verifier:
+        await _refused_within_one_second(env, verifier, task, token, other)
+
+
+async def _refused_within_one_second(env: Env, verifier: AccessTokenVerifier, task: dict[str, Any], token: str,
+                                     other: str) -> None:
     await verifier.verify(token, "mail.read")
     await asyncio.to_thread(env.complete, task["task_id"])
     started = time.monotonic()
@@ -199,7 +207,7 @@ async def test_fails_closed_when_feed_unreachable_past_bound(env: Env) -> None:
     token = env.mint(env.open_task()["access_token"])
     proxy = Proxy(env.port)
     feed = await proxy.start() + "/revocations"
-    async with running(env, feed_uri=feed, max_feed_staleness=1.0) as verifier:
+    async with running(env, revocations="feed", feed_uri=feed, max_feed_staleness=1.0) as verifier:
         await verifier.verify(token, "mail.read")
         await proxy.cut()
         await asyncio.sleep(0.3)
@@ -211,7 +219,7 @@ async def test_fails_closed_when_feed_unreachable_past_bound(env: Env) -> None:
 
 async def test_fails_closed_when_feed_never_reached(env: Env) -> None:
     token = env.mint(env.open_task()["access_token"])
-    async with running(env, feed_uri=f"http://127.0.0.1:{free_port()}/revocations") as verifier:
+    async with running(env, revocations="feed", feed_uri=f"http://127.0.0.1:{free_port()}/revocations") as verifier:
         with pytest.raises(FeedStale) as caught:
             await verifier.verify(token, "mail.read")
     assert (caught.value.status, caught.value.error) == (401, "invalid_token")
