@@ -1,6 +1,6 @@
 """The store's seams: one small Protocol per caller, and the views the admin API returns.
 
-Every implementation (`stores/sqlite.py`; PostgreSQL next) provides all of them and passes the contract
+Every implementation (`stores/sqlite.py`, `stores/postgres.py`) provides all of them and passes the contract
 suite in `tests/delegation/test_store_contract.py`. Writes that depend on a check (a task still open, a
 credential not cut off) make the check inside their own transaction.
 """
