@@ -1,0 +1,135 @@
+"""Several `deputy serve` replicas of one deployment sharing one PostgreSQL database and one key-encryption
+key, each on its own loopback port with the same issuer, as behind a load balancer (issue 9)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2
+
+from tests.conftest import MAIL_AGENT, POLICY_DATA, Setup, make_setup
+from tests.support import free_port
+
+DOCS = "https://docs.example.com"
+RS_DOCS = "spiffe://example.org/rs/docs"
+HELPER = "spiffe://example.org/agents/helper"
+RESOURCES = f"""
+[[resources]]
+audience = "{DOCS}"
+scopes = ["docs.read"]
+max_ttl = 300
+clients = ["{RS_DOCS}"]
+"""
+
+
+def policy_data() -> str:
+    data = json.loads(json.dumps(POLICY_DATA))
+    access = next(iter(data.values()))
+    access["grants"][MAIL_AGENT][DOCS] = ["docs.read"]
+    access["grants"][HELPER] = {DOCS: ["docs.read"]}
+    access.setdefault("subagents", {})[MAIL_AGENT] = [HELPER]
+    return json.dumps(data)
+
+
+def write_kek(directory: Path) -> Path:
+    """A key-encryption key file as the docs make one: 32 random bytes, base64, owner-only."""
+    kek = directory / "kek"
+    kek.write_text(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
+    kek.chmod(0o600)
+    return kek
+
+
+def replica_setup(directory: Path, store_url: str) -> Setup:
+    """A deployment whose store is `store_url` and whose keys live in it, sealed with a fresh KEK."""
+    kek = write_kek(directory)
+    extra = f'\n[store]\nurl = "{store_url}"\n\n[keys]\nencryption_key_file = "{kek}"\n' + RESOURCES
+    return make_setup(directory, extra=extra, policy_files={"data.json": policy_data()})
+
+
+def deputy(*arguments: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway.cli", *arguments], capture_output=True, text=True,
+                          timeout=60, cwd=cwd)
+
+
+@dataclass
+class Replica:
+    name: str
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    client: httpx2.Client
+
+    def kill(self) -> None:
+        """`kill -9` of the replica and its workers (its own process group)."""
+        with suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def ready(self) -> httpx2.Response:
+        return self.client.get("/readyz")
+
+
+@contextmanager
+def started(setup: Setup, name: str, port: int, *, workers: int = 1) -> Iterator[Replica]:
+    """`deputy serve --listen 127.0.0.1:PORT` in a process group of its own, until /readyz answers 200."""
+    log = setup.directory / f"replica-{name}.log"
+    url = f"http://127.0.0.1:{port}"
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "serve", "--config", str(setup.config), "--listen",
+             f"127.0.0.1:{port}", "--workers", str(workers), "--log-level", "info"],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    client = httpx2.Client(base_url=url, timeout=10)
+    replica = Replica(name, url, process, log, client)
+    try:
+        until(lambda: _ready(replica), what=f"replica {name} ready", log=log)
+        yield replica
+    finally:
+        client.close()
+        if process.poll() is None:
+            with suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                replica.kill()
+
+
+@contextmanager
+def replicas(setup: Setup, count: int = 2) -> Iterator[list[Replica]]:
+    """`count` replicas; the first listens on the setup's own port (its issuer), the others on free ports."""
+    upgraded = deputy("db", "upgrade", "--config", str(setup.config))
+    assert upgraded.returncode == 0, upgraded.stderr
+    with ExitStack() as stack:
+        ports = [setup.port] + [free_port() for _ in range(count - 1)]
+        yield [stack.enter_context(started(setup, chr(ord("a") + i), port)) for i, port in enumerate(ports)]
+
+
+def _ready(replica: Replica) -> bool:
+    if replica.process.poll() is not None:
+        raise AssertionError(f"replica {replica.name} exited:\n{replica.log.read_text(errors='replace')}")
+    with suppress(httpx2.HTTPError):
+        return replica.client.get("/readyz").status_code == 200
+    return False
+
+
+def until(condition: Any, *, timeout: float = 30.0, what: str = "", log: Path | None = None) -> Any:
+    """Poll `condition` every 20 ms until it returns something truthy; that value, or AssertionError."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}" + (f":\n{log.read_text()}" if log else ""))
+        time.sleep(0.02)
+    return value
