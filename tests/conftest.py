@@ -1,4 +1,5 @@
-"""Fixtures: one gateway process per test module, configured with real keys and loopback JWKS.
+"""Fixtures: one gateway process per test module, configured with real keys and loopback JWKS; the shared
+`deployment` runs each module's black-box tests on SQLite and again on PostgreSQL (`STORES`).
 
 A deployment trusts two identity providers (JWKS from a file, JWKS from a loopback server), two SPIFFE
 trust domains (bundle from a file, bundle from a loopback server), and, to prove that a fetch failure
@@ -7,8 +8,11 @@ denies, one IdP and one trust domain whose key sets cannot be fetched.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import os
+import secrets
 import sqlite3
 import tempfile
 import textwrap
@@ -19,9 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+import psycopg
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
+from psycopg.rows import dict_row
 
+from delegation.stores import open_store
+from gateway.key_ring import Stored
+from gateway.keystore import KeyFiles
+from gateway.sealed_keys import StoreKeys, read_encryption_key
 from tests.postgres import postgresql_cluster, postgresql_server, postgresql_url  # noqa: F401 (fixtures)
 from tests.support import (
     ACCESS_TOKEN,
@@ -207,6 +217,7 @@ class Deployment:
     jwks_server: JwksServer
     client: httpx2.Client
     setup: Setup | None = field(default=None, repr=False)
+    store_url: str | None = None  # None: the SQLite file in state_dir
 
     def user_token(self, sub: str = "alice", **kw: Any) -> str:
         kw.setdefault("audience", self.issuer)
@@ -232,14 +243,38 @@ class Deployment:
     def exchange(self, **overrides: Any) -> httpx2.Response:
         return self.client.post("/token", data=self.exchange_form(**overrides))
 
-    def issued_count(self) -> int:
-        with sqlite3.connect(self.state_dir / "deputy.db") as db:
-            return int(db.execute("SELECT count(*) FROM issued_tokens").fetchone()[0])
-
-    def audit(self) -> list[dict[str, Any]]:
+    def rows(self, sql: str, *params: Any) -> list[dict[str, Any]]:
+        """What `sql` (with `?` placeholders) selects from the gateway's store, whichever it is, with JSON
+        columns as text."""
+        if self.store_url is not None and self.store_url.startswith("postgres"):
+            with psycopg.connect(self.store_url, row_factory=dict_row) as connection:
+                rows = connection.execute(sql.replace("?", "%s"), params).fetchall()  # type: ignore[arg-type]
+            # JSON columns as the SQLite store keeps them: text
+            return [{k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in r.items()} for r in rows]
         with sqlite3.connect(self.state_dir / "deputy.db") as db:
             db.row_factory = sqlite3.Row
-            return [dict(r) for r in db.execute("SELECT * FROM audit_events ORDER BY id")]
+            return [dict(r) for r in db.execute(sql, params)]
+
+    def signing_keys(self) -> Stored:
+        """Deputy's key ring as it holds it: its key files, or sealed in the store under the deployment's KEK."""
+        async def read() -> Stored | None:
+            if self.store_url is None:
+                return await KeyFiles(self.state_dir).read()
+            store = await open_store(self.store_url)
+            try:
+                return await StoreKeys(store, read_encryption_key(self.state_dir.parent / "kek")).read()
+            finally:
+                await store.close()
+
+        stored = asyncio.run(read())
+        assert stored is not None
+        return stored
+
+    def issued_count(self) -> int:
+        return int(self.rows("SELECT count(*) AS n FROM issued_tokens")[0]["n"])
+
+    def audit(self) -> list[dict[str, Any]]:
+        return self.rows("SELECT * FROM audit_events ORDER BY id")
 
     def log(self) -> str:
         """What the gateway process wrote to stdout and stderr so far."""
@@ -247,19 +282,33 @@ class Deployment:
 
 
 @contextmanager
-def running(setup: Setup) -> Iterator[Deployment]:
+def running(setup: Setup, store_url: str | None = None) -> Iterator[Deployment]:
     """Start `deputy serve` for `setup`; stop it on exit (the JWKS server keeps running)."""
     with gateway_process(setup.config) as url, httpx2.Client(base_url=url, timeout=10) as client:
         yield Deployment(url, setup.issuer, setup.directory / "state", setup.idp, setup.remote_idp, setup.domain,
-                         setup.remote_domain, setup.jwks_server, client, setup)
+                         setup.remote_domain, setup.jwks_server, client, setup, store_url)
+
+
+def store_config(directory: Path, store_url: str | None) -> str:
+    """The config tables for `store_url`: none for the embedded SQLite file; for PostgreSQL its URL and a
+    key-encryption key (its keys live in the store)."""
+    if store_url is None:
+        return ""
+    kek = directory / "kek"
+    kek.write_text(base64.b64encode(secrets.token_bytes(32)).decode())
+    kek.chmod(0o600)
+    return f'\n[store]\nurl = "{store_url}"\n\n[keys]\nencryption_key_file = "{kek}"\n'
 
 
 @contextmanager
 def deployed(directory: Path, *, extra: str = "", check_log: bool = True,
-             policy_files: Mapping[str, str] | None = None, policy: str = "") -> Iterator[Deployment]:
-    setup = make_setup(directory, extra=extra, policy_files=policy_files, policy=policy)
+             policy_files: Mapping[str, str] | None = None, policy: str = "",
+             store_url: str | None = None) -> Iterator[Deployment]:
+    """A running gateway on `store_url` (a PostgreSQL database with the current schema), or on SQLite."""
+    setup = make_setup(directory, extra=store_config(directory, store_url) + extra, policy_files=policy_files,
+                       policy=policy)
     try:
-        with running(setup) as deployment:
+        with running(setup, store_url) as deployment:
             yield deployment
         if check_log:  # no input ever yields a server error
             assert "Traceback" not in deployment.log() and "server_error" not in deployment.log(), deployment.log()
@@ -267,9 +316,20 @@ def deployed(directory: Path, *, extra: str = "", check_log: bool = True,
         setup.jwks_server.close()
 
 
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    with deployed(tmp_path_factory.mktemp("deputy")) as running_deployment:
+STORES = ("sqlite", "postgresql")
+"""The gateway's black-box suite (the tests on the shared `deployment`) runs on each store (issue 9)."""
+
+
+def store_for(request: pytest.FixtureRequest, store: str) -> str | None:
+    """None for SQLite; for PostgreSQL a fresh database with the current schema on the tests' server."""
+    if store == "sqlite":
+        return None
+    return str(request.getfixturevalue("postgresql_server").create())
+
+
+@pytest.fixture(scope="module", params=STORES)
+def deployment(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    with deployed(tmp_path_factory.mktemp("deputy"), store_url=store_for(request, request.param)) as running_deployment:
         yield running_deployment
 
 

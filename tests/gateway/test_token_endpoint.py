@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import random
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -55,11 +54,9 @@ def pairs_of(deployment: Deployment, **overrides: Any) -> list[tuple[str, str]]:
 
 
 def issued_row(deployment: Deployment, jti: str) -> dict[str, Any]:
-    with sqlite3.connect(deployment.state_dir / "deputy.db") as db:
-        db.row_factory = sqlite3.Row
-        row = db.execute("SELECT * FROM issued_tokens WHERE jti = ?", (jti,)).fetchone()
-    assert row is not None, f"issued token {jti} was not recorded"
-    return dict(row)
+    rows = deployment.rows("SELECT * FROM issued_tokens WHERE jti = ?", jti)
+    assert rows, f"issued token {jti} was not recorded"
+    return rows[0]
 
 
 def carol(d: Deployment, **claims: Any) -> str:

@@ -7,7 +7,6 @@ a refusal is caused by the one thing the attack changes. A rejected token is `in
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -18,7 +17,6 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from gateway import keystore
 from tests.conftest import (
     DOWN_DOMAIN,
     DOWN_IDP,
@@ -303,9 +301,7 @@ def test_rfc7519_4_1_time_audience_and_subject_claims_are_checked(probe: Probe, 
 
 
 def _deputy_key(d: Deployment) -> SigningKey:
-    stored = asyncio.run(keystore.KeyFiles(d.state_dir).read())
-    assert stored is not None
-    return stored.tokens.current
+    return d.signing_keys().tokens.current
 
 
 ISSUER_ATTACKS: dict[str, Callable[[Deployment], str]] = {
