@@ -107,9 +107,9 @@ class PostgresStore(PostgresEventStreams):
 
     async def cutoffs(self, actor: ActorRef | None, *, user: tuple[str, str] | None
                       ) -> tuple[int | None, int | None]:
-        params = {**writes.check_params(Presented(actor, None, user), under=None, now=0), "keys": []}
-        row = await self._db.fetchone(f"SELECT agent_cutoff AS agent, user_cutoff AS usr FROM {writes.CHECKS}",
-                                      params, prepare=True)
+        """A plain read of the cutoffs, without the locks: the write's own transaction checks again under them."""
+        params = writes.check_params(Presented(actor, None, user), under=None, now=0)
+        row = await self._db.fetchone(writes.CUTOFFS, params, prepare=True)
         return (row["agent"], row["usr"]) if row else (None, None)
 
     # Tasks and tokens

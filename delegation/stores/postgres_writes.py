@@ -50,6 +50,12 @@ LOCK_TREES = (
 LOCK_ONE = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
 CHECKS = ("deputy_checks(%(keys)s, %(under)s, %(agent)s, %(domain)s, %(user_issuer)s, %(user_subject)s)"
           " AS checks")  # (postgres_schema.py) its locks, then a fresh look at the cutoffs and the task
+CUTOFFS = (  # what deputy_checks reads of the cutoffs (postgres_schema.py), for the check before a write
+    "SELECT max(issued_before) FILTER (WHERE kind = 'domain' OR kind = 'agent' AND issuer IN (%(domain)s, ''))"
+    " AS agent, max(issued_before) FILTER (WHERE kind = 'user' AND issuer IN (%(user_issuer)s, '')) AS usr"
+    " FROM credential_cutoffs WHERE (kind = 'agent' AND subject = %(agent)s)"
+    " OR (kind = 'domain' AND subject = %(domain)s) OR (kind = 'user' AND subject = %(user_subject)s)"
+)
 _CHECKED = (  # the checks of `barred` and of an open task, then the inserts if they pass
     "WITH ok AS (SELECT agent_cutoff AS agent, user_cutoff AS usr, state, deadline,"
     " (agent_cutoff IS NULL OR %(actor_iat)s > agent_cutoff) AND (user_cutoff IS NULL OR %(user_iat)s > user_cutoff)"
