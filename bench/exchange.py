@@ -21,7 +21,7 @@ machine was meanwhile (other processes included), since they all share the same 
 Examples:
     python bench/exchange.py                          # 10 s per phase, 32 connections, 2 workers
     python bench/exchange.py --seconds 20 --workers 1 --json
-    python bench/exchange.py --store postgresql:///deputy_bench?host=/tmp --replicas 2 --workers 1
+    python bench/exchange.py --store postgresql://postgres@127.0.0.1:54329/deputy_bench --replicas 2 --workers 1
     python bench/exchange.py --setup /tmp/deputy-bench   # write a deployment + forms file, then exit
     deputy serve --config /tmp/deputy-bench/deputy.toml --workers 2 &
     python bench/exchange.py --url http://127.0.0.1:8601 --forms /tmp/deputy-bench/forms.txt
