@@ -67,13 +67,16 @@ class LiveKeys:
         """Take up a changed ring; one that cannot be read or opened is logged and the ring in force kept.
         True if it changed."""
         try:
-            if await self._vault.version() in (None, self._version):
+            if (version := await self._vault.version()) is None or version <= self._version:
+                if version is not None and version < self._version:  # never back to a rotated-out key
+                    log.error("keys.reload_failed", extra={"error": f"the stored key ring went back from version "
+                                                                    f"{self._version} to {version}; kept"})
                 return False
             stored = await self._vault.read()
         except (KeyStoreError, StoreError) as exc:
             log.error("keys.reload_failed", extra={"error": str(exc)})
             return False
-        if stored is None:
+        if stored is None or stored.version <= self._version:
             return False
         if (ring := stored.ring()) is None:
             log.error("keys.reload_failed", extra={"error": "the saved key ring has no event keys"})

@@ -78,6 +78,7 @@ class SsfSettings:
     min_verification_interval: int = 1
     inactivity_timeout: int = 86400
     push_timeout: int = 5
+    push_to_private_addresses: bool = False  # receivers' push endpoints inside the network (else public only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +246,8 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
     "workload_issuers": frozenset({"issuer", "jwks_file", "jwks_uri", "discovery", "audience", "kind", "id_claim"}),
     "metrics": frozenset({"listen"}),
     "keys": frozenset({"encryption_key_file"}),
-    "ssf": frozenset({"poll_timeout", "min_verification_interval", "inactivity_timeout", "push_timeout"}),
+    "ssf": frozenset({"poll_timeout", "min_verification_interval", "inactivity_timeout", "push_timeout",
+                      "push_to_private_addresses"}),
     "subject_issuers": frozenset({"issuer", "jwks_file", "jwks_uri", "audience"}),
     "trust_domains": frozenset({"name", "bundle_file", "bundle_uri"}),
     "resources": frozenset({"audience", "scopes", "max_ttl", "clients"}),
@@ -499,11 +501,12 @@ def _ssf(t: _Table, tasks: TaskSettings) -> SsfSettings:
         raise ConfigError("ssf.min_verification_interval: must be a number of seconds (0: no limit)")
     inactivity = t.positive("inactivity_timeout", min(86400, tasks.retention))
     push_timeout = t.positive("push_timeout", 5)
+    private = t.take("push_to_private_addresses", bool, False)
     if inactivity > tasks.retention:
         raise ConfigError("ssf.inactivity_timeout: must not exceed tasks.retention (a stream left alone longer "
                           "could miss events purged from the feed)")
     t.done()
-    return SsfSettings(poll_timeout, interval, inactivity, push_timeout)
+    return SsfSettings(poll_timeout, interval, inactivity, push_timeout, private)
 
 
 def _keys(t: _Table, store_url: str) -> KeySettings:

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx2
 
@@ -28,7 +29,7 @@ from token_exchange.attestation import AUTH_METHOD as ATTESTATION_AUTH_METHOD
 from token_exchange.attestation import AttestationVerifier, Attester
 from token_exchange.attestation import metadata as attestation_metadata
 from token_exchange.keys import ASYMMETRIC_ALGORITHMS, KeySource, RemoteKeys, StaticKeys, parse_key_set, read_key_set
-from token_exchange.oidc_discovery import DiscoveredKeys
+from token_exchange.oidc_discovery import DiscoveredKeys, is_loopback
 from token_exchange.rfc8414 import metadata
 from token_exchange.rfc8935 import Pusher
 from token_exchange.scope import Scope
@@ -230,8 +231,10 @@ def transmitter(settings: Settings, store: Store, keys: LiveKeys, resources: Res
     """The SSF transmitter: streams for the resources' clients, SETs signed with the event keys."""
     ssf = settings.ssf
     timings = StreamTimings(ssf.poll_timeout, ssf.min_verification_interval, ssf.inactivity_timeout)
-    return Transmitter.of(store, keys.events_signer, resources, Pusher(client, timeout=ssf.push_timeout),
-                          issuer=settings.issuer, timings=timings)
+    # A development gateway (a loopback issuer) pushes to loopback receivers; others only as configured.
+    private = ssf.push_to_private_addresses or is_loopback(urlsplit(settings.issuer).hostname)
+    pusher = Pusher(client, timeout=ssf.push_timeout, private=private)
+    return Transmitter.of(store, keys.events_signer, resources, pusher, issuer=settings.issuer, timings=timings)
 
 
 @asynccontextmanager

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 BATCH = 100  # SETs pushed per stream per round
 IDLE_S = 1.0  # between full rounds: a new or re-enabled stream is pushed its backlog within it
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 1.0, 300.0
+ROUND_BUDGET_S = 2.0  # what one stream may take of a round: a slow receiver is backed off, not waited for
 INACTIVITY_SWEEP_S = 60.0
 
 
@@ -63,7 +64,7 @@ class PushDelivery:
         """Sweep inactive streams now and then; deliver to the push streams that are due."""
         await self._sweep_inactive()
         due = [s for s in await self._candidates() if self._retry.get(s.id, (0.0, 0.0))[0] <= self.clock()]
-        results = await asyncio.gather(*(self._deliver(s) for s in due), return_exceptions=True)
+        results = await asyncio.gather(*(self._within_budget(s) for s in due), return_exceptions=True)
         for stream, result in zip(due, results, strict=True):
             if isinstance(result, BaseException):
                 log.error("ssf.push_failed", extra={"stream_id": stream.id, "error": f"{type(result).__name__}"})
@@ -88,6 +89,16 @@ class PushDelivery:
         self._next_inactivity_sweep = self.clock() + min(INACTIVITY_SWEEP_S, self.inactivity_timeout / 2)
         if dropped := await self.store.drop_inactive_streams(int(self.wall_clock()) - self.inactivity_timeout):
             log.warning("ssf.streams_inactive", extra={"deleted": dropped})
+
+    async def _within_budget(self, stream: Stream) -> bool:
+        """`_deliver`, cut off after ROUND_BUDGET_S: every stream's delivery runs side by side, and a round
+        lasts no longer than that, so one slow receiver never holds up the others' revocations."""
+        try:
+            async with asyncio.timeout(ROUND_BUDGET_S):
+                return await self._deliver(stream)
+        except TimeoutError:
+            self._back_off(stream.id, f"delivery took over {ROUND_BUDGET_S:g} s this round")
+            return False
 
     async def _deliver(self, stream: Stream) -> bool:
         """Push the stream's queued SETs in order (a stream not enabled: its control events only, `Outbox.pending`);

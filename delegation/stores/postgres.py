@@ -33,6 +33,7 @@ from ..records import IssuedTokenRecord, Party, Presented
 from ..store import AuditQuery, AuditRecord, FeedPage, TaskDetail, TaskQuery, TokenState, TokenView
 from ..tasks import REVOKED, SYSTEM, EndedTask, Revocation, Task
 from . import postgres_writes as writes
+from .feed_events import Ending
 from .postgres_db import CHECKOUT_TIMEOUT_S, PostgresDatabase
 from .postgres_listen import Listener, Wakeup
 from .postgres_rows import audit_event, audit_params, task, task_params, token_params, token_record
@@ -126,7 +127,7 @@ class PostgresStore(PostgresEventStreams):
     async def end_tasks(self, roots: Sequence[str], *, state: str, reason: str, now: int,
                         event: AuditEvent | None = None, initiator: str = SYSTEM) -> Revocation | None:
         """End open tasks, all their descendants and every token minted under them, atomically."""
-        ending = writes.Ending(state, reason, now, initiator)
+        ending = Ending(state, reason, now, initiator)
         return self._announce(await self._db.transaction(lambda c: writes.end_tasks(c, list(roots), ending, event)))
 
     async def end_matching(self, party: Party, *, reason: str, now: int,
@@ -138,7 +139,7 @@ class PostgresStore(PostgresEventStreams):
 
     async def revoke_token(self, jti: str, *, reason: str, now: int, event: AuditEvent | None = None,
                            initiator: str = SYSTEM) -> Revocation | None:
-        ending = writes.Ending(REVOKED, reason, now, initiator)
+        ending = Ending(REVOKED, reason, now, initiator)
         return self._announce(await self._db.transaction(lambda c: writes.revoke_token(c, jti, ending, event)))
 
     # The revocation feed

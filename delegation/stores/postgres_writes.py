@@ -26,7 +26,6 @@ checks pass, and the statement returns what they found, so the caller raises the
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from psycopg.rows import DictRow
@@ -37,6 +36,7 @@ from token_exchange.rfc9068 import new_id
 from ..audit import AuditEvent
 from ..records import CredentialRevoked, Party, Presented, TaskEnded, barred
 from ..tasks import ADMIN, EXPIRED, POLICY, REVOKED, EndedTask, Revocation
+from .feed_events import Ending, told_per_audience
 from .postgres_db import Connection
 from .postgres_listen import CHANNEL
 from .postgres_rows import AUDIT_COLUMNS, TASK_COLUMNS, TOKEN_COLUMNS, audit_params, row_insert
@@ -97,17 +97,6 @@ def raise_unless_written(row: DictRow | None, presented: Presented, under: str |
         raise TaskEnded(f"task {(under or '')[:12]} has ended")
 
 
-@dataclass(frozen=True, slots=True)
-class Ending:
-    """How a cascade ends its tasks: their new state, the feed event's reason, when, by whom, for which party."""
-
-    state: str
-    reason: str
-    now: int
-    initiator: str
-    party: Party | None = None
-
-
 async def end_tasks(connection: Connection, roots: Sequence[str], ending: Ending, event: AuditEvent | None
                     ) -> Revocation | None:
     """End the open tasks among `roots`, their open descendants and their tokens, under their trees' locks."""
@@ -159,12 +148,7 @@ async def insert_revocation(connection: Connection, ending: Ending, tasks: Seque
     """A feed event, and for each audience concerned what it tells that audience's resource servers: the
     tasks that include the audience and the tokens issued for it. Last in its transaction, under FEED_LOCK."""
     task_ids, jtis = [task.id for _, task in tasks], [jti for jti, _ in tokens]
-    told: dict[str, tuple[list[str], list[str]]] = {}
-    for audiences, task in tasks:
-        for audience in audiences:
-            told.setdefault(audience, ([], []))[0].append(task.id)
-    for jti, audience in tokens:
-        told.setdefault(audience, ([], []))[1].append(jti)
+    told = told_per_audience(tasks, tokens)
     party = ending.party
     await connection.execute(LOCK_ONE, (FEED_LOCK,))
     row = await (await connection.execute(_INSERT_REVOCATION, {

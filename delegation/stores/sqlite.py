@@ -12,7 +12,6 @@ import fcntl
 import json
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import IO, Any
@@ -26,6 +25,7 @@ from ..audit import AuditEvent
 from ..records import CredentialRevoked, IssuedTokenRecord, Party, Presented, TaskEnded, barred
 from ..store import AuditQuery, AuditRecord, FeedPage, TaskDetail, TaskQuery, TokenState, TokenView
 from ..tasks import ADMIN, EXPIRED, OPEN, POLICY, REVOKED, SYSTEM, EndedTask, Revocation, Task
+from .feed_events import Ending, told_per_audience
 from .sqlite_streams import FEED_POLL_S, SqliteEventStreams
 from .sqlite_writes import SqliteDatabase
 
@@ -141,7 +141,7 @@ class SqliteStore(SqliteEventStreams):
     async def end_tasks(self, roots: Sequence[str], *, state: str, reason: str, now: int,
                         event: AuditEvent | None = None, initiator: str = SYSTEM) -> Revocation | None:
         """End open tasks, all their descendants and every token minted under them, atomically."""
-        ending = _Ending(state, reason, now, initiator)
+        ending = Ending(state, reason, now, initiator)
         return self._announce(await self._db.write(lambda c: _end_tasks(c, list(roots), ending, event)))
 
     async def end_matching(self, party: Party, *, reason: str, now: int,
@@ -154,7 +154,7 @@ class SqliteStore(SqliteEventStreams):
                 "INSERT INTO credential_cutoffs VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET issued_before ="
                 " max(issued_before, excluded.issued_before)", (party.kind, party.id, party.domain or "", now))
             rows = connection.execute(*_open_tasks_of(party))
-            return _end_tasks(connection, [r[0] for r in rows], _Ending(REVOKED, reason, now, ADMIN, party), event)
+            return _end_tasks(connection, [r[0] for r in rows], Ending(REVOKED, reason, now, ADMIN, party), event)
 
         return self._announce(await self._db.write(work))
 
@@ -169,7 +169,7 @@ class SqliteStore(SqliteEventStreams):
             if not changed:
                 return None
             audience = connection.execute("SELECT audience FROM issued_tokens WHERE jti = ?", (jti,)).fetchone()
-            return _revocation(connection, _Ending(REVOKED, reason, now, initiator), [], [(jti, audience[0])])
+            return _revocation(connection, Ending(REVOKED, reason, now, initiator), [], [(jti, audience[0])])
 
         return self._announce(await self._db.write(work))
 
@@ -335,7 +335,7 @@ def _expire_batch(connection: sqlite3.Connection, now: int, batch: int) -> int:
             agent_domain=row["agent_domain"], user_issuer=row["user_issuer"], user_subject=row["user_subject"],
             task_id=row["id"], reasons=("task deadline passed",))))
     if expired:
-        _end_tasks(connection, [r["id"] for r in expired], _Ending(EXPIRED, "deadline passed", now, POLICY), None)
+        _end_tasks(connection, [r["id"] for r in expired], Ending(EXPIRED, "deadline passed", now, POLICY), None)
     return len(expired)
 
 
@@ -407,18 +407,7 @@ def _filters(**equal: str | None) -> tuple[str, list[Any]]:
     return ("WHERE " + " AND ".join(f"{n} = ?" for n in names) if names else ""), params
 
 
-@dataclass(frozen=True, slots=True)
-class _Ending:
-    """How a cascade ends its tasks: their new state, the feed event's reason, when, by whom, for which party."""
-
-    state: str
-    reason: str
-    now: int
-    initiator: str
-    party: Party | None = None
-
-
-def _end_tasks(connection: sqlite3.Connection, roots: list[str], ending: _Ending,
+def _end_tasks(connection: sqlite3.Connection, roots: list[str], ending: Ending,
                event: AuditEvent | None) -> Revocation | None:
     if event is not None:
         connection.execute(_INSERT_AUDIT, _audit_row(event))
@@ -449,7 +438,7 @@ def _end_tasks(connection: sqlite3.Connection, roots: list[str], ending: _Ending
     return _revocation(connection, ending, list(tasks.values()), tokens)
 
 
-def _revocation(connection: sqlite3.Connection, ending: _Ending, tasks: Sequence[tuple[Sequence[str], EndedTask]],
+def _revocation(connection: sqlite3.Connection, ending: Ending, tasks: Sequence[tuple[Sequence[str], EndedTask]],
                 tokens: Sequence[tuple[str, str]]) -> Revocation:
     """A feed event, and for each audience concerned what it tells that audience's resource servers: the
     tasks that include the audience and the tokens issued for it."""
@@ -462,12 +451,7 @@ def _revocation(connection: sqlite3.Connection, ending: _Ending, tasks: Sequence
         (ending.now, ending.reason, json.dumps(task_ids), json.dumps(jtis), ending.initiator, party, detail),
     )
     seq = int(cursor.lastrowid or 0)
-    told: dict[str, tuple[list[str], list[str]]] = {}
-    for audiences, task in tasks:
-        for audience in audiences:
-            told.setdefault(audience, ([], []))[0].append(task.id)
-    for jti, audience in tokens:
-        told.setdefault(audience, ([], []))[1].append(jti)
+    told = told_per_audience(tasks, tokens)
     connection.executemany("INSERT INTO revocation_audiences VALUES (?, ?, ?, ?)",
                            [(aud, seq, json.dumps(t), json.dumps(j)) for aud, (t, j) in told.items()])
     return Revocation(seq, ending.now, ending.reason, tuple(task_ids), tuple(jtis), tuple(t for _, t in tasks),

@@ -459,10 +459,8 @@ STORE_FAILURES = [
 ]
 
 
-@pytest.mark.parametrize(("failure", "cls", "message"), STORE_FAILURES)
-@pytest.mark.parametrize("flow", ["one_shot", "open_task", "task_access", "delegate"])
-async def test_deputy_a_write_that_fails_issues_nothing_and_is_refused_as_it_fits(
-        world: World, flow: str, failure: Exception, cls: type[OAuthError], message: str) -> None:
+async def form_of(world: World, flow: str) -> dict[str, str | None]:
+    """What a request of `flow` changes in the default form (a one-shot exchange)."""
     changes: dict[str, str | None] = {}
     if flow == "open_task":
         changes["requested_token_type"] = TXN_TOKEN_TYPE
@@ -470,6 +468,14 @@ async def test_deputy_a_write_that_fails_issues_nothing_and_is_refused_as_it_fit
         changes.update(task_token_form(await world.open_task()))
     if flow == "delegate":
         changes.update(actor_token="helper-token", requested_token_type=TXN_TOKEN_TYPE)
+    return changes
+
+
+@pytest.mark.parametrize(("failure", "cls", "message"), STORE_FAILURES)
+@pytest.mark.parametrize("flow", ["one_shot", "open_task", "task_access", "delegate"])
+async def test_deputy_a_write_that_fails_issues_nothing_and_is_refused_as_it_fits(
+        world: World, flow: str, failure: Exception, cls: type[OAuthError], message: str) -> None:
+    changes = await form_of(world, flow)
     world.store.fail("record_task" if flow in ("open_task", "delegate") else "record_grant", failure)
     error = await world.refused(cls, message, **changes)
     assert error.status == (503 if cls is TemporarilyUnavailable else 400)
@@ -477,13 +483,7 @@ async def test_deputy_a_write_that_fails_issues_nothing_and_is_refused_as_it_fit
 
 @pytest.mark.parametrize("flow", ["one_shot", "open_task", "task_access", "delegate"])
 async def test_issue9_a_gateway_out_of_sync_with_revocations_mints_nothing(world: World, flow: str) -> None:
-    changes: dict[str, str | None] = {}
-    if flow == "open_task":
-        changes["requested_token_type"] = TXN_TOKEN_TYPE
-    if flow in ("task_access", "delegate"):
-        changes.update(task_token_form(await world.open_task()))
-    if flow == "delegate":
-        changes.update(actor_token="helper-token", requested_token_type=TXN_TOKEN_TYPE)
+    changes = await form_of(world, flow)
     writes = len(world.store.writes)
     world.store.sync_problem = "lost its PostgreSQL LISTEN connection"
     error = await world.refused(TemporarilyUnavailable, "cannot confirm its revocation state (lost its PostgreSQL"

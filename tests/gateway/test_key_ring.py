@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -169,6 +170,23 @@ async def test_issue9_a_follower_keeps_its_ring_when_the_store_ring_does_not_ope
     assert await store.save_key_ring(found.sealed, replaces=1) == 2  # version 1's ring written back as version 2
     assert not await keys.refresh()
     assert keys.public_jwks() == before and await store.key_ring_version() == 2
+
+
+async def test_issue9_a_follower_never_goes_back_to_an_older_ring_put_back_in_the_store(
+        store: Store, kek: KeyEncryptionKey, tmp_path: Path) -> None:
+    """Someone who can write the database restores an older sealed ring with its own version (so it opens):
+    a rotated-out key must not become current again on the replicas."""
+    vault = StoreKeys(store, kek)
+    keys = await LiveKeys.open(vault, algorithm="ES256", issuer=ISSUER)
+    old = await store.key_ring()
+    assert old is not None
+    await key_ring.rotate(vault, "ES256")
+    assert await keys.refresh()
+    rotated = keys.public_jwks()
+    with sqlite3.connect(tmp_path / "deputy.db") as db:
+        db.execute("UPDATE signing_key_ring SET version = ?, sealed = ?", (old.version, old.sealed))
+    assert not await keys.refresh()
+    assert keys.public_jwks() == rotated
 
 
 async def test_issue9_key_files_of_an_older_deputy_gain_event_keys_and_keep_their_token_keys(tmp_path: Path) -> None:

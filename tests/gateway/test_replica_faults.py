@@ -14,6 +14,7 @@ from typing import Any
 import httpx2
 import jwt
 import psycopg
+import psycopg.conninfo
 import pytest
 
 from tests.conftest import ACCESS_TOKEN, GRANT, JWT, MAIL_AGENT, Setup
@@ -88,6 +89,29 @@ def test_issue9_with_postgresql_stopped_exchanges_fail_closed_and_recover_withou
     assert issued and issued <= recorded_jtis(url)  # nothing issued unrecorded, with its audit event
     assert all(status in (200, 503) for status, _ in answered)
     assert "Traceback" not in log, log
+
+
+def test_issue9_a_replica_that_lost_its_notifications_mints_nothing_and_says_why_until_it_caught_up(
+        deployment: tuple[Setup, str], postgresql_cluster: Cluster) -> None:
+    setup, url = deployment
+    dbname = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+    with replicas(setup, 1) as (a,), psycopg.connect(postgresql_cluster.url, autocommit=True) as admin:
+        assert a.client.post("/token", data=one_shot(setup)).status_code == 200
+        admin.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false')  # its listener cannot come back
+        try:
+            ended = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s"
+                                  " AND application_name LIKE '%% listener'", (dbname,)).fetchall()
+            assert ended, "no listener connection to end"
+            ready = until(lambda: (r := a.ready()).status_code == 503 and r, timeout=10, what="/readyz to say 503")
+            assert any(p.startswith("revocations:") for p in ready.json()["problems"]), ready.text
+            refused = a.client.post("/token", data=one_shot(setup))
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"] == "temporarily_unavailable"
+            assert "cannot confirm its revocation state" in refused.json()["error_description"]
+        finally:
+            admin.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
+        until(lambda: a.ready().status_code == 200, timeout=30, what="/readyz once the listener is back")
+        assert a.client.post("/token", data=one_shot(setup)).status_code == 200
 
 
 def open_tasks(setup: Setup, replica: Replica, count: int) -> list[tuple[str, str]]:

@@ -5,10 +5,12 @@ once enabled, a disabled one dropped; and SSF §8.1.1's inactivity timeout."""
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,8 +21,11 @@ import pytest
 from tests.conftest import Deployment
 from tests.gateway.ssf_env import (
     DOCS,
+    PHOTOS,
     PUSH,
     RS_DOCS,
+    RS_PHOTOS,
+    SESSION_REVOKED,
     VERIFICATION,
     Receiver,
     checked_set,
@@ -221,3 +226,41 @@ def test_ssf_8_1_4_a_paused_push_stream_is_still_pushed_its_verification(env: De
     assert claims["events"] == {VERIFICATION: {"state": "xyz"}}
     time.sleep(0.3)
     assert len(receiver.received) == 1  # the revocation stays held
+
+
+def trickling_receiver() -> str:
+    """An endpoint that answers 202 and then sends its promised body one byte every 2 s, for ever."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+
+    def serve(connection: socket.socket) -> None:
+        with suppress(OSError), connection:
+            connection.recv(65536)
+            connection.sendall(b"HTTP/1.1 202 Accepted\r\nContent-Length: 4096\r\n\r\n")
+            for _ in range(4096):
+                time.sleep(2)
+                connection.sendall(b" ")
+
+    def accept() -> None:
+        while True:
+            connection, _ = server.accept()
+            threading.Thread(target=serve, args=(connection,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return f"http://127.0.0.1:{server.getsockname()[1]}/events"
+
+
+def test_rfc8935_one_receiver_that_trickles_its_answers_does_not_hold_up_the_others(
+        tmp_path: Path, receiver: SetReceiver) -> None:
+    with ssf_deployment(tmp_path, ssf="push_timeout = 5") as env:
+        honest = push_stream(env, receiver)
+        Receiver(env, RS_PHOTOS).create(delivery={"method": PUSH, "endpoint_url": trickling_receiver()})
+        until(lambda: caught_up(env, honest))
+        revoke(env, one_shot(env, PHOTOS))  # the trickling stream's push starts, and never completes
+        time.sleep(1)
+        revoke(env, one_shot(env, DOCS))
+        began = time.monotonic()
+        until(lambda: any(SESSION_REVOKED in claims_of(r.body.decode())["events"] for r in receiver.received),
+              timeout=10)
+        assert time.monotonic() - began < 5
