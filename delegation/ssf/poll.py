@@ -1,6 +1,8 @@
 """RFC 8936 poll delivery: acknowledge first, then make the stream's new SETs, then answer with the oldest
 unacknowledged ones; with nothing to give, hold the request (long poll) until a SET is queued or
-`poll_timeout` passes, woken as soon as a revocation commits on any worker or replica."""
+`poll_timeout` passes, woken as soon as a revocation commits on any worker or replica. One receiver holds
+at most MAX_HELD_PER_CLIENT polls in a process; past that, its polls are answered at once, so no receiver can
+tie up the store's connections with held polls."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from .seams import SsfStore, StreamTimings
 from .streams import StreamManager
 
 log = logging.getLogger(__name__)
+MAX_HELD_PER_CLIENT = 64  # generous: every instance of a resource server may share one SPIFFE ID
 
 
 class Poller:
@@ -28,6 +31,7 @@ class Poller:
         self.store = store
         self.timings = timings
         self.clock = clock
+        self._held: dict[str, int] = {}  # client -> polls it has held in this process now
 
     async def poll(self, client: str, stream_id: str, request: PollRequest) -> dict[str, Any]:
         """§2.2-§2.5: `{"sets": {jti: SET}, "moreAvailable": bool}`; unacknowledged SETs are given again."""
@@ -36,7 +40,15 @@ class Poller:
             raise InvalidRequest("this stream is delivered by push (RFC 8935), not by poll")
         await self._acknowledge(stream, request)
         limit = MAX_BATCH if request.max_events is None else min(request.max_events, MAX_BATCH)
-        sets, more = await self._wait_for_sets(stream, max(limit, 1), hold=not request.return_immediately)
+        hold = not request.return_immediately and self._held.get(client, 0) < MAX_HELD_PER_CLIENT
+        self._held[client] = self._held.get(client, 0) + hold
+        try:
+            sets, more = await self._wait_for_sets(stream, max(limit, 1), hold=hold)
+        finally:
+            if (left := self._held[client] - hold) > 0:
+                self._held[client] = left
+            else:
+                del self._held[client]
         return response({s.jti: s.token for s in sets[:limit]}, more_available=more or len(sets) > limit)
 
     async def _acknowledge(self, stream: Stream, request: PollRequest) -> None:

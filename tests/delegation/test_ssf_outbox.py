@@ -1,7 +1,7 @@
 """The SSF transmitter on a real SQLite store, below HTTP: two processes making one stream's SETs at once
 (each feed event becomes its SETs once: `advance_stream` is compare-and-set), SETs made a bounded number at a
-time, push delivery's per-stream backoff (RFC 8935: retried, doubling, capped; reset by a success), and the
-number of streams a receiver may have."""
+time, push delivery's per-stream backoff (RFC 8935: retried, doubling, capped; reset by a success), the
+number of streams a receiver may have, and how many polls it may have held at once."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from delegation.resources import Resource, Resources
+from delegation.ssf import poll
 from delegation.ssf.outbox import FEED_PAGE, Outbox
 from delegation.ssf.push import BACKOFF_FIRST_S, BACKOFF_MAX_S, PushDelivery
 from delegation.ssf.seams import StreamTimings
@@ -23,6 +24,7 @@ from delegation.store import ENABLED, POLL, PUSH, Store, Stream
 from delegation.stores import open_store
 from tests.delegation.test_store_contract import NOW, PRESENTED, event, record_grant, record_task, task, token
 from token_exchange.rfc8935 import PushResult
+from token_exchange.rfc8936 import PollRequest
 from token_exchange.scope import Scope
 from token_exchange.ssf import StreamConflict
 
@@ -182,3 +184,28 @@ async def test_caep_3_1_a_task_past_its_deadline_is_session_revoked_initiated_by
     assert claims["sub_id"]["session"] == {"format": "opaque", "id": "late"} and claims["txn"] == "late"
     payload = claims["events"]["https://schemas.openid.net/secevent/caep/event-type/session-revoked"]
     assert payload["initiating_entity"] == "policy" and payload["event_timestamp"] == NOW + 601
+
+
+async def test_rfc8936_2_5_a_receiver_holds_a_bounded_number_of_polls_and_the_rest_answer_at_once(
+        stores: tuple[Store, Store], monkeypatch: pytest.MonkeyPatch) -> None:
+    store, _ = stores
+    monkeypatch.setattr(poll, "MAX_HELD_PER_CLIENT", 2)
+    outbox = Outbox(store, Signer(), issuer=ISSUER)
+    timings = StreamTimings(poll_timeout=30)
+    poller = poll.Poller(StreamManager(store, outbox, RESOURCES, issuer=ISSUER, timings=timings), outbox, store,
+                         timings=timings)
+    for stream_id in ("s1", "s2", "s3"):
+        await store.create_stream(stream(stream_id))
+    held = [asyncio.create_task(poller.poll(CLIENT, s, PollRequest())) for s in ("s1", "s2")]
+    await asyncio.sleep(0.3)
+    assert not any(t.done() for t in held)  # long polls, held while nothing is queued
+    third = await asyncio.wait_for(poller.poll(CLIENT, "s3", PollRequest()), 5)
+    assert third == {"sets": {}, "moreAvailable": False}  # past the bound: answered at once, not held
+    for t in held:
+        t.cancel()
+    await asyncio.gather(*held, return_exceptions=True)
+    again = asyncio.create_task(poller.poll(CLIENT, "s3", PollRequest()))
+    await asyncio.sleep(0.3)
+    assert not again.done()  # the cancelled polls gave their places back
+    again.cancel()
+    await asyncio.gather(again, return_exceptions=True)
