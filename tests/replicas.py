@@ -3,24 +3,20 @@ key, each on its own loopback port with the same issuer, as behind a load balanc
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx2
 
-from tests.conftest import MAIL_AGENT, POLICY_DATA, Setup, make_setup
-from tests.support import free_port
+from tests.conftest import MAIL_AGENT, POLICY_DATA, Setup, make_setup, store_config
+from tests.support import free_port, until
 
 DOCS = "https://docs.example.com"
 RS_DOCS = "spiffe://example.org/rs/docs"
@@ -43,18 +39,9 @@ def policy_data() -> str:
     return json.dumps(data)
 
 
-def write_kek(directory: Path) -> Path:
-    """A key-encryption key file as the docs make one: 32 random bytes, base64, owner-only."""
-    kek = directory / "kek"
-    kek.write_text(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
-    kek.chmod(0o600)
-    return kek
-
-
 def replica_setup(directory: Path, store_url: str) -> Setup:
     """A deployment whose store is `store_url` and whose keys live in it, sealed with a fresh KEK."""
-    kek = write_kek(directory)
-    extra = f'\n[store]\nurl = "{store_url}"\n\n[keys]\nencryption_key_file = "{kek}"\n' + RESOURCES
+    extra = store_config(directory, store_url) + RESOURCES
     return make_setup(directory, extra=extra, policy_files={"data.json": policy_data()})
 
 
@@ -123,13 +110,3 @@ def _ready(replica: Replica) -> bool:
     with suppress(httpx2.HTTPError):
         return replica.client.get("/readyz").status_code == 200
     return False
-
-
-def until(condition: Any, *, timeout: float = 30.0, what: str = "", log: Path | None = None) -> Any:
-    """Poll `condition` every 20 ms until it returns something truthy; that value, or AssertionError."""
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}" + (f":\n{log.read_text()}" if log else ""))
-        time.sleep(0.02)
-    return value

@@ -241,3 +241,15 @@ class AgentInstance:
     def headers(self, attestation: str | None = None, pop: str | None = None) -> dict[str, str]:
         return {"OAuth-Client-Attestation": attestation or self.attestation(), "OAuth-Client-Attestation-PoP":
                 pop or self.pop()}
+
+
+def until(condition: Callable[[], Any], *, timeout: float = 30.0, what: str = "", log: Path | None = None) -> Any:
+    """Poll `condition` every 20 ms until it returns something truthy; that value, or AssertionError naming
+    `what` (with the `log` file's text, when given)."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            shown = f":\n{log.read_text()}" if log else ""
+            raise AssertionError(f"timed out waiting for {what or condition}{shown}")
+        time.sleep(0.02)
+    return value

@@ -18,26 +18,11 @@ import jwt
 import pytest
 
 from tests.conftest import MAIL_AGENT, POLICY_DATA, Deployment, deployed
+from tests.gateway.ssf_env import DOCS, PHOTOS, RS_BOTH, RS_DOCS, RS_PHOTOS, SCOPE, resources
 from tests.support import ACCESS_TOKEN, GRANT, JWT, feed_head
 
 TXN = "urn:ietf:params:oauth:token-type:txn_token"
-DOCS, PHOTOS = "https://docs.example.com", "https://photos.example.com"
-RS_DOCS, RS_PHOTOS = "spiffe://example.org/rs/docs", "spiffe://example.org/rs/photos"
-RS_BOTH = "spiffe://example.org/rs/gallery"
-SCOPE = {DOCS: "docs.read", PHOTOS: "photos.read"}
-RESOURCES = f"""
-[[resources]]
-audience = "{DOCS}"
-scopes = ["docs.read"]
-max_ttl = 300
-clients = {json.dumps([RS_DOCS, RS_BOTH])}
-
-[[resources]]
-audience = "{PHOTOS}"
-scopes = ["photos.read"]
-max_ttl = 300
-clients = {json.dumps([RS_PHOTOS, RS_BOTH])}
-"""
+RESOURCES = resources()  # the SSF tests' two resources: DOCS and PHOTOS, each with its server and RS_BOTH
 
 
 @pytest.fixture(scope="module")

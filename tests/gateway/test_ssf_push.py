@@ -9,7 +9,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -35,6 +35,7 @@ from tests.gateway.ssf_env import (
     revoke,
     ssf_deployment,
 )
+from tests.support import until
 
 
 @dataclass
@@ -82,13 +83,6 @@ class SetReceiver:
 
     def tokens(self) -> list[str]:
         return [r.body.decode() for r in self.received]
-
-
-def until(condition: Callable[[], bool], timeout: float = 8.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,16 +23,9 @@ from gateway import workers
 from gateway.process import gateway_process
 from gateway.settings import ConfigError
 from tests.conftest import MAIL, Setup, make_setup
-from tests.support import ACCESS_TOKEN, GRANT, JWT, gateway_log
+from tests.support import ACCESS_TOKEN, GRANT, JWT, gateway_log, until
 
 BANNER = "Deputy listening on"
-
-
-def until(condition: Callable[[], bool], *, timeout: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what or condition}"
-        time.sleep(0.05)
 
 
 def worker_pids(parent: int) -> set[int]:
