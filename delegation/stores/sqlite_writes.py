@@ -52,7 +52,11 @@ class SqliteDatabase:
         self._flusher: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
-        await self.call(self._connect)
+        try:
+            await self.call(self._connect)
+        except OSError as exc:  # a directory that cannot be made (SQLite's own errors are StoreError already)
+            await self.close()
+            raise StoreError(f"sqlite: {self.path}: {exc.strerror or exc}") from exc
         try:
             self._loop_writer = self._open_connection(busy_timeout_ms=0)
             # Checkpoints copy the WAL into the database; the thread does them (see _checkpoint), never a
