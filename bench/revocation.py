@@ -1,5 +1,5 @@
 """Revocation bench for Deputy: time from `POST /tasks/{id}/complete` until a running resource-server
-verifier (resource_server.AccessTokenVerifier, embedded defaults) rejects the task's token.
+verifier (deputy_client.resource.AccessTokenVerifier, embedded defaults) rejects the task's token.
 
 It builds its own deployment in a temporary directory (a user IdP and a SPIFFE trust domain with freshly
 generated ES256 keys, one resource whose `clients` lists the verifier's SPIFFE ID, the packaged policy),
@@ -34,8 +34,8 @@ from typing import Any
 import httpx2
 import scale_out
 
+from deputy_client.resource import AccessTokenVerifier, FeedStale, InvalidToken
 from gateway.dev import DemoIdentities, DemoResource
-from resource_server import AccessTokenVerifier, FeedStale, InvalidToken
 
 GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"

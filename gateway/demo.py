@@ -22,8 +22,8 @@ import httpx2
 import uvicorn
 from fastapi import Depends, FastAPI
 
-from resource_server import AccessTokenVerifier, VerifiedAccess
-from resource_server.dependency import require_scope
+from deputy_client.resource import AccessTokenVerifier, VerifiedAccess
+from deputy_client.resource.dependency import require_scope
 
 from .dev import AGENT, LABEL, MAIL, MAIL_API, SUBAGENT, DemoIdentities
 from .process import gateway_process

@@ -4,7 +4,7 @@ Sources: OpenID Shared Signals Framework 1.0 (§3 subjects, §4 SET profile, §7
 and verification), the CAEP Interoperability Profile 1.0 draft 02 (§2.3 transmitter metadata and streams,
 §2.5 subjects, §2.6 RS256 with 2048-bit keys, §2.8.1 one event per SET), RFC 8936 (poll delivery), RFC 8417
 (SETs) and RFC 9493 (subject identifiers). It imports nothing of Deputy's (token_exchange, delegation,
-gateway, resource_server, nor tests.support, which does): HTTP is httpx2, JWS and JWK are joserfc.
+gateway, deputy_client, nor tests.support, which does): HTTP is httpx2, JWS and JWK are joserfc.
 
 Every check raises `InteropError` naming the section it enforces.
 """

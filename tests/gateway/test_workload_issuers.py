@@ -26,7 +26,7 @@ import httpx2
 import jwt
 import pytest
 
-from resource_server import VerifiedAccess
+from deputy_client.resource import VerifiedAccess
 from tests.conftest import IDP, MAIL_AGENT, POLICY_DATA, Deployment, Probe, deployed
 from tests.support import ACCESS_TOKEN, GRANT, ID_TOKEN, JWT, Issuer, JwksServer, deputy_command
 
@@ -312,7 +312,7 @@ def test_issue8_4_a_spiffe_agent_delegates_to_a_kubernetes_sub_agent(env: Env) -
 
 
 def test_issue8_4_a_resource_server_sees_the_agent_with_its_issuer(env: Env) -> None:
-    """resource_server.VerifiedAccess: `agent` is `client_id`, `agent_issuer` the current actor's `act.iss`."""
+    """deputy_client.resource.VerifiedAccess: `agent` is `client_id`, `agent_issuer` the current actor's `act.iss`."""
     task = ok(env.open_task(env.sa_token(env.cluster_b, "cross")))
     access = ok(env.within(task["access_token"], env.sa_token(env.cluster_b, "cross")))["access_token"]
     seen = VerifiedAccess.of(claims_of(access))

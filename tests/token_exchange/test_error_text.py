@@ -15,7 +15,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from resource_server import InvalidToken
+from deputy_client.resource import InvalidToken
 from tests.conftest import MAIL, Deployment, Probe
 from tests.support import ACCESS_TOKEN, GRANT, ID_TOKEN, JWT, RFC6749_CHARSET, compact, signer_for
 from tests.token_exchange.test_jwt_attacks import ALGORITHM_ATTACKS, legit
@@ -81,7 +81,7 @@ def _string_literals(path: Path) -> list[tuple[int, str]]:
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings]
 
 
-@pytest.mark.parametrize("package", ["token_exchange", "delegation", "gateway", "resource_server"])
+@pytest.mark.parametrize("package", ["client/token_exchange", "client/deputy_client", "delegation", "gateway"])
 def test_rfc6749_5_2_no_message_deputy_can_send_holds_a_character_outside_ascii(package: str) -> None:
     """Descriptions say "section", never "§"; docstrings and comments keep "§", which no client sees."""
     found = [f"{path.relative_to(ROOT)}:{line}: {text!r}" for path in sorted((ROOT / package).rglob("*.py"))

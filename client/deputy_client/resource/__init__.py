@@ -1,7 +1,7 @@
 """For resource servers: verify Deputy's access tokens locally, against live revocation state.
 
 Depends on the protocol core (`token_exchange`) only, never on the gateway, so it can ship to resource
-servers on its own. `resource_server.dependency` adds a FastAPI dependency.
+servers on its own. `deputy_client.resource.dependency` adds a FastAPI dependency.
 """
 
 from .errors import BearerTokenError, DiscoveryFailed, FeedStale, InsufficientScope, InvalidToken

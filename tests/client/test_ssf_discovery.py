@@ -1,5 +1,5 @@
 """The receiver's checks of the transmitter metadata (SSF 1.0 §7) and of the stream it creates (§8.1.1.1),
-and discovery over HTTP for an issuer with a path (resource_server.ssf_client)."""
+and discovery over HTTP for an issuer with a path (deputy_client.resource.ssf_client)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,14 @@ from typing import Any
 import httpx2
 import pytest
 
-from resource_server import DiscoveryFailed
-from resource_server.ssf_client import StreamConfig, TransmitterError, TransmitterMetadata, configuration_url, discover
+from deputy_client.resource import DiscoveryFailed
+from deputy_client.resource.ssf_client import (
+    StreamConfig,
+    TransmitterError,
+    TransmitterMetadata,
+    configuration_url,
+    discover,
+)
 from tests.support import JwksServer
 
 ISSUER = "https://deputy.example.com"

@@ -1,5 +1,5 @@
 """SET validation as SSF 1.0 profiles RFC 8417, on real RS256 SETs checked against a key set served on
-loopback (`resource_server.sets.SetValidator`): each refusal carries the RFC 8935 §2.4 code a receiver
+loopback (`deputy_client.resource.sets.SetValidator`): each refusal carries the RFC 8935 §2.4 code a receiver
 reports in RFC 8936 `setErrs`."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import httpx2
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from resource_server.sets import ReceivedSet, SetKeys, SetRejected, SetUnverifiable, SetValidator
-from tests.resource_server.ssf_support import (
+from deputy_client.resource.sets import ReceivedSet, SetKeys, SetRejected, SetUnverifiable, SetValidator
+from tests.client.ssf_support import (
     AUDIENCE,
     CAEP,
     CREDENTIAL_CHANGE,

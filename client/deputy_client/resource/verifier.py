@@ -2,7 +2,7 @@
 
 The verifier checks each token against the issuer's cached `jwks_uri` (RFC 8414 §2), the required scope
 (RFC 6750 §3.1), and the revocations it follows: Deputy's OpenID SSF transmitter by poll (the default,
-`resource_server.ssf`) or Deputy's native feed (`revocations="feed"`). When it cannot confirm the
+`deputy_client.resource.ssf`) or Deputy's native feed (`revocations="feed"`). When it cannot confirm the
 revocation state for longer than `max_feed_staleness`, it rejects every token.
 """
 

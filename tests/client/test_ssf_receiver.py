@@ -1,5 +1,5 @@
-"""Deputy's verifier as an SSF receiver (resource_server.ssf) against a real gateway, through a loopback proxy
-that stands where the network is (tests/resource_server/ssf_proxy.py): it records the receiver's polls and can
+"""Deputy's verifier as an SSF receiver (deputy_client.resource.ssf) against a real gateway, through a loopback proxy
+that stands where the network is (tests/client/ssf_proxy.py): it records the receiver's polls and can
 add SETs, keys and tampered verification states, as a hostile network or a broken transmitter would.
 
 Every wait is a bounded poll for the expected outcome, never a sleep taken as the assertion.
@@ -19,12 +19,12 @@ import httpx2
 import jwt
 import pytest
 
-import resource_server.ssf
+import deputy_client.resource.ssf
+from deputy_client.resource import AccessTokenVerifier, FeedStale, InvalidToken
+from deputy_client.resource.ssf import SsfReceiver
 from gateway.dev import DemoIdentities, DemoResource
-from resource_server import AccessTokenVerifier, FeedStale, InvalidToken
-from resource_server.ssf import SsfReceiver
-from tests.resource_server.ssf_proxy import TransmitterProxy, eventually
-from tests.resource_server.ssf_support import (
+from tests.client.ssf_proxy import TransmitterProxy, eventually
+from tests.client.ssf_support import (
     CREDENTIAL_CHANGE,
     STREAM_UPDATED,
     SetSigner,
@@ -344,8 +344,8 @@ def _assert(condition: bool) -> None:
 
 async def test_ssf_8_1_4_1_a_verification_with_another_state_is_invalid_state_and_never_completes_the_handshake(
         env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(resource_server.ssf, "VERIFY_RETRY_S", 0.5)
-    monkeypatch.setattr(resource_server.ssf, "START_SYNC_S", 0.5)
+    monkeypatch.setattr(deputy_client.resource.ssf, "VERIFY_RETRY_S", 0.5)
+    monkeypatch.setattr(deputy_client.resource.ssf, "START_SYNC_S", 0.5)
     token = env.mint(env.open_task())
     env.proxy.controls.rewrite_state = "not-the-receivers"
     async with running(env) as verifier:

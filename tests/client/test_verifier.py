@@ -16,15 +16,15 @@ import jwt
 import pytest
 from fastapi import Depends, FastAPI
 
-from gateway.dev import DemoIdentities, DemoResource
-from resource_server import (
+from deputy_client.resource import (
     AccessTokenVerifier,
     FeedStale,
     InsufficientScope,
     InvalidToken,
     VerifiedAccess,
 )
-from resource_server.dependency import require_scope
+from deputy_client.resource.dependency import require_scope
+from gateway.dev import DemoIdentities, DemoResource
 from tests.support import ACCESS_TOKEN, GRANT, JWT, free_port, gateway_process
 
 TXN = "urn:ietf:params:oauth:token-type:txn_token"

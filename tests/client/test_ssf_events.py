@@ -1,4 +1,4 @@
-"""What each validated SET does to the revocation state (resource_server.ssf_events, CAEP 1.0 §3.1, §3.3;
+"""What each validated SET does to the revocation state (deputy_client.resource.ssf_events, CAEP 1.0 §3.1, §3.3;
 SSF 1.0 §3.3, §3.6, §8.1.3.1), and the subject identifiers a receiver accepts (RFC 9493 §3)."""
 
 from __future__ import annotations
@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from resource_server.revocations import Cutoff, RevocationState
-from resource_server.sets import ReceivedSet, SetRejected
-from resource_server.ssf_events import Ignored, Revoke, StatusChanged, Verified, effect_of
-from resource_server.subjects import SubjectError, check_subject
-from tests.resource_server.ssf_support import (
+from deputy_client.resource.revocations import Cutoff, RevocationState
+from deputy_client.resource.sets import ReceivedSet, SetRejected
+from deputy_client.resource.ssf_events import Ignored, Revoke, StatusChanged, Verified, effect_of
+from deputy_client.resource.subjects import SubjectError, check_subject
+from tests.client.ssf_support import (
     CREDENTIAL_CHANGE,
     IDP,
     ISSUER,
