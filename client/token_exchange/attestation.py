@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
+from . import pop
 from .eat import posture_claims
 from .errors import InvalidClient, UseFreshAttestation, shown
 from .jws import (
@@ -32,9 +33,8 @@ from .jws import (
     verify_signature,
     verify_with_key,
 )
-from .keys import ASYMMETRIC_ALGORITHMS, KeySource, UnknownKey, UnsafeKey, VerificationKey, algorithm_for, bind_key
+from .keys import ASYMMETRIC_ALGORITHMS, KeySource, UnknownKey, VerificationKey
 from .rfc6749 import TokenRequest
-from .signing import thumbprint
 from .single_use import SingleUse
 
 ATTESTATION_HEADER = "oauth-client-attestation"  # §4; field names are case-insensitive (RFC 9110 §5.1)
@@ -43,14 +43,10 @@ ATTESTATION_TYP = "oauth-client-attestation+jwt"  # §4
 POP_TYP = "oauth-client-attestation-pop+jwt"  # §5.1
 AUTH_METHOD = "attest_jwt_client_auth"  # §8, §13.6
 POP_METHODS = ("attestation_pop_jwt", "none")  # §7.6, §13.5: a PoP JWT is accepted; no attestation is fine too
-POP_WINDOW_S = 60  # a PoP's `iat` may be this far in the past (§7.2 item 6)
-POP_FUTURE_S = 5  # and this far ahead, for clock skew
-MAX_JTI_CHARS = 256
 SEEN_NAMESPACE = "attestation-pop-jti"
 CHALLENGE_SCHEME = "OAuth-Client-Attestation"
 """The scheme named in the `WWW-Authenticate` of a 401 (RFC 9110 §15.5.2 requires a challenge; the draft
 registers no scheme): the field whose credential failed, so a client can tell which one to renew."""
-_PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})  # RFC 7518 §6.2.2, §6.3.2, §6.4
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +67,7 @@ class Posture:
     issued_at: int
     expires_at: int
     claims: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    key_thumbprint: str | None = field(default=None, compare=False)  # RFC 7638, of `cnf.jwk`; not for the policy
 
     def policy_view(self) -> dict[str, Any]:
         """`input.actor.posture`: `{"attester", "iat", "exp", "claims"}` (docs/policy.md)."""
@@ -125,7 +122,7 @@ class AttestationVerifier:
         attested = await self._attestation(headers[0], actor=actor, client_id=client_id, now=now)
         issued_at, jti = self._proof(headers[1], attested.key, now=now)
         value = hashlib.sha256(f"{attested.key_thumbprint}.{jti}".encode()).hexdigest()  # bounded, per instance
-        if not await self._seen.first_use(SEEN_NAMESPACE, value, expires_at=issued_at + POP_WINDOW_S + POP_FUTURE_S):
+        if not await self._seen.first_use(SEEN_NAMESPACE, value, expires_at=issued_at + pop.WINDOW_S + pop.FUTURE_S):
             raise pop_rejected("jti was already used (section 11.1: each PoP is accepted once)")
         return attested.posture
 
@@ -147,7 +144,8 @@ class AttestationVerifier:
             if "aud" in signed.claims:  # §4 needs none; RFC 7519 §4.1.3: one that is present must name us
                 check_audience(signed.claims, self._issuer)
             key, key_thumbprint = _instance_key(signed.claims, self._algorithms)
-            posture = Posture(attester.name, issued_at, expires_at, MappingProxyType(posture_claims(signed.claims)))
+            posture = Posture(attester.name, issued_at, expires_at, MappingProxyType(posture_claims(signed.claims)),
+                              key_thumbprint)
         except TokenError as exc:
             raise attestation_rejected(str(exc)) from exc
         return _Attested(posture, key, key_thumbprint)
@@ -181,15 +179,9 @@ class AttestationVerifier:
             aud = claims.get("aud")
             if aud != self._issuer and aud != [self._issuer]:  # §5.1: one audience, this issuer exactly
                 raise TokenError(f"aud is not this gateway's issuer {self._issuer}")
-            issued_at = claims.get("iat")
-            if type(issued_at) is not int:
-                raise TokenError("iat claim is required (section 5.1)")
-            if not now - POP_WINDOW_S <= issued_at <= now + POP_FUTURE_S:  # before the jti is looked up (§9.7)
-                raise TokenError(f"iat is outside the accepted window ({POP_WINDOW_S} s past, {POP_FUTURE_S} s ahead)")
+            issued_at = pop.issued_at(claims, now=now, section="5.1")  # before the jti is looked up (§9.7)
             _check_lifetime(claims, now=now)
-            jti = claims.get("jti")
-            if not isinstance(jti, str) or not 0 < len(jti) <= MAX_JTI_CHARS:
-                raise TokenError(f"jti claim is required: a string of 1 to {MAX_JTI_CHARS} characters (section 5.1)")
+            jti = pop.jti(claims, section="5.1")
         except TokenError as exc:
             raise pop_rejected(str(exc)) from exc
         return issued_at, jti
@@ -247,13 +239,4 @@ def _instance_key(claims: Mapping[str, Any], allowed: frozenset[str]) -> tuple[V
     if not isinstance(jwk, dict):
         alone = " (cnf.jkt alone is not accepted)" if isinstance(cnf, dict) and "jkt" in cnf else ""
         raise TokenError(f"cnf claim must hold the instance key as jwk{alone} (section 4)")
-    if private := sorted(_PRIVATE_MEMBERS & jwk.keys()):
-        raise TokenError(f"cnf.jwk holds private key material ({private[0]}); it must be a public key (section 7.1)")
-    algorithm = algorithm_for(jwk)
-    if algorithm not in allowed:
-        raise TokenError("cnf.jwk has no supported asymmetric signature algorithm")
-    try:
-        key = bind_key(jwk, "cnf.jwk", algorithm)
-        return key, thumbprint(jwk)
-    except (UnsafeKey, KeyError, TypeError) as exc:
-        raise TokenError(f"cnf.jwk cannot be used: {exc}") from exc
+    return pop.public_key(jwk, where="cnf.jwk", allowed=allowed)  # §7.1 item 5: a public key

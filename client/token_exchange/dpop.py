@@ -25,6 +25,7 @@ NONCE_HEADER = "DPoP-Nonce"  # §8
 TYP = "dpop+jwt"  # §4.2
 SCHEME = "DPoP"  # §7.1: `Authorization: DPoP <token>`
 TOKEN_TYPE = "DPoP"  # §5: `token_type` of a bound token
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def b64url(data: bytes) -> str:
@@ -37,9 +38,23 @@ def access_token_hash(access_token: str) -> str:
 
 
 def target_uri(url: str) -> str:
-    """§4.2 `htu`: the request URI without query and fragment, scheme and host in lower case (RFC 3986 §6.2.2)."""
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path or "/", "", ""))
+    """§4.2 `htu`: the request URI without query and fragment, scheme and host in lower case (RFC 3986
+    §6.2.2), without the scheme's default port (§6.2.3); "" for anything but an http or https URI with a host."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return ""
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if scheme not in DEFAULT_PORTS or not host:
+        return ""
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 literal
+    if port is not None and DEFAULT_PORTS.get(scheme) != port:
+        host = f"{host}:{port}"
+    userinfo = parts.netloc.rpartition("@")[0]
+    return urlunsplit((scheme, f"{userinfo}@{host}" if userinfo else host, parts.path or "/", "", ""))
 
 
 @dataclass(frozen=True, slots=True)

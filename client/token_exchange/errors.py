@@ -141,3 +141,23 @@ class UseFreshAttestation(OAuthError):
     (only `invalid_client` may be 401). The request is otherwise well formed; the client can recover."""
 
     error = "use_fresh_attestation"
+
+
+class InvalidDpopProof(OAuthError):
+    """RFC 9449 §5: the DPoP proof sent to the token endpoint is invalid (400)."""
+
+    error = "invalid_dpop_proof"
+
+
+class UseDpopNonce(OAuthError):
+    """RFC 9449 §8: the proof lacks the server's nonce, or carries one that is not (or no longer) valid;
+    400 with a fresh nonce in the `DPoP-Nonce` header, for the client to retry with."""
+
+    error = "use_dpop_nonce"
+
+    def __init__(self, description: str, *, nonce: str) -> None:
+        super().__init__(description)
+        self.nonce = nonce
+
+    def headers(self) -> dict[str, str]:
+        return {**super().headers(), "DPoP-Nonce": self.nonce}

@@ -100,10 +100,11 @@ async def verify_signature(
     return verify_with_key(token, header, key)
 
 
-def header_algorithm(header: Mapping[str, Any], *, allowed: frozenset[str]) -> str:
+def header_algorithm(header: Mapping[str, Any], *, allowed: frozenset[str], own_key: bool = False) -> str:
     """The `alg` of a header that names no key of its own choosing (`jku`, `x5u`, `x5c`, `jwk`: RFC 8725
-    §3.10) and no extension (`crit`), from the verifier's allow-list (§3.1), never `none`."""
-    if forbidden := sorted(_FORBIDDEN_HEADERS & header.keys()):
+    §3.10) and no extension (`crit`), from the verifier's allow-list (§3.1), never `none`. `own_key`: a
+    proof of possession (RFC 9449 §4.2) carries its key as `jwk`, and is checked against it by the caller."""
+    if forbidden := sorted(_FORBIDDEN_HEADERS.difference(("jwk",) if own_key else ()) & header.keys()):
         raise TokenError(f"header parameter {forbidden[0]} is not accepted")
     alg = header.get("alg")
     if not isinstance(alg, str):  # a list or object `alg` is unhashable
