@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from token_exchange.actors import ActorRef
+from token_exchange.dpop import TOKEN_TYPE as DPOP_TOKEN_TYPE
 from token_exchange.errors import InvalidRequest, OAuthError, UnauthorizedClient
 from token_exchange.jws import TokenError
 from token_exchange.rfc9068 import ACCESS_TOKEN_JWT_TYPE
@@ -19,7 +20,7 @@ from .store import FeedPage, RevocationFeed, TaskEnding
 from .tasks import COMPLETED, USER, Revocation
 
 INACTIVE: dict[str, Any] = {"active": False}
-_INTROSPECTED = ("scope", "client_id", "sub", "aud", "iss", "exp", "iat", "jti", "act", "txn")
+_INTROSPECTED = ("scope", "client_id", "sub", "aud", "iss", "exp", "iat", "jti", "act", "txn", "cnf")
 
 
 class LifecycleStore(TaskEnding, RevocationFeed, Protocol):
@@ -93,7 +94,8 @@ class TaskLifecycle:
         record, revoked, task = found
         if revoked or (record.task_id is not None and (task is None or task.ended(now))):
             return INACTIVE  # a task purged after it ended counts as ended
-        return {"active": True, "token_type": "Bearer", **{k: claims[k] for k in _INTROSPECTED if k in claims}}
+        token_type = DPOP_TOKEN_TYPE if "cnf" in claims else "Bearer"  # RFC 9449 §6.2: `cnf.jkt` as minted
+        return {"active": True, "token_type": token_type, **{k: claims[k] for k in _INTROSPECTED if k in claims}}
 
     async def feed(self, caller: str, *, since: int, limit: int) -> FeedPage:
         """The revocation feed as `caller` may see it: like introspection, only about the tokens and tasks

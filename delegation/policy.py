@@ -119,7 +119,7 @@ class PolicyInput:
             "subject": _subject(task, subject),
             "actor": _actor(actor),
             "request": {"scope": request.scope.sorted(), "audience": audiences[0], "audiences": list(audiences),
-                        "requested_token_type": request.requested_token_type},
+                        "requested_token_type": request.requested_token_type, "dpop_bound": actor.dpop_jkt is not None},
             "now": now,
         }
         if action == "exchange" and subject is None:

@@ -16,6 +16,7 @@ class Resource:
     scopes: Scope
     max_ttl: int
     clients: frozenset[str] = frozenset()
+    require_dpop: bool = False  # RFC 9449 §5.2, per resource: only DPoP-bound access tokens are issued for it
 
 
 class Resources:

@@ -17,6 +17,8 @@ from starlette.types import Receive, Scope, Send
 
 from delegation.observe import Observer
 from delegation.records import StoreError
+from token_exchange.dpop import HEADER as DPOP_HEADER
+from token_exchange.dpop import NONCE_HEADER as DPOP_NONCE_HEADER
 from token_exchange.errors import InvalidClient, OAuthError, TemporarilyUnavailable, error_description
 from token_exchange.rfc6749 import TokenRequest
 
@@ -118,6 +120,9 @@ async def token(request: Request) -> JSONResponse:
     headers = tuple((name.decode("latin-1"), value.decode("latin-1")) for name, value in request.scope["headers"])
     received = TokenRequest(tuple(pairs), headers, request.method, str(request.url))
     response = await endpoint.handle(received, now=now)
+    nonces = deputy(request).dpop.nonces
+    if nonces is not None and DPOP_HEADER in request.headers:  # RFC 9449 §8.2: the next nonce, on a 200 too
+        return JSONResponse(response.body(), headers={**NO_STORE, DPOP_NONCE_HEADER: nonces.issue(now)})
     return JSONResponse(response.body(), headers=NO_STORE)
 
 

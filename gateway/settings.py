@@ -150,6 +150,14 @@ class ResourceSettings:
     scopes: tuple[str, ...]
     max_ttl: int
     clients: tuple[str, ...] = ()
+    require_dpop: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DpopSettings:
+    """`[dpop]`: RFC 9449 at the token endpoint; `nonces`: every proof must carry a server nonce (§8)."""
+
+    nonces: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +180,7 @@ class Settings:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     keys: KeySettings = field(default_factory=KeySettings)
     ssf: SsfSettings = field(default_factory=SsfSettings)
+    dpop: DpopSettings = field(default_factory=DpopSettings)
 
 
 def load_settings(path: Path | None, *, listen: str | None = None) -> Settings:
@@ -218,6 +227,7 @@ def parse_settings(document: dict[str, Any], *, base: Path) -> Settings:
     workloads = tuple(_workload_issuer(s, issuer) for s in t.tables("workload_issuers"))
     metrics = _metrics(t.table("metrics"), (host, port))
     ssf = _ssf(t.table("ssf"), tasks)
+    dpop = _dpop(t.table("dpop"))
     t.done()
     _unique("subject_issuers", [s.issuer for s in issuers], "issuer")
     _unique("trust_domains", [d.name for d in domains], "name")
@@ -231,13 +241,13 @@ def parse_settings(document: dict[str, Any], *, base: Path) -> Settings:
     if any(r.audience == issuer for r in resources):
         raise ConfigError("resources: no resource audience may equal the gateway issuer (task tokens use it)")
     return Settings(issuer, host, port, state_dir, store_url, tokens, policy, issuers, domains, resources, tasks,
-                    admin, audit, attesters, workloads, metrics, keys, ssf)
+                    admin, audit, attesters, workloads, metrics, keys, ssf, dpop)
 
 
 KNOWN_KEYS: dict[str, frozenset[str]] = {
     "": frozenset({"issuer", "listen", "state_dir", "tokens", "store", "policy", "subject_issuers", "trust_domains",
                    "resources", "tasks", "admin", "audit", "attesters", "workload_issuers", "metrics",
-                   "keys", "ssf"}),
+                   "keys", "ssf", "dpop"}),
     "audit": frozenset({"retention", "export", "export_dir", "decision_log"}),
     "tokens": frozenset({"signing_alg", "default_ttl", "max_ttl"}),
     "store": frozenset({"url"}),
@@ -250,7 +260,8 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
                       "push_to_private_addresses"}),
     "subject_issuers": frozenset({"issuer", "jwks_file", "jwks_uri", "audience"}),
     "trust_domains": frozenset({"name", "bundle_file", "bundle_uri"}),
-    "resources": frozenset({"audience", "scopes", "max_ttl", "clients"}),
+    "resources": frozenset({"audience", "scopes", "max_ttl", "clients", "require_dpop"}),
+    "dpop": frozenset({"nonces"}),
     "tasks": frozenset({"default_ttl", "max_ttl", "retention", "sweep_every"}),
     "admin": frozenset({"claim", "value", "spiffe_ids"}),
 }
@@ -416,8 +427,15 @@ def _resource(t: _Table, tokens: TokenSettings) -> ResourceSettings:
         raise ConfigError(f"{t.key('scopes')}: must be a non-empty list of distinct RFC 6749 scope tokens")
     max_ttl = t.positive("max_ttl", tokens.max_ttl)
     clients = _spiffe_ids(t, "clients")
+    require_dpop = t.take("require_dpop", bool, False)
     t.done()
-    return ResourceSettings(audience, tuple(scopes), max_ttl, clients)
+    return ResourceSettings(audience, tuple(scopes), max_ttl, clients, require_dpop)
+
+
+def _dpop(t: _Table) -> DpopSettings:
+    nonces = t.take("nonces", bool, False)
+    t.done()
+    return DpopSettings(nonces)
 
 
 def _tasks(t: _Table) -> TaskSettings:

@@ -28,12 +28,14 @@ from token_exchange.actors import WorkloadVerifiers
 from token_exchange.attestation import AUTH_METHOD as ATTESTATION_AUTH_METHOD
 from token_exchange.attestation import AttestationVerifier, Attester
 from token_exchange.attestation import metadata as attestation_metadata
+from token_exchange.dpop_nonces import DpopNonces
+from token_exchange.dpop_token import TokenEndpointDpop
 from token_exchange.keys import ASYMMETRIC_ALGORITHMS, KeySource, RemoteKeys, StaticKeys, parse_key_set, read_key_set
 from token_exchange.oidc_discovery import DiscoveredKeys, is_loopback
-from token_exchange.rfc8414 import metadata
+from token_exchange.rfc8414 import metadata, origin
 from token_exchange.rfc8935 import Pusher
 from token_exchange.scope import Scope
-from token_exchange.signing import SIGNING_ALGORITHMS
+from token_exchange.signing import SIGNING_ALGORITHMS, SigningKey
 from token_exchange.single_use import SingleUse
 from token_exchange.spiffe import SVID_ALGORITHMS, JwtSvidVerifier
 from token_exchange.txn_tokens import OwnTokenVerifier
@@ -140,6 +142,7 @@ class Deputy:
     policy: PolicyEngine
     observer: Observer
     ssf: Transmitter
+    dpop: TokenEndpointDpop
 
 
 class KeySources:
@@ -192,13 +195,24 @@ def attestation(settings: Settings, sources: KeySources, seen: SingleUse) -> Att
     return AttestationVerifier(attesters, issuer=settings.issuer, seen=seen)
 
 
+def dpop(settings: Settings, keys: LiveKeys, seen: SingleUse) -> TokenEndpointDpop:
+    """DPoP at `/token` (RFC 9449 §5); with `[dpop] nonces`, nonces keyed by the token signing keys every
+    replica shares (`dpop_nonces`), the current ring's read on each use so a rotation is followed."""
+    def signing_keys() -> list[SigningKey]:
+        pair = keys.ring.tokens
+        return [pair.current] + ([pair.previous] if pair.previous else [])
+
+    nonces = DpopNonces(signing_keys, issuer=settings.issuer) if settings.dpop.nonces else None
+    return TokenEndpointDpop(token_url=origin(settings.issuer) + "/token", seen=seen, nonces=nonces)
+
+
 def discovery(settings: Settings, resources: Resources, endpoint: TokenEndpoint) -> dict[str, Any]:
-    """The RFC 8414 metadata document; with attesters, the client attestation members too (draft-ietf-oauth-
-    attestation-based-client-auth-10 §8)."""
+    """The RFC 8414 metadata document, with `dpop_signing_alg_values_supported` (RFC 9449 §5.1); with
+    attesters, the client attestation members too (draft-ietf-oauth-attestation-based-client-auth-10 §8)."""
     endpoints = {"revocation_endpoint": "/revoke", "introspection_endpoint": "/introspect"}
-    methods, extensions = ["none"], dict[str, Any]()
+    methods, extensions = ["none"], {"dpop_signing_alg_values_supported": sorted(ASYMMETRIC_ALGORITHMS)}
     if settings.attesters:
-        methods, extensions = ["none", ATTESTATION_AUTH_METHOD], attestation_metadata()
+        methods, extensions = ["none", ATTESTATION_AUTH_METHOD], {**extensions, **attestation_metadata()}
     return metadata(settings.issuer, endpoints=endpoints, scopes=resources.all_scopes(),
                     grant_types=endpoint.grant_types, token_auth_methods=methods, extensions=extensions)
 
@@ -210,20 +224,21 @@ def assemble(prepared: Prepared, keys: LiveKeys, store: Store, sources: KeySourc
     observer = observer or NoObserver()
     settings = prepared.settings
     actors, users = verifiers(settings, sources)
-    resources = Resources(Resource(r.audience, Scope(frozenset(r.scopes)), r.max_ttl, frozenset(r.clients))
-                          for r in settings.resources)
+    resources = Resources(Resource(r.audience, Scope(frozenset(r.scopes)), r.max_ttl, frozenset(r.clients),
+                                   r.require_dpop) for r in settings.resources)
     own_tokens = OwnTokenVerifier(keys.own_keys, issuer=settings.issuer, allowed=frozenset(SIGNING_ALGORITHMS))
     lifetimes = Lifetimes(settings.tokens.default_ttl, settings.tokens.max_ttl, settings.tasks.default_ttl,
                           settings.tasks.max_ttl)
+    proofs = dpop(settings, keys, store)
     steps = ExchangeSteps(actors, users, own_tokens, resources, prepared.policy, keys.signer, store, lifetimes,
-                          observer, attestation(settings, sources, store))
+                          observer, attestation(settings, sources, store), proofs)
     endpoint = TokenEndpoint([token_exchange_grant(steps)], audit=store, policy=prepared.policy, observer=observer)
     admins = AdminRule(settings.admin.claim, settings.admin.value, frozenset(settings.admin.spiffe_ids))
     callers = Callers(actors=actors, users=users, credentials=store, resources=resources, admins=admins)
     document = discovery(settings, resources, endpoint)
     lifecycle = TaskLifecycle(store=store, own_tokens=own_tokens, resources=resources, observer=observer)
     return Deputy(settings, endpoint, lifecycle, callers, keys, document, store, prepared.policy, observer,
-                  transmitter(settings, store, keys, resources, sources.client))
+                  transmitter(settings, store, keys, resources, sources.client), proofs)
 
 
 def transmitter(settings: Settings, store: Store, keys: LiveKeys, resources: Resources,

@@ -34,8 +34,9 @@ class ActorRef:
 
 @dataclass(frozen=True, slots=True)
 class VerifiedActor:
-    """An agent whose workload identity token was verified, and the posture its instance attested in this
-    request, if it sent an attestation (`attestation.AttestationVerifier`)."""
+    """An agent whose workload identity token was verified, the posture its instance attested in this
+    request, if it sent an attestation (`attestation.AttestationVerifier`), and the thumbprint of the key
+    its DPoP proof proved, if it sent one (`dpop_token.TokenEndpointDpop`)."""
 
     id: str
     kind: ActorKind
@@ -43,6 +44,7 @@ class VerifiedActor:
     expires_at: int
     claims: Mapping[str, Any] = field(compare=False, default_factory=lambda: MappingProxyType({}))
     posture: Posture | None = field(compare=False, default=None)
+    dpop_jkt: str | None = field(compare=False, default=None)  # RFC 9449: the key this request's proof proved
 
     @property
     def ref(self) -> ActorRef:

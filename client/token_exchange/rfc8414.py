@@ -12,8 +12,7 @@ def metadata(issuer: str, *, endpoints: dict[str, str], scopes: list[str], grant
     """The metadata document (§2). Empty arrays are omitted (§3.2), so `response_types_supported`,
     REQUIRED by §2 but empty for a server with no authorization endpoint, is left out. `extensions` adds
     the members of extensions Deputy serves (client attestation's, §2: additional metadata MAY appear)."""
-    scheme, _, rest = issuer.partition("://")
-    base = f"{scheme}://{rest.partition('/')[0]}"  # served at the origin's root, as the metadata is (§3.1)
+    base = origin(issuer)  # served at the origin's root, as the metadata is (§3.1)
     document: dict[str, Any] = {
         "issuer": issuer,
         "token_endpoint": base + "/token",
@@ -27,6 +26,12 @@ def metadata(issuer: str, *, endpoints: dict[str, str], scopes: list[str], grant
         **(extensions or {}),
     }
     return {k: v for k, v in document.items() if v != []}
+
+
+def origin(issuer: str) -> str:
+    """The issuer's scheme and authority: Deputy's endpoints hang off its root (`origin + "/token"`)."""
+    scheme, _, rest = issuer.partition("://")
+    return f"{scheme}://{rest.partition('/')[0]}"
 
 
 def metadata_url(issuer: str) -> str:

@@ -22,7 +22,7 @@ class OneShotAccess(ExchangeFlow):
         actor = await steps.actor(ctx)
         user = await steps.user(ctx)
         presented = await steps.credentials(actor, user)
-        resource = steps.resource(req.single_target())
+        resource = steps.resource(req.single_target(), actor)
         wanted = narrowed(req.scope & user.scope & resource.scopes, "held by the user and offered by the resource")
         task = Task.new_root(agent=actor.ref, user_issuer=user.issuer, user_subject=user.subject, scope=user.scope,
                              audiences=(), context=TaskContext(), created_at=ctx.now, deadline=user.expires_at,
@@ -30,4 +30,5 @@ class OneShotAccess(ExchangeFlow):
         query = PolicyInput.build("exchange", task=task, subject=user, actor=actor, request=req,
                                   audiences=[resource.audience], now=ctx.now)
         decision = await steps.decide(query, ctx)
-        return await steps.issue_access(task, resource, granted(decision, wanted), decision, ctx, presented)
+        return await steps.issue_access(task, resource, granted(decision, wanted), decision, ctx, presented,
+                                       bound_to=actor.dpop_jkt)

@@ -15,6 +15,8 @@ from typing import ClassVar, TypeVar
 
 from token_exchange.actors import ActorVerifier, VerifiedActor, actor_claim
 from token_exchange.attestation import AttestationVerifier
+from token_exchange.dpop import TOKEN_TYPE as DPOP_TOKEN_TYPE
+from token_exchange.dpop_token import TokenEndpointDpop
 from token_exchange.errors import (
     POLICY_ERRORS,
     InvalidRequest,
@@ -70,6 +72,7 @@ class ExchangeSteps:
     lifetimes: Lifetimes
     observer: Observer = field(default_factory=NoObserver)
     attestation: AttestationVerifier | None = None  # None: no attester configured, attestation headers ignored
+    dpop: TokenEndpointDpop | None = None  # None: DPoP headers ignored, every token is a Bearer token
 
     async def actor(self, ctx: FlowContext) -> VerifiedActor:
         """The agent, by its workload identity token; a `client_id`, if sent, must name it; with the posture
@@ -81,7 +84,7 @@ class ExchangeSteps:
         ctx.audit.agent, ctx.audit.agent_domain = actor.id, actor.domain
         if ctx.exchange.client_id is not None and ctx.exchange.client_id != actor.id:
             raise UnauthorizedClient("client_id does not match the actor_token's workload")
-        return await self.attested(actor, ctx)
+        return await self.proven(await self.attested(actor, ctx), ctx)
 
     async def attested(self, actor: VerifiedActor, ctx: FlowContext) -> VerifiedActor:
         """draft-ietf-oauth-attestation-based-client-auth-10 §7.6: the attestation headers, when sent, are
@@ -92,6 +95,15 @@ class ExchangeSteps:
                                                            client_id=ctx.exchange.client_id, now=ctx.now),
                                    "first_use")
         return actor if posture is None else replace(actor, posture=posture)
+
+    async def proven(self, actor: VerifiedActor, ctx: FlowContext) -> VerifiedActor:
+        """RFC 9449 §5: the request's DPoP proof, when sent, names the key the access token is bound to;
+        with an attestation, that key must be the attested instance key (`cnf.jwk`)."""
+        if self.dpop is None:
+            return actor
+        attested = actor.posture.key_thumbprint if actor.posture is not None else None
+        jkt = await self.store(self.dpop.verify(ctx.request, now=ctx.now, attested=attested), "first_use")
+        return actor if jkt is None else replace(actor, dpop_jkt=jkt)
 
     async def user(self, ctx: FlowContext) -> VerifiedSubject:
         """The user, by their token from a configured identity provider."""
@@ -126,8 +138,16 @@ class ExchangeSteps:
         await self.store(check_credentials(self.records, presented), "cutoffs")
         return presented
 
-    def resource(self, target: Target) -> Resource:
-        return self.resources.resolve(target)
+    def resource(self, target: Target, actor: VerifiedActor) -> Resource:
+        """The resource an access token is asked for; one with `require_dpop` only for a DPoP-bound request.
+
+        A missing proof is `invalid_request` (RFC 6749 §5.2: a required parameter is missing), not
+        `invalid_dpop_proof`, which RFC 9449 §5 keeps for a proof that was sent and is invalid."""
+        resource = self.resources.resolve(target)
+        if resource.require_dpop and actor.dpop_jkt is None:
+            raise InvalidRequest("this resource requires DPoP-bound tokens: send a DPoP proof with the request "
+                                 "(RFC 9449 section 5)")
+        return resource
 
     def task_resources(self, exchange: ExchangeRequest) -> list[Resource]:
         if not exchange.targets:
@@ -162,9 +182,9 @@ class ExchangeSteps:
         return decision
 
     async def issue_access(self, task: Task, resource: Resource, scope: Scope, decision: Decision,
-                           ctx: FlowContext, presented: Presented) -> TokenResponse:
+                           ctx: FlowContext, presented: Presented, *, bound_to: str | None = None) -> TokenResponse:
         """Sign and record one access token for `resource` within `task` (an implicit task is recorded with
-        it and ends with it)."""
+        it and ends with it); `bound_to`, a DPoP key's thumbprint, binds it as `cnf.jkt` (RFC 9449 §6.1)."""
         now = ctx.now
         ttl = min(decision.ttl or self.lifetimes.default_ttl, resource.max_ttl, self.lifetimes.max_ttl,
                   task.deadline - now)
@@ -173,7 +193,8 @@ class ExchangeSteps:
         self._require_sync()
         claims = access_token_claims(Grant(resource.audience, scope, ttl), subject=task.user_subject,
                                      actor=actor_claim(task.chain), now=now)
-        token = self.signer.sign({**claims, "txn": task.id}, typ=ACCESS_TOKEN_JWT_TYPE)
+        bound = {"cnf": {"jkt": bound_to}} if bound_to is not None else {}
+        token = self.signer.sign({**claims, "txn": task.id, **bound}, typ=ACCESS_TOKEN_JWT_TYPE)
         record = IssuedTokenRecord(
             jti=token.jti, user_issuer=task.user_issuer, user_subject=task.user_subject, agent=task.agent.id,
             audience=resource.audience, scope=str(scope), issued_at=now, expires_at=token.expires_at,
@@ -184,7 +205,8 @@ class ExchangeSteps:
         await self.store(self.records.record_grant(record, event, presented=presented,
                                                    task=created if task.implicit else None), "record_grant")
         self._granted(event)
-        return TokenResponse(token.token, ACCESS_TOKEN_TYPE, "Bearer", ttl, scope, (("task_id", task.id),))
+        token_type = DPOP_TOKEN_TYPE if bound_to is not None else "Bearer"  # RFC 9449 §5
+        return TokenResponse(token.token, ACCESS_TOKEN_TYPE, token_type, ttl, scope, (("task_id", task.id),))
 
     async def issue_task(self, task: Task, scope: Scope, decision: Decision, ctx: FlowContext,
                          presented: Presented, *, subject_expires_at: int | None = None) -> TokenResponse:

@@ -22,11 +22,12 @@ class TaskAccess(ExchangeFlow):
         task = await steps.live_task(ctx)
         if task.agent != actor.ref:  # transaction tokens §13.12: a task token authenticates nobody
             raise InvalidRequest("subject_token rejected: the task belongs to another agent")
-        resource = steps.resource(req.single_target())
+        resource = steps.resource(req.single_target(), actor)
         if resource.audience not in task.audiences:
             raise InvalidTarget("the task does not include this resource")
         wanted = narrowed(req.scope & task.scope & resource.scopes, "within the task and offered by the resource")
         query = PolicyInput.build("exchange", task=task, subject=None, actor=actor, request=req,
                                   audiences=[resource.audience], now=ctx.now)
         decision = await steps.decide(query, ctx)
-        return await steps.issue_access(task, resource, granted(decision, wanted), decision, ctx, presented)
+        return await steps.issue_access(task, resource, granted(decision, wanted), decision, ctx, presented,
+                                       bound_to=actor.dpop_jkt)
