@@ -4,7 +4,17 @@ Depends on the protocol core (`token_exchange`) only, never on the gateway, so i
 servers on its own. `deputy_client.resource.dependency` adds a FastAPI dependency.
 """
 
-from .errors import BearerTokenError, DiscoveryFailed, FeedStale, InsufficientScope, InvalidToken
+from .errors import (
+    BearerTokenError,
+    DiscoveryFailed,
+    FeedStale,
+    InsufficientScope,
+    InvalidDpopProof,
+    InvalidToken,
+    MalformedRequest,
+    NoCredentials,
+    www_authenticate,
+)
 from .verifier import AccessTokenVerifier, VerifiedAccess, required_scope_of
 
 __all__ = [
@@ -13,7 +23,11 @@ __all__ = [
     "DiscoveryFailed",
     "FeedStale",
     "InsufficientScope",
+    "InvalidDpopProof",
     "InvalidToken",
+    "MalformedRequest",
+    "NoCredentials",
     "VerifiedAccess",
     "required_scope_of",
+    "www_authenticate",
 ]
