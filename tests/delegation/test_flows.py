@@ -836,7 +836,7 @@ async def test_deputy_policy_input_for_a_one_shot_exchange(world: World) -> None
     document = world.last_query()
     assert document["action"] == "exchange" and "task" not in document
     assert document["request"] == {"scope": ["mail.read", "mail.send"], "audience": MAIL, "audiences": [MAIL],
-                                   "requested_token_type": ACCESS_TOKEN_TYPE}
+                                   "requested_token_type": ACCESS_TOKEN_TYPE, "dpop_bound": False}
     assert document["subject"]["scope"] == ["calendar.read", "files.read", "mail.read", "mail.send"]
     assert document["subject"]["claims"]["may_act"] == {"sub": AGENT}
 
