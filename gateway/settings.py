@@ -227,7 +227,6 @@ def parse_settings(document: dict[str, Any], *, base: Path) -> Settings:
     workloads = tuple(_workload_issuer(s, issuer) for s in t.tables("workload_issuers"))
     metrics = _metrics(t.table("metrics"), (host, port))
     ssf = _ssf(t.table("ssf"), tasks)
-    dpop = _dpop(t.table("dpop"))
     t.done()
     _unique("subject_issuers", [s.issuer for s in issuers], "issuer")
     _unique("trust_domains", [d.name for d in domains], "name")
@@ -241,7 +240,7 @@ def parse_settings(document: dict[str, Any], *, base: Path) -> Settings:
     if any(r.audience == issuer for r in resources):
         raise ConfigError("resources: no resource audience may equal the gateway issuer (task tokens use it)")
     return Settings(issuer, host, port, state_dir, store_url, tokens, policy, issuers, domains, resources, tasks,
-                    admin, audit, attesters, workloads, metrics, keys, ssf, dpop)
+                    admin, audit, attesters, workloads, metrics, keys, ssf, _dpop(t.table("dpop")))
 
 
 KNOWN_KEYS: dict[str, frozenset[str]] = {

@@ -108,3 +108,24 @@ def test_issue9_ssf_defaults_and_an_inactivity_timeout_that_follows_a_shorter_re
     assert parse_settings({"tasks": {"retention": 7200}}, base=tmp_path).ssf.inactivity_timeout == 7200
     assert parse_settings({"ssf": {"min_verification_interval": 0, "poll_timeout": 30}}, base=tmp_path).ssf == (
         replace(ssf, min_verification_interval=0, poll_timeout=30))
+
+
+RESOURCE = {"audience": "https://mail.example.com", "scopes": ["mail.read"]}
+
+
+@pytest.mark.parametrize(("document", "message"), [
+    ({"resources": [{**RESOURCE, "require_dpop": "yes"}]}, "resources[0].require_dpop: must be a boolean"),
+    ({"dpop": {"nonces": 1}}, "dpop.nonces: must be a boolean"),
+    ({"dpop": {"nonce": True}}, "dpop.nonce: unknown key"),
+])
+def test_issue10_dpop_settings_are_checked(document: dict[str, Any], message: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse_settings(document, base=tmp_path)
+
+
+def test_issue10_dpop_is_off_by_default_and_switched_on_per_key(tmp_path: Path) -> None:
+    defaults = parse_settings({"resources": [RESOURCE]}, base=tmp_path)
+    assert (defaults.dpop.nonces, defaults.resources[0].require_dpop) == (False, False)
+    settings = parse_settings({"resources": [{**RESOURCE, "require_dpop": True}], "dpop": {"nonces": True}},
+                              base=tmp_path)
+    assert (settings.dpop.nonces, settings.resources[0].require_dpop) == (True, True)
