@@ -21,8 +21,9 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.conftest import MAIL_AGENT, POLICY_DATA, Deployment, Probe, deployed
-from tests.support import compact, hmac_signer, signer_for
+from tests.conftest import MAIL_AGENT, POLICY_DATA, Deployment, Probe, deployed, running
+from tests.gateway.test_posture import posture_setup
+from tests.support import AgentInstance, compact, hmac_signer, signer_for
 from token_exchange.dpop import DpopKey
 from token_exchange.dpop_nonces import PERIOD_S, DpopNonces
 from token_exchange.signing import SigningKey
@@ -251,3 +252,30 @@ def test_rfc9449_8_a_bad_proof_is_invalid_before_its_nonce_is_looked_at(nonce_gw
 def test_rfc9449_8_without_nonces_switched_on_no_nonce_is_given(gw: DpopGateway) -> None:
     response = gw.exchange(gw.proof())
     assert response.status_code == 200 and "dpop-nonce" not in response.headers
+
+
+# --- With a client attestation (the posture issue) ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def attested(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Deployment, AgentInstance]]:
+    setup, mail, _ = posture_setup(tmp_path_factory.mktemp("dpop-attested"))
+    try:
+        with running(setup) as deployment:
+            yield deployment, mail
+    finally:
+        setup.jwks_server.close()
+
+
+def test_rfc9449_5_with_an_attestation_the_proof_key_must_be_the_attested_instance_key(
+        attested: tuple[Deployment, AgentInstance]) -> None:
+    d, mail = attested
+    url = d.issuer + "/token"
+    same = d.client.post("/token", data=d.exchange_form(),
+                         headers={**mail.headers(), "DPoP": DpopKey(mail.key).proof("POST", url)})
+    assert (same.status_code, same.json()["token_type"]) == (200, "DPoP"), same.text
+    assert claims_of(same.json()["access_token"])["cnf"] == {"jkt": mail.key.kid}
+    probe = Probe(d, d.issued_count(), len(d.audit()))
+    other = d.client.post("/token", data=d.exchange_form(),
+                          headers={**mail.headers(), "DPoP": DpopKey().proof("POST", url)})
+    refused_and_audited(probe, other, "invalid_dpop_proof", "not the attested instance key (cnf.jwk)")
