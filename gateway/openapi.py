@@ -53,7 +53,7 @@ class TokenBody(Body):
 
     access_token: str
     issued_token_type: str
-    token_type: str = Field(description="Bearer for access tokens, N_A for task tokens.")
+    token_type: str = Field(description="Bearer for access tokens, DPoP for DPoP-bound ones, N_A for task tokens.")
     expires_in: int
     scope: str
     task_id: str
@@ -86,6 +86,7 @@ class IntrospectionBody(BaseModel):
     jti: str | None = None
     act: dict[str, Any] | None = None
     txn: str | None = None
+    cnf: dict[str, str] | None = Field(default=None, description="RFC 9449 section 6.2: a DPoP-bound token's jkt.")
 
 
 class TaskEndedBody(Body):
@@ -315,8 +316,12 @@ ATTESTATION_HEADERS = [
     {"name": "OAuth-Client-Attestation-PoP", "in": "header", "required": False, "schema": {"type": "string"},
      "description": "Its proof of possession (typ oauth-client-attestation-pop+jwt), signed with the attested "
                     "instance key, aud the gateway's issuer, a fresh iat and a jti used once (section 5.1)."},
+    {"name": "DPoP", "in": "header", "required": False, "schema": {"type": "string"},
+     "description": "A DPoP proof (RFC 9449 section 4.2) for POST to the metadata's token_endpoint: the access "
+                    "token is then bound to its key (cnf.jkt) and token_type is DPoP."},
 ]
-"""The token endpoint's optional header fields (only read when `[[attesters]]` are configured)."""
+"""The token endpoint's optional header fields (the attestation ones only read when `[[attesters]]` are
+configured)."""
 
 
 _NESTED: dict[str, Any] = {}

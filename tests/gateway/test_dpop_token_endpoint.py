@@ -21,6 +21,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from gateway.openapi import IntrospectionBody
 from tests.conftest import MAIL_AGENT, POLICY_DATA, Deployment, Probe, deployed, running
 from tests.gateway.test_posture import posture_setup
 from tests.support import AgentInstance, compact, hmac_signer, signer_for
@@ -129,6 +130,7 @@ def test_rfc9449_6_2_introspection_returns_cnf_and_token_type_dpop(gw: DpopGatew
                                 headers={"Authorization": f"Bearer {gw.d.svid('/rs/secure')}"})
     body = response.json()
     assert (body["active"], body["token_type"], body["cnf"]) == (True, "DPoP", {"jkt": gw.key.jkt})
+    IntrospectionBody.model_validate(body)  # extra="forbid": the OpenAPI document describes cnf too
 
 
 def test_rfc9449_5_2_require_dpop_refuses_an_exchange_without_a_proof(gw: DpopGateway, probe: Probe) -> None:
