@@ -201,6 +201,8 @@ async def test_rfc6750_3_1_no_credentials_and_insufficient_scope(env: Env, verif
                                                                  token: str) -> None:
     with pytest.raises(NoCredentials):
         await call(verifier, [], [])
+    with pytest.raises(NoCredentials):  # RFC 6750 section 3.1: another scheme is no attempt at these
+        await call(verifier, [f"Basic {token}"], [])
     with pytest.raises(InsufficientScope) as caught:
         await call(verifier, [f"DPoP {token}"], [env.key.proof("GET", URL, access_token=token)], scope="mail.send")
     assert caught.value.scheme == "DPoP"

@@ -21,8 +21,9 @@ _TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 9110 §11.2
 
 def credentials(authorization: Sequence[str]) -> tuple[str, str]:
     """(scheme, token) of the request's one Authorization header, the scheme as "Bearer" or "DPoP" (scheme
-    names are case-insensitive, RFC 9110 §11.1). Raises `NoCredentials`, or `MalformedRequest` for two
-    headers (credentials sent two ways), another scheme, or a token that is not token68."""
+    names are case-insensitive, RFC 9110 §11.1). Raises `NoCredentials` without credentials of either
+    scheme (RFC 6750 §3.1: another scheme is no attempt at these), or `MalformedRequest` for two headers
+    (credentials sent two ways) or a token that is not token68."""
     if not authorization:
         raise NoCredentials("an access token is required")
     if len(authorization) > 1:
@@ -31,7 +32,7 @@ def credentials(authorization: Sequence[str]) -> tuple[str, str]:
     scheme, _, token = authorization[0].strip().partition(" ")
     named = {BEARER_SCHEME.lower(): BEARER_SCHEME, DPOP_SCHEME.lower(): DPOP_SCHEME}.get(scheme.lower())
     if named is None:
-        raise MalformedRequest("the Authorization scheme must be Bearer or DPoP")
+        raise NoCredentials("an access token is required, with the Bearer or DPoP scheme")
     token = token.strip()
     if not _TOKEN68.fullmatch(token):
         raise MalformedRequest(f"the {named} credentials are not one token (token68)", scheme=named)
