@@ -52,7 +52,7 @@ def build_app(prepared: Prepared, observer: Observer | None = None) -> TokenFast
     # POST /token is served by TokenFastPath; the route is FastAPI's too, for other methods' 405 and the
     # OpenAPI document.
     app.add_api_route("/token", token, methods=["POST"], **openapi.documented(
-        openapi.TokenBody, form_body=openapi.TokenForm, bearer=False, headers=openapi.ATTESTATION_HEADERS,
+        openapi.TokenBody, form_body=openapi.TokenForm, bearer=False, headers=openapi.TOKEN_HEADERS,
         summary="RFC 8693 token exchange: one-shot access tokens, tasks, tokens within a task, delegation"))
     app.router.routes.insert(0, app.router.routes.pop())
     openapi.install(app)

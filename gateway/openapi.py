@@ -309,7 +309,7 @@ BEARER_SCHEME = {
 }
 
 
-ATTESTATION_HEADERS = [
+TOKEN_HEADERS = [
     {"name": "OAuth-Client-Attestation", "in": "header", "required": False, "schema": {"type": "string"},
      "description": "A client attestation JWT (typ oauth-client-attestation+jwt) from a configured attester: "
                     "the agent instance's posture (draft-ietf-oauth-attestation-based-client-auth-10 section 4)."},

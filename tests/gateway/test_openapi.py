@@ -102,8 +102,9 @@ def test_openapi_real_answers_validate_against_the_documented_bodies(env: Env, d
     openapi.OAuthErrorBody.model_validate(refused.json())
 
 
-def test_openapi_token_documents_the_client_attestation_header_fields(document: dict[str, Any]) -> None:
-    """draft-ietf-oauth-attestation-based-client-auth-10 §13.8: the two header fields /token reads."""
+def test_openapi_token_documents_the_attestation_and_dpop_header_fields(document: dict[str, Any]) -> None:
+    """draft-ietf-oauth-attestation-based-client-auth-10 §13.8 and RFC 9449 §4.1: the header fields /token reads."""
     parameters = document["paths"]["/token"]["post"]["parameters"]
     assert {(p["name"], p["in"], p["required"]) for p in parameters} == {
-        ("OAuth-Client-Attestation", "header", False), ("OAuth-Client-Attestation-PoP", "header", False)}
+        ("OAuth-Client-Attestation", "header", False), ("OAuth-Client-Attestation-PoP", "header", False),
+        ("DPoP", "header", False)}
