@@ -10,15 +10,8 @@ import httpx2
 import pytest
 
 from deputy_client import DeputyClient, InvalidRequest, OAuthError, UnknownOAuthError
-from tests.client.sdk_support import HELPER, SHORT, SHORT_TTL, Counting, RecordingApi, sdk_deployment, task_state, \
-    verified_claims
+from tests.client.sdk_support import HELPER, SHORT, SHORT_TTL, Counting, RecordingApi, task_state, verified_claims
 from tests.conftest import FILES, MAIL, MAIL_AGENT, Deployment
-
-
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    with sdk_deployment(tmp_path_factory.mktemp("sdk")) as running:
-        yield running
 
 
 @pytest.fixture
