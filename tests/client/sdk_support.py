@@ -98,25 +98,31 @@ class RecordingApi:
 
 class FlakyProxy:
     """A loopback forward proxy (RFC 9112 §3.2.2 absolute-form targets): answers the first `failures` requests
-    with 503, then forwards each to its target."""
+    (to `path`, if given) with `status` and `headers`, then forwards each to its target. `seen`: the headers
+    of every request it got."""
 
-    def __init__(self, failures: int, retry_after: str | None = None) -> None:
+    def __init__(self, failures: int, *, status: int = 503, headers: dict[str, str] | None = None,
+                 body: bytes = b"", path: str | None = None) -> None:
         self.failures, self.attempts = failures, 0
+        self.seen: list[dict[str, str]] = []
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
             def _relay(self) -> None:
                 proxy.attempts += 1
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                if proxy.attempts <= proxy.failures:
-                    self.send_response(503)
-                    if retry_after is not None:
-                        self.send_header("Retry-After", retry_after)
-                    self.send_header("Content-Length", "0")
+                proxy.seen.append({k.lower(): v for k, v in self.headers.items()})
+                content = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if proxy.failures > 0 and (path is None or self.path.endswith(path)):
+                    proxy.failures -= 1
+                    self.send_response(status)
+                    for name, value in (headers or {}).items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
+                    self.wfile.write(body)
                     return
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
-                answer = httpx2.request(self.command, self.path, content=body, headers=headers)
+                forwarded = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+                answer = httpx2.request(self.command, self.path, content=content, headers=forwarded)
                 self.send_response(answer.status_code)
                 for name in ("content-type", "cache-control", "www-authenticate"):
                     if name in answer.headers:

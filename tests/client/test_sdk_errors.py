@@ -90,7 +90,7 @@ async def test_errors_a_503_is_retried_with_backoff_then_succeeds(gateway: Deplo
 
 
 async def test_errors_retries_are_bounded_then_gateway_unavailable(gateway: Deployment) -> None:
-    proxy = FlakyProxy(failures=10, retry_after="0")
+    proxy = FlakyProxy(failures=10, headers={"Retry-After": "0"})
     try:
         with pytest.raises(GatewayUnavailable, match="3 attempts") as raised:
             async with DeputyClient(gateway.url, identity=lambda: gateway.svid(), retries=FAST,
