@@ -5,12 +5,17 @@ them by RFC 8693 token exchange, each exchange with a DPoP proof (RFC 9449 §5) 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any
 
 import httpx2
+import jwt
 
+from token_exchange.attestation import ATTESTATION_HEADER, POP_HEADER, POP_TYP
 from token_exchange.dpop import HEADER, NONCE_HEADER, DpopKey
 
 from .connection import Connection, Retries
@@ -19,18 +24,27 @@ from .handoff import Handoff
 from .identity import IdentitySource, SvidCallable, as_identity
 from .tasks import Task, TaskScope
 
+Attestation = Callable[[dict[str, Any]], str] | Callable[[dict[str, Any]], Awaitable[str]]
+"""Given the public JWK of the agent instance's DPoP key, the client attestation that binds it (`cnf.jwk`)."""
+
 
 class DeputyClient:
     """`async with DeputyClient(url, identity=...) as deputy:`; the gateway's metadata is read on entering.
 
     `dpop`: hold one DPoP key for this agent instance and prove possession of it at every exchange and, for
-    DPoP-bound tokens, at every resource call. `transport`: the httpx2 transport to the gateway (tests count
-    with it). `retries`: the budget for transient failures (503, connection errors)."""
+    DPoP-bound tokens, at every resource call. `attestation`: given the public JWK of that key, the
+    OAuth-Client-Attestation an attester made for it (draft-ietf-oauth-attestation-based-client-auth-10 §4);
+    it is sent with every exchange, with a fresh PoP (§5.1) signed by the same key. `transport`: the httpx2
+    transport to the gateway (tests count with it). `retries`: the budget for transient failures (503,
+    connection errors)."""
 
     def __init__(self, url: str, *, identity: IdentitySource | SvidCallable, dpop: bool = True,
-                 transport: httpx2.AsyncBaseTransport | None = None, timeout: float = 10.0,
-                 retries: Retries | None = None) -> None:
+                 attestation: Attestation | None = None, transport: httpx2.AsyncBaseTransport | None = None,
+                 timeout: float = 10.0, retries: Retries | None = None) -> None:
+        if attestation is not None and not dpop:
+            raise ValueError("an attestation binds the agent instance's DPoP key: it needs dpop=True")
         self.issuer = url.rstrip("/")
+        self.attestation = attestation
         self.identity = as_identity(identity)
         self.dpop_key = DpopKey() if dpop else None
         self._http = httpx2.AsyncClient(transport=transport, timeout=timeout)
@@ -88,20 +102,31 @@ class DeputyClient:
         metadata = await self.connection.metadata()
         body = {"grant_type": GRANT, "actor_token": await self.identity.svid(metadata.issuer), "actor_token_type": JWT,
                 **{k: v for k, v in form.items() if v is not None}}
+        attestation = await self._attestation()
         for attempt in range(2):
             response = await self.connection.send(
                 lambda: self._http.build_request("POST", metadata.token_endpoint, data=body,
-                                                 headers=self._proof_headers(metadata.token_endpoint)))
+                                                 headers=self._headers(metadata.token_endpoint, attestation)))
             nonce = response.headers.get(NONCE_HEADER)
             self._nonce = nonce or self._nonce
             if attempt or not nonce or response.status_code != 400 or _code(response) != "use_dpop_nonce":
                 break
         return AccessToken.parse(self.connection.json(response))
 
-    def _proof_headers(self, url: str) -> dict[str, str]:
+    async def _attestation(self) -> str | None:
+        if self.attestation is None or self.dpop_key is None:
+            return None
+        made = self.attestation(self.dpop_key.public_jwk)
+        return await made if inspect.isawaitable(made) else made
+
+    def _headers(self, url: str, attestation: str | None) -> dict[str, str]:
+        """Made anew for each attempt: a DPoP proof and an attestation PoP are single-use."""
         if self.dpop_key is None:
             return {}
-        return {HEADER: self.dpop_key.proof("POST", url, nonce=self._nonce)}
+        headers = {HEADER: self.dpop_key.proof("POST", url, nonce=self._nonce)}
+        if attestation is not None:
+            headers |= {ATTESTATION_HEADER: attestation, POP_HEADER: attestation_pop(self.dpop_key, self.issuer)}
+        return headers
 
     def proof(self, method: str, url: str, access_token: str, nonce: str | None) -> str:
         """A DPoP proof for a resource call with a bound token (RFC 9449 §7)."""
@@ -117,6 +142,12 @@ class DeputyClient:
         response = await self.connection.send(
             lambda: self._http.build_request("POST", url, headers={"Authorization": f"Bearer {svid}"}))
         return self.connection.json(response)
+
+
+def attestation_pop(key: DpopKey, audience: str) -> str:
+    """draft-ietf-oauth-attestation-based-client-auth-10 §5.1: `aud` the gateway's issuer, a fresh `jti`."""
+    claims = {"aud": audience, "iat": int(time.time()), "jti": secrets.token_urlsafe(16)}
+    return jwt.encode(claims, key.signing_key.private_key, algorithm="ES256", headers={"typ": POP_TYP})
 
 
 def _code(response: httpx2.Response) -> str | None:
