@@ -46,7 +46,6 @@ class Metadata:
 
     issuer: str
     token_endpoint: str
-    dpop_algs: tuple[str, ...]
 
     @classmethod
     def parse(cls, document: Any, expected_issuer: str) -> Metadata:
@@ -56,8 +55,7 @@ class Metadata:
         endpoint = document.get("token_endpoint")
         if not isinstance(endpoint, str) or not endpoint.startswith(("https://", "http://")):
             raise DiscoveryError("the metadata has no token_endpoint URL")
-        algs = document.get("dpop_signing_alg_values_supported", [])
-        return cls(expected_issuer, endpoint, tuple(a for a in algs if isinstance(a, str)))
+        return cls(expected_issuer, endpoint)
 
     def endpoint(self, path: str) -> str:
         """An endpoint of the gateway's that the metadata does not list (`/tasks/{id}/complete`)."""

@@ -96,11 +96,14 @@ class TaskScope:
     raised, chained to the exception that was propagating (a cancellation propagates, with the failure noted)."""
 
     def __init__(self, opener: Callable[[], Awaitable[Task]]) -> None:
-        self._opener = opener
+        self._opener: Callable[[], Awaitable[Task]] | None = opener  # holds the user's token until it is used
         self._task: Task | None = None
 
     async def __aenter__(self) -> Task:
-        self._task = await self._opener()
+        if self._opener is None:
+            raise RuntimeError("a task scope is entered once")
+        opener, self._opener = self._opener, None  # the user's token goes with it
+        self._task = await opener()
         return self._task
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -145,3 +145,12 @@ async def test_tasks_a_task_is_opened_for_several_audiences(gateway: Deployment,
         files, mail = await task.token(FILES, "files.read"), await task.token(MAIL, "mail.read")
         assert task.audiences == (MAIL, FILES)
     assert verified_claims(gateway, files, FILES)["txn"] == verified_claims(gateway, mail, MAIL)["txn"] == task.id
+
+
+async def test_tasks_the_user_token_is_dropped_once_the_task_is_open(gateway: Deployment, deputy: DeputyClient) -> None:
+    user_token = gateway.user_token()
+    scope = deputy.task(user_token, scope=["mail.read"], audiences=[MAIL])
+    async with scope as task:
+        assert user_token not in repr(vars(task)) and scope._opener is None
+        with pytest.raises(RuntimeError, match="entered once"):
+            await scope.__aenter__()
