@@ -156,13 +156,14 @@ class InvalidDpopProof(OAuthError):
 
 class UseDpopNonce(OAuthError):
     """RFC 9449 §8: the proof lacks the server's nonce, or carries one that is not (or no longer) valid;
-    400 with a fresh nonce in the `DPoP-Nonce` header, for the client to retry with."""
+    400 with a fresh nonce in the `DPoP-Nonce` header, for the client to retry with. `nonce` is None for
+    the error as a client reads it from a response body (the nonce travels in the header)."""
 
     error = "use_dpop_nonce"
 
-    def __init__(self, description: str, *, nonce: str) -> None:
+    def __init__(self, description: str, *, nonce: str | None = None) -> None:
         super().__init__(description)
         self.nonce = nonce
 
     def headers(self) -> dict[str, str]:
-        return {**super().headers(), "DPoP-Nonce": self.nonce}
+        return {**super().headers(), **({"DPoP-Nonce": self.nonce} if self.nonce else {})}

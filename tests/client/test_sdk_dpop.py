@@ -66,8 +66,8 @@ async def test_rfc9449_without_dpop_no_proof_is_sent(gateway: Deployment) -> Non
 
 
 class BoundTokens:
-    """Stands in for a gateway that binds tokens (RFC 9449 §5: `token_type: DPoP`), which this branch's
-    gateway does not yet do; the proofs are real, made by the agent's key."""
+    """Stands in for a gateway that binds tokens (RFC 9449 §5: `token_type: DPoP`), so the resource's nonce
+    challenge can be scripted; the proofs are real, made by the agent's key."""
 
     issuer = "https://deputy.example.com"
 

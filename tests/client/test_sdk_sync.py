@@ -30,7 +30,7 @@ def test_sync_a_full_task_life_with_reuse_and_completion(gateway: Deployment, ap
             token = task.token(MAIL, "mail.read")
             assert counting.count() == 2  # the task, then one access token for all four uses
         assert verified_claims(gateway, token, MAIL)["txn"] == task.id
-        assert {seen["authorization"] for seen in api.seen} == {f"Bearer {token}"}
+        assert {seen["authorization"] for seen in api.seen} == {f"DPoP {token}"}
         assert task_state(gateway, task.id) == "completed"
         with pytest.raises(InvalidTarget):
             deputy.exchange(gateway.user_token(), resource="https://unknown.example.com", scope=["mail.read"])

@@ -43,7 +43,7 @@ async def test_tasks_a_full_task_life_opens_mints_calls_and_completes(gateway: D
         token = await task.token(MAIL, "mail.read")
     claims = verified_claims(gateway, token, MAIL)
     assert claims["txn"] == task.id and claims["scope"] == "mail.read" and claims["sub"] == "alice"
-    assert api.seen[0]["authorization"] == f"Bearer {token}"  # the gateway answers Bearer on this branch
+    assert api.seen[0]["authorization"] == f"DPoP {token}"  # the gateway binds it to the SDK's key (RFC 9449)
     assert task_state(gateway, task.id) == "completed"
 
 
@@ -57,7 +57,7 @@ async def test_tasks_rfc8693_a_second_call_while_the_token_is_valid_makes_no_exc
                 await http.get(api.url + "/inbox")
         assert await task.token(MAIL, "mail.read") == first
         assert counting.count() == opened + 1
-        assert {seen["authorization"] for seen in api.seen} == {f"Bearer {first}"}
+        assert {seen["authorization"] for seen in api.seen} == {f"DPoP {first}"}
 
 
 async def test_tasks_concurrent_callers_of_one_audience_and_scope_share_one_exchange(
@@ -136,7 +136,7 @@ async def test_tasks_a_one_shot_exchange_gives_a_token_of_an_implicit_task(
     one_shot = await deputy.exchange(gateway.user_token(), resource=MAIL, scope=["mail.read"])
     claims = verified_claims(gateway, one_shot.access_token, MAIL)
     assert claims["txn"] == one_shot.task_id and claims["act"]["sub"] == MAIL_AGENT
-    assert one_shot.scope == ("mail.read",) and one_shot.token_type == "Bearer"
+    assert one_shot.scope == ("mail.read",) and one_shot.token_type == "DPoP"  # bound to the SDK's key
 
 
 async def test_tasks_a_task_is_opened_for_several_audiences(gateway: Deployment, deputy: DeputyClient) -> None:
