@@ -3,7 +3,8 @@
 The verifier checks each token against the issuer's cached `jwks_uri` (RFC 8414 §2), the required scope
 (RFC 6750 §3.1), and the revocations it follows: Deputy's OpenID SSF transmitter by poll (the default,
 `deputy_client.resource.ssf`) or Deputy's native feed (`revocations="feed"`). When it cannot confirm the
-revocation state for longer than `max_feed_staleness`, it rejects every token.
+revocation state for longer than `max_feed_staleness`, it rejects every token. `verify_request` takes a
+whole request: a Bearer token, or a DPoP-bound one with its proof (RFC 9449 §7).
 """
 
 from __future__ import annotations
