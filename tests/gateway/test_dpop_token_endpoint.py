@@ -22,9 +22,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.openapi import IntrospectionBody
-from tests.conftest import MAIL_AGENT, POLICY_DATA, Deployment, Probe, deployed, running
+from tests.conftest import MAIL, MAIL_AGENT, POLICY_DATA, Deployment, Probe, deployed, make_setup, running
 from tests.gateway.test_posture import posture_setup
-from tests.support import AgentInstance, compact, hmac_signer, signer_for
+from tests.support import GRANT, JWT, AgentInstance, compact, gateway_process, hmac_signer, signer_for
 from token_exchange.dpop import DpopKey
 from token_exchange.dpop_nonces import PERIOD_S, DpopNonces
 from token_exchange.signing import SigningKey
@@ -249,6 +249,30 @@ def test_rfc9449_8_a_nonce_this_server_did_not_give_recently_is_refused(nonce_gw
 def test_rfc9449_8_a_bad_proof_is_invalid_before_its_nonce_is_looked_at(nonce_gw: DpopGateway) -> None:
     response = nonce_gw.exchange(nonce_gw.forged(htm="GET"))
     assert response.json()["error"] == "invalid_dpop_proof"
+
+
+def test_rfc9449_8_every_worker_accepts_the_nonces_any_worker_gives(tmp_path_factory: pytest.TempPathFactory
+                                                                     ) -> None:
+    """Nonces need no shared state: each of two workers (each connection may reach either) accepts the
+    nonce another gave, from the token keys they share."""
+    setup = make_setup(tmp_path_factory.mktemp("dpop-workers"), extra="\n[dpop]\nnonces = true\n")
+    key, url = DpopKey(), setup.issuer + "/token"
+
+    def exchange(nonce: str | None) -> httpx2.Response:
+        form = {"grant_type": GRANT, "subject_token": setup.idp.token(audience=setup.issuer),
+                "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+                "actor_token": setup.domain.svid(audience=setup.issuer), "actor_token_type": JWT,
+                "resource": MAIL, "scope": "mail.read"}
+        with httpx2.Client(base_url=setup.issuer, timeout=10) as fresh:  # a new connection each time
+            return fresh.post("/token", data=form, headers={"DPoP": key.proof("POST", url, nonce=nonce)})
+
+    try:
+        with gateway_process(setup.config, workers=2):
+            nonce = nonce_of(exchange(None))
+            answers = [exchange(nonce) for _ in range(12)]
+    finally:
+        setup.jwks_server.close()
+    assert [r.status_code for r in answers] == [200] * 12, [r.text for r in answers if r.status_code != 200]
 
 
 def test_rfc9449_8_without_nonces_switched_on_no_nonce_is_given(gw: DpopGateway) -> None:
