@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -52,13 +53,14 @@ class DeputyTokenVerifier:
     (401 `invalid_token`), and the revocation state unconfirmed (`FeedStale`) refuses every token.
     """
 
-    def __init__(self, verifier: AccessTokenVerifier) -> None:
+    def __init__(self, verifier: AccessTokenVerifier, *, clock: Callable[[], float] = time.time) -> None:
         self.verifier = verifier
+        self._clock = clock
 
     async def verify_token(self, token: str) -> AccessToken | None:
         """RFC 9068 §4 and revocation; `resource` is the matched audience, `claims` all of the token's."""
         try:
-            access = await self.verifier.verify(token, ANY_SCOPE)
+            access = await self.verifier.verify(token, ANY_SCOPE, now=int(self._clock()))
         except BearerTokenError as exc:
             logger.info("access token refused: %s", exc)
             return None
