@@ -5,18 +5,13 @@ answered 403 `insufficient_scope` naming it; a token of a completed task is refu
 Against `deputy serve --dev` (its resource `https://mail.demo.test` and resource server SVID):
 
     deputy serve --dev &
-    python examples/mcp_server.py            # serves http://127.0.0.1:8700/mcp
+    python examples/mcp_server.py            # serves http://127.0.0.1:8700/mcp (--issuer, --port)
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-from pathlib import Path
 from typing import Any
 
-import httpx2
-import uvicorn
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer
 from pydantic import AnyHttpUrl
@@ -25,8 +20,7 @@ from starlette.applications import Starlette
 from deputy_client.mcp import DeputyTokenVerifier, accept_deputy_tokens, require_tool_scope
 from deputy_client.resource import AccessTokenVerifier
 from deputy_client.resource.metadata import protected_resource_metadata
-from gateway.demo import INBOX
-from gateway.dev import MAIL, MAIL_API, DemoIdentities, find
+from gateway.demo import INBOX, resource_main
 
 TOOL_SCOPES = {"read_inbox": "mail.read", "send_mail": "mail.send"}
 
@@ -56,24 +50,5 @@ def mcp_app(verifier: AccessTokenVerifier) -> Starlette:
     return accept_deputy_tokens(server.streamable_http_app(), tokens, tool_scopes=TOOL_SCOPES, metadata=metadata)
 
 
-async def serve(issuer: str, ids: DemoIdentities, port: int) -> None:
-    """Follow Deputy's revocations as the dev resource server, and serve the MCP app until stopped."""
-    async with httpx2.AsyncClient(timeout=30) as client, AccessTokenVerifier(
-        issuer=issuer, audience=MAIL, client=client, svid=lambda: ids.svid(MAIL_API), max_feed_staleness=5,
-    ) as verifier:
-        config = uvicorn.Config(mcp_app(verifier), host="127.0.0.1", port=port, log_level="warning")
-        print(f"MCP server for {MAIL} on http://127.0.0.1:{port}/mcp", flush=True)
-        await uvicorn.Server(config).serve()
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--issuer", default="http://127.0.0.1:8600", help="the Deputy gateway's issuer")
-    parser.add_argument("--port", type=int, default=8700)
-    parser.add_argument("--dev-dir", type=Path, default=Path(".deputy-dev"), help="deputy serve --dev's state")
-    args = parser.parse_args()
-    asyncio.run(serve(args.issuer, DemoIdentities(find(args.dev_dir)), args.port))
-
-
 if __name__ == "__main__":
-    main()
+    resource_main(mcp_app, description="An MCP server whose tools are protected by Deputy", port=8700)
