@@ -20,7 +20,7 @@ from mcp.shared.exceptions import MCPError
 from pydantic import AnyHttpUrl
 from starlette.requests import HTTPConnection
 
-from deputy_client.mcp import DeputyTokenVerifier, require_tool_scope
+from deputy_client.mcp import MAX_INSPECTED_BODY, DeputyTokenVerifier, require_tool_scope
 from deputy_client.resource import AccessTokenVerifier
 from gateway.dev import AGENT, MAIL, MAIL_API
 from tests.mcp_support import DOCS, Gateway, call_tool, dev_gateway, load_example
@@ -267,3 +267,29 @@ async def test_a_completed_tasks_token_is_refused(gateway: Gateway, mcp_url: str
         assert time.monotonic() < deadline, "the completed task's token was still accepted after 5 s"
         await asyncio.sleep(0.05)
     assert (response.status_code, response.json()) == (401, SDK_401)
+
+
+@pytest.mark.parametrize(("body", "status", "error"), [
+    (b"{", 400, "-32700"), (b"\xff\xfe", 400, "-32700"), (b"[]", 400, "-32602"),
+    (b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": []}', 400, "-32602"),
+    (b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": 7}}', 200, "-32602"),
+    (b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call"}', 200, "-32602"),
+])
+async def test_malformed_tool_calls_get_the_sdks_own_json_rpc_error_never_a_500(
+        gateway: Gateway, mcp_url: str, body: bytes, status: int, error: str) -> None:
+    token = gateway.token(gateway.open_task(), "mail.read")
+    session = await initialized_session(mcp_url + "/mcp", token)
+    async with httpx2.AsyncClient(timeout=10) as http:
+        response = await http.post(mcp_url + "/mcp", content=body, headers={
+            **ACCEPT, "Authorization": f"Bearer {token}", "Mcp-Session-Id": session})
+    assert response.status_code == status and f'"code":{error}' in response.text, response.text
+
+
+async def test_authz_11_1_1_an_oversized_tool_call_is_left_to_the_tools_own_check(gateway: Gateway,
+                                                                                   mcp_url: str) -> None:
+    token = gateway.token(gateway.open_task(), "mail.read")
+    session = await initialized_session(mcp_url + "/mcp", token)
+    call = tool_call("send_mail", {"to": "bob@example.com", "subject": "x" * (MAX_INSPECTED_BODY + 1)})
+    response = await post(mcp_url + "/mcp", {"Authorization": f"Bearer {token}", "Mcp-Session-Id": session}, call)
+    assert response.status_code == 200 and '"isError":true' in response.text, response.text[:300]
+    assert "insufficient_scope: this tool needs scope mail.send" in response.text

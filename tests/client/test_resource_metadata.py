@@ -74,7 +74,8 @@ def test_rfc9728_3_fastapi_serves_the_document_at_its_well_known_path() -> None:
     serve_metadata(app, document)
 
     async def fetch(path: str) -> httpx2.Response:
-        async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="https://mail.example.com") as c:
+        transport = httpx2.ASGITransport(app=app)
+        async with httpx2.AsyncClient(transport=transport, base_url="https://mail.example.com") as c:
             return await c.get(path)
 
     served = asyncio.run(fetch("/.well-known/oauth-protected-resource/api"))
