@@ -1,7 +1,7 @@
 """A FastAPI API protected by Deputy's access tokens, with its RFC 9728 metadata.
 
 `GET /inbox` needs `mail.read`, `POST /send` needs `mail.send` (the demo mail API's routes, each with
-`Depends(require_scope(verifier, ...))`); every 401 and 403 points at the metadata, which names Deputy.
+`Depends(require_scope(verifier, ...))`), and its RFC 9728 metadata naming Deputy.
 Against `deputy serve --dev` (its resource `https://mail.demo.test` and resource server SVID):
 
     deputy serve --dev &
@@ -20,7 +20,7 @@ from gateway.demo import mail_api, resource_main
 
 def api(verifier: AccessTokenVerifier) -> FastAPI:
     """The mail API for `verifier.audience`, serving its metadata at `/.well-known/oauth-protected-resource`."""
-    app = mail_api(verifier, advertise_metadata=True)
+    app = mail_api(verifier)
     serve_metadata(app, protected_resource_metadata(verifier.audience, issuer=verifier.issuer,
                                                     scopes=["mail.read", "mail.send"], resource_name="Demo mail API"))
     return app

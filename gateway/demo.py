@@ -41,12 +41,10 @@ INBOX = [
 ]
 
 
-def mail_api(verifier: AccessTokenVerifier, *, advertise_metadata: bool = False) -> FastAPI:
-    """A tiny mail API protected by Deputy access tokens: GET /inbox needs mail.read, POST /send mail.send.
-    With `advertise_metadata`, challenges carry RFC 9728 `resource_metadata`."""
+def mail_api(verifier: AccessTokenVerifier) -> FastAPI:
+    """A tiny mail API protected by Deputy access tokens: GET /inbox needs mail.read, POST /send mail.send."""
     app = FastAPI(title="Demo mail API (DEMO ONLY)", docs_url=None, redoc_url=None, openapi_url=None)
-    reader, sender = (require_scope(verifier, scope, advertise_metadata=advertise_metadata)
-                      for scope in ("mail.read", "mail.send"))
+    reader, sender = require_scope(verifier, "mail.read"), require_scope(verifier, "mail.send")
 
     @app.get("/inbox")
     async def inbox(access: VerifiedAccess = Depends(reader)) -> dict[str, Any]:  # noqa: B008
