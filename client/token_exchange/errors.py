@@ -50,6 +50,11 @@ class OAuthError(Exception):
         self.description = error_description(description)
         super().__init__(f"{self.error}: {self.description}")
 
+    @property
+    def error_description(self) -> str:
+        """The description under its RFC 6749 §5.2 name, as a client reads it."""
+        return self.description
+
     def body(self) -> dict[str, str]:
         return {"error": self.error, "error_description": self.description}
 
