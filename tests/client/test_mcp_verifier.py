@@ -21,7 +21,7 @@ from pydantic import AnyHttpUrl
 from starlette.requests import HTTPConnection
 
 from deputy_client.mcp import MAX_INSPECTED_BODY, DeputyTokenVerifier, require_tool_scope
-from deputy_client.resource import AccessTokenVerifier
+from deputy_client.resource import AccessTokenVerifier, FeedStale
 from gateway.dev import AGENT, MAIL, MAIL_API
 from tests.mcp_support import DOCS, Gateway, call_tool, dev_gateway, load_example
 from tests.support import free_port
@@ -293,3 +293,14 @@ async def test_authz_11_1_1_an_oversized_tool_call_is_left_to_the_tools_own_chec
     response = await post(mcp_url + "/mcp", {"Authorization": f"Bearer {token}", "Mcp-Session-Id": session}, call)
     assert response.status_code == 200 and '"isError":true' in response.text, response.text[:300]
     assert "insufficient_scope: this tool needs scope mail.send" in response.text
+
+
+async def test_fail_closed_without_confirmed_revocation_state_every_token_is_none(gateway: Gateway) -> None:
+    """A verifier whose SSF stream is refused (its SVID names no client of the resource) never catches up."""
+    token = gateway.token(gateway.open_task(), "mail.read")
+    async with httpx2.AsyncClient(timeout=30) as client, AccessTokenVerifier(
+        issuer=gateway.url, audience=MAIL, client=client, svid=lambda: gateway.ids.svid(AGENT), max_feed_staleness=1,
+    ) as verifier:
+        with pytest.raises(FeedStale):
+            await verifier.verify(token, "mail.read")
+        assert await DeputyTokenVerifier(verifier).verify_token(token) is None
