@@ -8,13 +8,14 @@ task, and the sub-agent's next call is rejected.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import socket
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from fastapi import Depends, FastAPI
 from deputy_client.resource import AccessTokenVerifier, VerifiedAccess
 from deputy_client.resource.dependency import require_scope
 
-from .dev import AGENT, LABEL, MAIL, MAIL_API, SUBAGENT, DemoIdentities
+from .dev import AGENT, LABEL, MAIL, MAIL_API, SUBAGENT, DemoIdentities, find
 from .process import gateway_process
 
 GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -171,6 +172,28 @@ async def _story(ids: DemoIdentities, gateway: str) -> int:
     ok = contained and ended
     print(f"\n{'Done' if ok else 'FAILED'} in {time.monotonic() - story.started:.1f} s ({LABEL}).", flush=True)
     return 0 if ok else 1
+
+
+async def run_resource(make_app: Callable[[AccessTokenVerifier], Any], *, issuer: str, ids: DemoIdentities,
+                       port: int) -> None:
+    """Serve `make_app(verifier)` on 127.0.0.1:`port` as the dev resource server of the mail resource,
+    following the revocations of the gateway at `issuer`, until stopped (the examples' runner)."""
+    async with httpx2.AsyncClient(timeout=30) as client, AccessTokenVerifier(
+        issuer=issuer, audience=MAIL, client=client, svid=lambda: ids.svid(MAIL_API), max_feed_staleness=5,
+    ) as verifier:
+        server = uvicorn.Server(uvicorn.Config(make_app(verifier), host="127.0.0.1", port=port, log_level="warning"))
+        print(f"{LABEL}: serving {MAIL} on http://127.0.0.1:{port}, tokens from {issuer}", flush=True)
+        await server.serve()
+
+
+def resource_main(make_app: Callable[[AccessTokenVerifier], Any], *, description: str, port: int) -> None:
+    """`python examples/<name>.py [--issuer URL] [--port N] [--dev-dir DIR]`, against `deputy serve --dev`."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--issuer", default="http://127.0.0.1:8600", help="the Deputy gateway's issuer")
+    parser.add_argument("--port", type=int, default=port)
+    parser.add_argument("--dev-dir", type=Path, default=Path(".deputy-dev"), help="the state of deputy serve --dev")
+    args = parser.parse_args()
+    asyncio.run(run_resource(make_app, issuer=args.issuer, ids=DemoIdentities(find(args.dev_dir)), port=args.port))
 
 
 def main() -> int:

@@ -1,14 +1,17 @@
 """RFC 6750 and RFC 9449 §7 for FastAPI resource servers: a dependency that admits a request only with a
 valid Deputy access token carrying the scope it needs, sent as a Bearer token or as a DPoP-bound token
-with its proof."""
+with its proof; and the route serving RFC 9728 metadata."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
 
-from fastapi import HTTPException, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Request
 
 from .errors import BearerTokenError, www_authenticate
+from .metadata import metadata_url
 from .verifier import AccessTokenVerifier, VerifiedAccess, required_scope_of
 
 
@@ -35,3 +38,14 @@ def require_scope(verifier: AccessTokenVerifier, scope: str, *, public_origin: s
                                 headers={"WWW-Authenticate": www_authenticate(exc, algs=algs)}) from exc
 
     return dependency
+
+
+def serve_metadata(app: FastAPI | APIRouter, document: Mapping[str, Any]) -> None:
+    """Serve `document` (from `protected_resource_metadata`) at its §3.1 well-known path, on GET."""
+    body = dict(document)
+    path = urlsplit(metadata_url(str(body["resource"]))).path
+
+    async def protected_resource_metadata() -> dict[str, Any]:
+        return body
+
+    app.add_api_route(path, protected_resource_metadata, methods=["GET"], include_in_schema=False)
