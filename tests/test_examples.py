@@ -102,7 +102,7 @@ async def test_fastapi_example_routes_need_their_scope_and_serve_the_metadata(ga
         assert send.status_code == 403
         assert send.headers["www-authenticate"] == (
             'Bearer error="insufficient_scope", error_description="this request needs scope mail.send", '
-            'scope="mail.send"')
+            'scope="mail.send", DPoP algs="ES256 ES384 ES512 EdDSA PS256 PS384 PS512 RS256 RS384 RS512"')
         assert http.get("/inbox").status_code == 401
         gateway.complete(task)
         response = await refused_after_completion(url + "/inbox", reader)
