@@ -1,173 +1,116 @@
-"""`deputy tasks|revoke|audit`: the admin operations from the command line, on the configured store.
-
-The operator's authority is access to the gateway's state (the config and its 0600 database); every
-action is audited as `cli:<user>`.
-"""
+"""`deputy tasks|revoke|audit|block|login`: the admin operations from the command line, through the running
+gateway's admin API (never its database), with the gateway's own authorisation."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import getpass
-import json
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
-from delegation.admin import NotFound, TaskAdmin
-from delegation.store import AuditQuery, Store, TaskQuery
-from delegation.stores import open_store
-from delegation.tasks import COMPLETED, REVOKED
-from token_exchange.errors import InvalidRequest
+from . import admin_commands as run
+from .admin_output import InputError, point, span
+from .admin_target import add_address, add_options
 
-from .admin_views import agent_label, revoked_party, task_view
-from .settings import ConfigError, load_settings
+PARTIES = ("agent", "trust-domain", "user")
+PARTY_HELP = {
+    "agent": "an agent: its SPIFFE ID, or a Kubernetes or OIDC workload id with --issuer",
+    "trust-domain": "every agent of a SPIFFE trust domain",
+    "workload-issuer": "every workload of a Kubernetes or OIDC workload issuer",
+    "user": "a user's sub (with --issuer: at that subject issuer only)",
+}
+ISSUER_HELP = ("the workload issuer of a non-SPIFFE --agent (required), or the subject issuer of --user "
+               "(default: that sub at every subject issuer)")
 
-T = TypeVar("T")
+
+def add_commands(commands: Any) -> None:
+    _add_tasks(commands)
+    revoke = _command(commands, "revoke", "revoke every open task and token of an agent, a trust domain or a user, "
+                                          "and bar the credentials it holds", run.revoke_party)
+    _party(revoke, PARTIES)
+    _add_audit(commands)
+    _add_blocks(commands)
+    login = commands.add_parser("login", help="get an admin token from the identity provider (RFC 8628 device "
+                                              "grant) and keep it for this gateway")
+    login.add_argument("--issuer", required=True, help="the identity provider, e.g. https://login.example.com")
+    login.add_argument("--client-id", required=True, help="the CLI's public client at the identity provider")
+    login.add_argument("--scope", help="scopes to ask for (default: the identity provider's)")
+    add_address(login)
+    login.set_defaults(run=run.login)
 
 
-def add_commands(commands: Any, config_option: Callable[[argparse.ArgumentParser], None]) -> None:
+def _command(commands: Any, name: str, text: str, handler: Any, *, reason: bool = True,
+             json: bool = True) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = commands.add_parser(name, help=text, description=text[0].upper() + text[1:])
+    add_options(parser)
+    if reason:
+        parser.add_argument("--reason", help="why: recorded with the acting admin in the audit trail")
+    if json:
+        parser.add_argument("--json", action="store_true", help="the admin API's JSON answer")
+    parser.set_defaults(run=handler)
+    return parser
+
+
+def _add_tasks(commands: Any) -> None:
     tasks = commands.add_parser("tasks", help="list, inspect, complete or revoke tasks")
     actions = tasks.add_subparsers(required=True, metavar="ACTION")
-    listing = actions.add_parser("list", help="tasks, newest first")
+    listing = _command(actions, "list", "tasks, newest first", run.list_tasks, reason=False)
     listing.add_argument("--agent", help="only tasks of this agent (a SPIFFE ID, or a workload id at any issuer)")
     listing.add_argument("--user", help="only tasks of this user (sub)")
     listing.add_argument("--state", choices=["open", "completed", "revoked", "expired"])
     listing.add_argument("--limit", type=int, default=50)
-    listing.set_defaults(run=_list)
-    for name, run, text in (("show", _show, "one task: its chain, children and tokens"),
-                            ("complete", _complete, "complete a task and everything derived from it"),
-                            ("revoke", _revoke_task, "revoke a task and everything derived from it")):
-        action = actions.add_parser(name, help=text)
-        action.add_argument("task_id")
-        action.set_defaults(run=run)
-        config_option(action)
-    config_option(listing)
+    for name, handler, text, reason in (
+            ("show", run.show_task, "one task: its chain, children and tokens", False),
+            ("complete", run.complete_task, "complete a task and everything derived from it", True),
+            ("revoke", run.revoke_task, "revoke a task and everything derived from it", True)):
+        action = _command(actions, name, text, handler, reason=reason)
+        action.add_argument("task_id", metavar="TASK_ID", help="a task id, or a unique prefix of one")
 
-    revoke = commands.add_parser("revoke", help="revoke every open task of an agent, a trust domain or a user")
-    who = revoke.add_mutually_exclusive_group(required=True)
-    who.add_argument("--agent", help="an agent: its SPIFFE ID, or a Kubernetes or OIDC workload id with --issuer")
-    who.add_argument("--trust-domain", help="every agent of a SPIFFE trust domain")
-    who.add_argument("--user", help="a user's sub")
-    revoke.add_argument("--issuer", help="the workload issuer of a non-SPIFFE --agent (required), or the subject "
-                                         "issuer of --user (default: that sub at every subject issuer)")
-    revoke.set_defaults(run=_revoke_matching)
-    config_option(revoke)
 
-    audit = commands.add_parser("audit", help="the audit trail, newest first")
-    audit.add_argument("--task")
+def _add_audit(commands: Any) -> None:
+    audit = _command(commands, "audit", "the audit trail, newest first", run.audit, reason=False)
+    audit.set_defaults(json=False)
+    audit.add_argument("--task", help="one task (its id)")
     audit.add_argument("--agent")
     audit.add_argument("--user")
-    audit.add_argument("--since", type=int, help="unix time")
-    audit.add_argument("--until", type=int, help="unix time")
+    audit.add_argument("--since", type=_time, help="ISO 8601, Unix seconds, or a span back from now (1h, 2d)")
+    audit.add_argument("--until", type=_time, help="likewise")
     audit.add_argument("--limit", type=int, default=50)
-    audit.add_argument("--json", action="store_true", help="one JSON object per line")
-    audit.set_defaults(run=_audit)
-    config_option(audit)
+    audit.add_argument("--follow", "-f", action="store_true", help="then print new events as they happen "
+                                                                   "(oldest first; Ctrl-C ends)")
+    audit.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
 
 
-def _with_store(args: argparse.Namespace, work: Callable[[Store], Awaitable[T]]) -> T:
-    settings = load_settings(args.config)
-
-    async def run() -> T:
-        store = await open_store(settings.store_url)
-        try:
-            return await work(store)
-        finally:
-            await store.close()
-
-    return asyncio.run(run())
-
-
-def _operator() -> str:
-    return f"cli:{getpass.getuser()}"
+def _add_blocks(commands: Any) -> None:
+    block = commands.add_parser("block", help="keep an agent, a trust domain, a workload issuer or a user out "
+                                              "for a while (incident control)")
+    actions = block.add_subparsers(required=True, metavar="ACTION")
+    add = _command(actions, "add", "refuse every exchange by a party for a span, and revoke all it holds",
+                   run.add_block)
+    _party(add, (*PARTIES[:2], "workload-issuer", PARTIES[2]))
+    add.add_argument("--for", dest="duration", type=_span, required=True, metavar="SPAN",
+                     help="how long: 90s, 15m, 2h, 1d, 1w, or seconds")
+    listing = _command(actions, "list", "the blocks in force", run.list_blocks, reason=False)
+    listing.add_argument("--all", action="store_true", help="also the expired and lifted ones")
+    remove = _command(actions, "remove", "lift a block before it expires", run.remove_block)
+    remove.add_argument("block_id", metavar="BLOCK_ID", help="a block id, or a unique prefix of one")
 
 
-def _list(args: argparse.Namespace) -> int:
-    tasks = _with_store(args, lambda s: s.tasks(TaskQuery(agent=args.agent, user=args.user, state=args.state,
-                                                          limit=args.limit)))
-    rows = [(t.id[:12], t.state, agent_label(t.agent.id, t.agent.domain), t.user_subject, str(t.scope),
-             _when(t.deadline), t.depth) for t in tasks]
-    print(table(("TASK", "STATE", "AGENT", "USER", "SCOPE", "DEADLINE", "DEPTH"), rows))
-    return 0
+def _party(parser: argparse.ArgumentParser, kinds: tuple[str, ...]) -> None:
+    who = parser.add_mutually_exclusive_group(required=True)
+    for kind in kinds:
+        who.add_argument(f"--{kind}", help=PARTY_HELP[kind])
+    parser.add_argument("--issuer", help=ISSUER_HELP)
 
 
-def _show(args: argparse.Namespace) -> int:
-    detail = _with_store(args, lambda s: s.task_detail(args.task_id))
-    if detail is None:
-        raise ConfigError(f"task {args.task_id}: not found")
-    task = detail.task
-    view = {**task_view(task), "agent": agent_label(task.agent.id, task.agent.domain)}
-    for key in ("id", "state", "agent", "purpose", "scope", "audiences", "parent_id", "root_id"):
-        print(f"{key:<10} {view[key]}")
-    print(f"{'user':<10} {task.user_subject} ({task.user_issuer})")
-    print(f"{'chain':<10} {' -> '.join(agent_label(a.id, a.domain) for a in task.chain)}")
-    print(f"{'deadline':<10} {_when(task.deadline)}")
-    print()
-    print(table(("JTI", "AUDIENCE", "SCOPE", "EXPIRES", "REVOKED"),
-                [(t.record.jti[:12], t.record.audience, t.record.scope, _when(t.record.expires_at),
-                  "yes" if t.revoked_at else "") for t in detail.tokens]))
-    return 0
-
-
-def _end(args: argparse.Namespace, state: str) -> int:
-    async def work(store: Store) -> dict[str, Any]:
-        return await TaskAdmin(store).revoke_task(args.task_id, admin=_operator(), now=int(time.time()),
-                                                   state=state)
-
+def _span(text: str) -> int:
     try:
-        result = _with_store(args, work)
-    except NotFound as exc:
-        raise ConfigError(f"task {args.task_id}: not found") from exc
-    print(f"task {result['task_id']} {result['state']}: {len(result['ended_tasks'])} task(s) ended, "
-          f"{result['revoked_tokens']} token(s) revoked")
-    return 0
+        return span(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-def _complete(args: argparse.Namespace) -> int:
-    return _end(args, COMPLETED)
-
-
-def _revoke_task(args: argparse.Namespace) -> int:
-    return _end(args, REVOKED)
-
-
-def _revoke_matching(args: argparse.Namespace) -> int:
+def _time(text: str) -> int:
     try:
-        party = revoked_party(agent=args.agent, trust_domain=args.trust_domain, user=args.user, issuer=args.issuer)
-    except InvalidRequest as exc:
-        raise ConfigError(f"--agent/--trust-domain/--user/--issuer: {exc.description}") from exc
-    result = _with_store(args, lambda s: TaskAdmin(s).revoke_matching(party, admin=_operator(), now=int(time.time())))
-    print(f"revoked {len(result['revoked_tasks'])} task(s) and {result['revoked_tokens']} token(s)")
-    return 0
-
-
-def _audit(args: argparse.Namespace) -> int:
-    query = AuditQuery(task=args.task, agent=args.agent, user=args.user, since=args.since, until=args.until,
-                       limit=args.limit)
-    events = [record.as_dict() for record in _with_store(args, lambda s: s.audit_events(query))]
-    if args.json:
-        for event in events:
-            print(json.dumps(event))
-        return 0
-    rows = [(_when(e["at"]), e["action"], e["outcome"], e["error"] or "", agent_label(e["agent"], e["agent_domain"]),
-             e["user_subject"] or "", e["granted_scope"] or e["requested_scope"] or "", "; ".join(e["reasons"])[:60])
-            for e in events]
-    print(table(("AT", "ACTION", "OUTCOME", "ERROR", "AGENT", "USER", "SCOPE", "REASONS"), rows))
-    return 0
-
-
-def _when(timestamp: int | None) -> str:
-    if timestamp is None:
-        return ""
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A plain text table with aligned columns; '(none)' when there are no rows."""
-    if not rows:
-        return "(none)"
-    cells = [[str(c) for c in headers], *[[str(c) for c in row] for row in rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
+        return point(text, now=int(time.time()))
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc

@@ -1,4 +1,4 @@
-"""/admin: inspect tasks, revoke a task, an agent, a trust domain or a user; read the audit trail."""
+"""/admin: inspect tasks, complete or revoke a task, an agent, a trust domain or a user; read the audit trail."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 
 from delegation.admin import NotFound
 from delegation.store import AuditQuery, TaskQuery
+from delegation.tasks import COMPLETED
 
 from .admin_views import revoked_party, task_view
 from .auth import admin, deputy
@@ -42,6 +43,14 @@ async def show_task(task_id: str, request: Request, _: Admin) -> JSONResponse:
     TaskEndedBody, summary="Revoke a task, its descendants and their tokens"))
 async def revoke_task(task_id: str, request: Request, who: Admin) -> JSONResponse:
     result = await deputy(request).lifecycle.admin.revoke_task(task_id, admin=who, now=int(time.time()))
+    return JSONResponse(result, headers=NO_STORE)
+
+
+@router.post("/tasks/{task_id}/complete", **documented(
+    TaskEndedBody, summary="Complete a task on its agent's behalf, with its descendants and their tokens"))
+async def complete_task(task_id: str, request: Request, who: Admin) -> JSONResponse:
+    result = await deputy(request).lifecycle.admin.revoke_task(task_id, admin=who, now=int(time.time()),
+                                                               state=COMPLETED)
     return JSONResponse(result, headers=NO_STORE)
 
 

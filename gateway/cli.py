@@ -1,4 +1,5 @@
-"""The `deputy` command: serve the gateway, rotate its keys, check a config file, upgrade the database."""
+"""The `deputy` command: serve the gateway; the admin commands over its admin API; offline maintenance on its
+config and database (check, keys rotate, db upgrade)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import admin_cli, dev, key_ring, logs, policy_cli
+from .admin_http import ApiFailure
 from .key_ring import KeyRing, KeyStoreError, KeyVault
 from .settings import DEFAULT_LISTEN, ConfigError, Settings, load_settings
 
@@ -22,6 +24,8 @@ if TYPE_CHECKING:
 # it, so `deputy dev ...` and `deputy --help` start in a fraction of the time.
 
 EXIT_CONFIG = 2
+EXIT_REFUSED = 1
+OFFLINE = "(offline: opens the database directly)"
 DEV_DIR = Path(".deputy-dev")
 
 
@@ -32,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, KeyStoreError) as exc:
         print(f"deputy: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except ApiFailure as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
     except KeyboardInterrupt:
         return 130
 
@@ -43,25 +50,25 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     _add_serve(commands)
+    admin_cli.add_commands(commands)
     _add_dev(commands)
-    keys = commands.add_parser("keys", help="manage the signing keys")
+    keys = commands.add_parser("keys", help=f"manage the signing keys {OFFLINE}")
     key_commands = keys.add_subparsers(required=True, metavar="ACTION")
     rotate = key_commands.add_parser(
-        "rotate", help="make a new current signing key; the old one stays published as previous"
+        "rotate", help=f"make a new current signing key; the old one stays published as previous {OFFLINE}"
     )
     _config_option(rotate)
     rotate.set_defaults(run=_rotate)
 
-    check = commands.add_parser("check", help="validate a config file and the policy, then exit")
+    check = commands.add_parser("check", help="validate a config file and the policy, then exit (offline)")
     _config_option(check)
     check.set_defaults(run=_check)
-    db = commands.add_parser("db", help="the store's database")
+    db = commands.add_parser("db", help=f"the store's database {OFFLINE}")
     db_commands = db.add_subparsers(required=True, metavar="ACTION")
     upgrade = db_commands.add_parser(
-        "upgrade", help="bring the store's schema to this Deputy's version (PostgreSQL: before serving)")
+        "upgrade", help=f"bring the store's schema to this Deputy's version (PostgreSQL: before serving) {OFFLINE}")
     _config_option(upgrade)
     upgrade.set_defaults(run=_db_upgrade)
-    admin_cli.add_commands(commands, _config_option)
     policy_cli.add_commands(commands, _config_option)
     demo = commands.add_parser("demo", help="DEMO ONLY: run the whole story (task, delegation, revocation) locally")
     demo.set_defaults(run=_demo)

@@ -16,7 +16,8 @@ from tests.delegation.test_task_lifecycle import ADMIN, SUB, WATCHER, Env, _ok, 
 
 REQUIRED = {("/token", "post"), ("/revoke", "post"), ("/introspect", "post"), ("/tasks/{task_id}/complete", "post"),
             ("/revocations", "get"), ("/revocations/stream", "get"), ("/admin/tasks", "get"),
-            ("/admin/tasks/{task_id}", "get"), ("/admin/tasks/{task_id}/revoke", "post"), ("/admin/revoke", "post"),
+            ("/admin/tasks/{task_id}", "get"), ("/admin/tasks/{task_id}/revoke", "post"),
+            ("/admin/tasks/{task_id}/complete", "post"), ("/admin/revoke", "post"),
             ("/admin/audit", "get")}
 
 
@@ -91,6 +92,8 @@ def test_openapi_real_answers_validate_against_the_documented_bodies(env: Env, d
           env.client.post("/revoke", data={"token": token}, headers=env.as_agent("spiffe://example.org/agents/mail")))
     check(document, "/admin/tasks/{task_id}/revoke", "post", openapi.TaskEndedBody,
           env.client.post(f"/admin/tasks/{task['task_id']}/revoke", headers=admin))
+    check(document, "/admin/tasks/{task_id}/complete", "post", openapi.TaskEndedBody,
+          env.client.post(f"/admin/tasks/{_ok(env.open_task())['task_id']}/complete", headers=admin))
     check(document, "/introspect", "post", openapi.IntrospectionBody,
           env.client.post("/introspect", data={"token": token}, headers=watcher))
     check(document, "/revocations", "get", openapi.FeedPage, env.client.get("/revocations", headers=watcher))
