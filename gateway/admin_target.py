@@ -52,16 +52,17 @@ def target(args: argparse.Namespace) -> Target:
 
 
 def _given_token(args: argparse.Namespace) -> str | None:
-    if args.token_file is not None:
-        try:
-            token = args.token_file.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"--token-file: {exc.strerror or exc}: {args.token_file}") from exc
-        if not token:
-            raise ConfigError(f"--token-file: {args.token_file} is empty")
-    token: str = os.environ.get("DEPUTY_TOKEN", "").strip()
-    return token or None
-    return os.environ.get("DEPUTY_TOKEN", "").strip() or None
+    """The token of --token-file, else of DEPUTY_TOKEN, else none."""
+    path: Path | None = args.token_file
+    if path is None:
+        return os.environ.get("DEPUTY_TOKEN", "").strip() or None
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"--token-file: {exc.strerror or exc}: {path}") from exc
+    if not token:
+        raise ConfigError(f"--token-file: {path} is empty")
+    return token
 
 
 def _workload_svid(addr: str) -> str:
