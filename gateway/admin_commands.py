@@ -85,7 +85,7 @@ def show_task(args: argparse.Namespace) -> int:
     print()
     rows = [(_short(t["jti"]), t["audience"], t["scope"], when(t["expires_at"]), when(t["revoked_at"]))
             for t in task["tokens"]]
-    print(table(("TOKEN", "AUDIENCE", "SCOPE", "EXPIRES", "REVOKED"), rows, colour=_colour(), cut_first=("SCOPE",)))
+    print(table(("JTI", "AUDIENCE", "SCOPE", "EXPIRES", "REVOKED"), rows, colour=_colour(), cut_first=("SCOPE",)))
     return 0
 
 

@@ -5,6 +5,7 @@ RFC 7009, RFC 7662)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -243,8 +244,10 @@ def test_one_shot_exchange_returns_implicit_task_id(env: Env) -> None:
 
 
 def _deputy(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", *args, "--config", str(env.config)],
-                          capture_output=True, text=True, timeout=60)
+    """The admin CLI, against this gateway's admin API as the admin workload."""
+    variables = {**os.environ, "DEPUTY_ADDR": str(env.client.base_url).rstrip("/"), "DEPUTY_TOKEN": env.svid(ADMIN)}
+    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], capture_output=True, text=True, timeout=60,
+                          env=variables)
 
 
 def test_cli_lists_shows_and_completes_tasks_with_readable_tables(env: Env) -> None:
@@ -260,7 +263,7 @@ def test_cli_lists_shows_and_completes_tasks_with_readable_tables(env: Env) -> N
     assert done.returncode == 0 and "completed" in done.stdout
     assert env.introspect(token) == {"active": False}
     missing = _deputy(env, "tasks", "show", "no-such-task")
-    assert missing.returncode == 2 and "not found" in missing.stderr and "Traceback" not in missing.stderr
+    assert missing.returncode == 1 and "not_found" in missing.stderr and "Traceback" not in missing.stderr
 
 
 def test_cli_revokes_a_user_and_shows_the_audit_trail(env: Env) -> None:

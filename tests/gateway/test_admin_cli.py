@@ -124,7 +124,7 @@ def test_issue11_2_tasks_show_prints_fields_and_tokens_and_json_whole(gateway: D
     assert shown.returncode == 0, shown.stderr
     fits(shown.stdout)
     assert f"id         {task['task_id']}" in shown.stdout and "alice at https://idp.example.com" in shown.stdout
-    assert "TOKEN" in shown.stdout and "https://mail.example.com" in shown.stdout
+    assert "JTI" in shown.stdout and "https://mail.example.com" in shown.stdout
     document = cli.json("tasks", "show", task["task_id"])
     assert document["id"] == task["task_id"] and len(document["tokens"]) == 1
 
