@@ -4,6 +4,7 @@ gateway's admin API (never its database), with the gateway's own authorisation."
 from __future__ import annotations
 
 import argparse
+import re
 import time
 from typing import Any
 
@@ -11,6 +12,7 @@ from . import admin_commands as run
 from .admin_output import InputError, point, span
 from .admin_target import add_address, add_options
 
+IDENTIFIER = re.compile(r"[A-Za-z0-9_-]{1,64}")
 PARTIES = ("agent", "trust-domain", "user")
 PARTY_HELP = {
     "agent": "an agent: its SPIFFE ID, or a Kubernetes or OIDC workload id with --issuer",
@@ -63,7 +65,7 @@ def _add_tasks(commands: Any) -> None:
             ("complete", run.complete_task, "complete a task and everything derived from it", True),
             ("revoke", run.revoke_task, "revoke a task and everything derived from it", True)):
         action = _command(actions, name, text, handler, reason=reason)
-        action.add_argument("task_id", metavar="TASK_ID", help="a task id, or a unique prefix of one")
+        action.add_argument("task_id", metavar="TASK_ID", type=_identifier, help="a task id, or a unique prefix of one")
 
 
 def _add_audit(commands: Any) -> None:
@@ -92,7 +94,7 @@ def _add_blocks(commands: Any) -> None:
     listing = _command(actions, "list", "the blocks in force", run.list_blocks, reason=False)
     listing.add_argument("--all", action="store_true", help="also the expired and lifted ones")
     remove = _command(actions, "remove", "lift a block before it expires", run.remove_block)
-    remove.add_argument("block_id", metavar="BLOCK_ID", help="a block id, or a unique prefix of one")
+    remove.add_argument("block_id", metavar="BLOCK_ID", type=_identifier, help="a block id, or a unique prefix of one")
 
 
 def _party(parser: argparse.ArgumentParser, kinds: tuple[str, ...]) -> None:
@@ -100,6 +102,13 @@ def _party(parser: argparse.ArgumentParser, kinds: tuple[str, ...]) -> None:
     for kind in kinds:
         who.add_argument(f"--{kind}", help=PARTY_HELP[kind])
     parser.add_argument("--issuer", help=ISSUER_HELP)
+
+
+def _identifier(text: str) -> str:
+    """A Deputy id (base64url, `token_exchange.rfc9068.new_id`) or a prefix of one: nothing else reaches a URL."""
+    if not IDENTIFIER.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an id: ids are letters, digits, '-' and '_'")
+    return text
 
 
 def _span(text: str) -> int:

@@ -196,6 +196,7 @@ def _block_party(block: dict[str, Any], *, kind: bool = True) -> str:
 
 
 AUDIT_HEADERS = ("AT", "ACTION", "OUTCOME", "AGENT", "USER", "SCOPE")
+FOLLOW_WIDTHS = (20, 12, 15, 27, 7, 9)  # 100 columns with the gaps
 
 
 def audit(args: argparse.Namespace) -> int:
@@ -203,12 +204,12 @@ def audit(args: argparse.Namespace) -> int:
     with _api(args) as api:
         events = api.get("/admin/audit", **query, limit=args.limit)["events"]
         if not args.follow:
-            _print_events(events, args.json, header=True)
+            _print_events(events, args.json)
             return 0
-        _print_events(events[::-1], args.json, header=True)
+        _print_events(events[::-1], args.json, widths=FOLLOW_WIDTHS, header=True)
         try:
             for batch in _new_events(api, query, events, args.interval):
-                _print_events(batch, args.json, header=False)
+                _print_events(batch, args.json, widths=FOLLOW_WIDTHS, header=False)
         except KeyboardInterrupt:
             return 0
     return 0
@@ -221,7 +222,7 @@ def _new_events(api: AdminApi, query: dict[str, Any], seen: list[dict[str, Any]]
     known = {e["id"] for e in seen}
     while True:
         sleep(interval)
-        events = api.get("/admin/audit", **{**query, "since": cursor}, limit=1000)["events"]
+        events = api.get("/admin/audit", **{**query, "since": cursor, "until": None}, limit=1000)["events"]
         fresh = [e for e in events[::-1] if e["id"] not in known]
         if fresh:
             cursor = max(cursor, *(_at(e) for e in fresh))
@@ -233,8 +234,10 @@ def _at(event: dict[str, Any]) -> int:
     return seconds(event["at"]) or 0
 
 
-def _print_events(events: list[dict[str, Any]], as_json: bool, *, header: bool) -> None:
-    """JSON lines, or a table with each event's reasons on an indented line below it."""
+def _print_events(events: list[dict[str, Any]], as_json: bool, *, widths: tuple[int, ...] | None = None,
+                  header: bool = True) -> None:
+    """JSON lines, or a table with each event's reasons on an indented line below it; with `widths`, a
+    stream's rows (its header once, and nothing for no rows)."""
     if as_json:
         for event in events:
             print(json.dumps(event), flush=True)
@@ -242,15 +245,15 @@ def _print_events(events: list[dict[str, Any]], as_json: bool, *, header: bool) 
     rows = [(when(e["at"]), e["action"], e.get("error") or e["outcome"],
              agent_label(e.get("agent"), e.get("agent_domain")), e.get("user_subject"),
              e.get("granted_scope") or e.get("requested_scope")) for e in events]
-    if not rows and not header:
-        return
-    lines = table(AUDIT_HEADERS, rows, colour=_colour(), cut_first=("SCOPE", "USER")).splitlines()
+    lines = table(AUDIT_HEADERS, rows, colour=_colour(), cut_first=("SCOPE", "USER"), widths=widths,
+                  empty=None if widths else "(none)").splitlines()
     out = lines[:1] if header else []
     for line, event in zip(lines[1:], events, strict=False):
         out.append(line)
         if reasons := "; ".join(event.get("reasons") or ()):
             out.append(cut(f"    {reasons}", WIDTH))
-    print("\n".join(out), flush=True)
+    if out:
+        print("\n".join(out), flush=True)
 
 
 # --- login -------------------------------------------------------------------------------------------------

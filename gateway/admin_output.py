@@ -15,6 +15,7 @@ WIDTH = 100
 GAP = "  "
 MIN_CUT = 8
 SPAN = re.compile(r"(\d+)([smhdw])")
+SPAN_TEXT = re.compile(r"(?:\d+[smhdw])+")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 COLOURS = {"open": "32", "active": "32", "revoked": "31", "lifted": "33", "granted": "32",
            "completed": "2", "expired": "2"}
@@ -28,7 +29,7 @@ def span(text: str) -> int:
     """Seconds in a relative span: `90s`, `15m`, `2h`, `1d`, `1w`, combined (`1h30m`), or plain seconds."""
     if text.isdigit() and int(text) > 0:
         return int(text)
-    if not text or SPAN.sub("", text) or not (total := sum(int(n) * UNITS[u] for n, u in SPAN.findall(text))):
+    if not SPAN_TEXT.fullmatch(text) or not (total := sum(int(n) * UNITS[u] for n, u in SPAN.findall(text))):
         raise InputError(f"{text!r} is not a span: use e.g. 90s, 15m, 2h, 1d, 1w or 1h30m")
     return total
 
@@ -38,31 +39,34 @@ def point(text: str, *, now: int) -> int:
     seconds, or a span back from now (`1h`: an hour ago)."""
     if text.isdigit():
         return int(text)
-    try:
+    if SPAN_TEXT.fullmatch(text):
         return now - span(text)
-    except InputError:
-        pass
-    try:
-        moment = datetime.fromisoformat(text.replace("z", "Z"))
-    except ValueError:
+    moment = seconds(text)
+    if moment is None:
         raise InputError(f"{text!r} is not a time: use ISO 8601 (2026-05-01T12:00:00Z), Unix seconds, or a span "
-                         "back from now (1h, 2d)") from None
-    return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp())
+                         "back from now (1h, 2d)")
+    return moment
 
 
 def seconds(value: object) -> int | None:
-    """A time from the API (Unix seconds, or ISO 8601) as Unix seconds."""
-    if value is None or value == "":
+    """A time from the API (Unix seconds, or ISO 8601) as Unix seconds; None for none or for what is neither."""
+    if value is None or value == "" or isinstance(value, bool):
         return None
     if isinstance(value, int | float):
         return int(value)
-    return point(str(value), now=0)
+    try:
+        moment = datetime.fromisoformat(str(value).replace("z", "Z"))
+    except ValueError:
+        return None
+    return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp())
 
 
 def when(value: object) -> str:
     """A time from the API shown as ISO 8601 UTC (`2026-05-01T12:00:00Z`); empty for none."""
     moment = seconds(value)
-    return "" if moment is None else datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if moment is None:
+        return text(value)
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def agent_label(agent: object, domain: object) -> str:
@@ -97,14 +101,16 @@ def paint(value: str, *, on: bool) -> str:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, colour: bool = False,
-          cut_first: Sequence[str] = ()) -> str:
-    """Aligned columns within WIDTH; '(none)' without rows. Too wide, the columns named in `cut_first` are
-    cut (`…`) first, widest first, then any but the first (the id)."""
-    if not rows:
-        return "(none)"
+          cut_first: Sequence[str] = (), widths: Sequence[int] | None = None, empty: str | None = "(none)") -> str:
+    """Aligned columns within WIDTH; `empty` without rows (None: the header alone). Too wide, the columns
+    named in `cut_first` are cut (`…`) first, widest first, then any but the first (the id). `widths`
+    fixes the columns instead (a stream of rows printed as they come)."""
+    if not rows and empty is not None:
+        return empty
     cells = [list(headers), *[[text(c) for c in row] for row in rows]]
-    widths = _fit([max(len(row[i]) for row in cells) for i in range(len(headers))],
-                  [i for i, name in enumerate(headers) if name in cut_first])
+    if widths is None:
+        widths = _fit([max(len(row[i]) for row in cells) for i in range(len(headers))],
+                      [i for i, name in enumerate(headers) if name in cut_first])
     lines = []
     for number, row in enumerate(cells):
         parts = [cut(c, w).ljust(w) for c, w in zip(row, widths, strict=True)]

@@ -27,7 +27,7 @@ import httpx2
 import jwt
 import pytest
 
-from gateway.admin_output import colour_on, table
+from gateway.admin_output import InputError, colour_on, point, span, table, when
 from gateway.dev import ADMIN as DEMO_ADMIN
 from gateway.dev import AGENT as DEMO_AGENT
 from gateway.dev import MAIL as DEMO_MAIL
@@ -288,6 +288,34 @@ def test_issue11_1_deputy_login_uses_the_device_grant_and_keeps_the_token_0600(g
     assert stored.stat().st_mode & 0o777 == 0o600 and gateway.url in json.loads(stored.read_text())
     assert cli("tasks", "list").returncode == 0  # as carol, with the token `deputy login` kept
     assert plain.returncode == 1 and "offers no device authorization grant" in plain.stderr, plain.stderr
+
+
+@pytest.mark.parametrize(("typed", "expected"), [
+    ("2026-05-01", 1777593600), ("2026-05-01T12:00:00Z", 1777636800), ("2026-05-01T14:00:00+02:00", 1777636800),
+    ("2026-05-01T12:00:00", 1777636800), ("1777636800", 1777636800), ("1h", 1_000_000 - 3600),
+    ("1h30m", 1_000_000 - 5400), ("2d", 1_000_000 - 172800)])
+def test_issue11_2_times_are_iso_8601_unix_seconds_or_spans_back_from_now(typed: str, expected: int) -> None:
+    assert point(typed, now=1_000_000) == expected
+
+
+@pytest.mark.parametrize("typed", ["yesterday", "1x", "h", "0m", "-1h", "2026-13-01", ""])
+def test_issue11_2_a_time_or_span_that_means_nothing_is_refused(typed: str) -> None:
+    with pytest.raises(InputError):
+        point(typed, now=1_000_000)
+    with pytest.raises(InputError):
+        span(typed)
+
+
+def test_issue11_2_times_are_shown_in_iso_8601_utc_whatever_the_api_sends() -> None:
+    assert when(1777636800) == when("2026-05-01T12:00:00Z") == when("2026-05-01T14:00:00+02:00")
+    assert when(1777636800) == "2026-05-01T12:00:00Z" and when(None) == ""
+
+
+def test_issue11_2_a_table_too_wide_cuts_the_columns_named_first_and_keeps_the_id() -> None:
+    row = ("a" * 12, "spiffe://example.org/agents/" + "x" * 40, "scope " * 20)
+    lines = table(("ID", "AGENT", "SCOPE"), [row], cut_first=("SCOPE",)).splitlines()
+    assert all(len(line) <= 100 for line in lines) and lines[1].startswith("a" * 12 + "  " + row[1])
+    assert lines[1].endswith("…")
 
 
 class Terminal(io.StringIO):
