@@ -217,16 +217,16 @@ def audit(args: argparse.Namespace) -> int:
 
 def _new_events(api: AdminApi, query: dict[str, Any], seen: list[dict[str, Any]], interval: float,
                 sleep: Callable[[float], None] = time.sleep) -> Iterator[list[dict[str, Any]]]:
-    """Poll the trail: each round, the events at or after the newest seen (`since`), less those seen."""
+    """Poll the trail: each round, the events from the second of the newest seen on (`since`) whose
+    position in the trail (`id`) is past the last one printed."""
     cursor = max((_at(e) for e in seen), default=int(time.time()))
-    known = {e["id"] for e in seen}
+    last = max((int(e["id"]) for e in seen), default=None)
     while True:
         sleep(interval)
         events = api.get("/admin/audit", **{**query, "since": cursor, "until": None}, limit=1000)["events"]
-        fresh = [e for e in events[::-1] if e["id"] not in known]
+        fresh = [e for e in events[::-1] if last is None or int(e["id"]) > last]
         if fresh:
-            cursor = max(cursor, *(_at(e) for e in fresh))
-            known = {e["id"] for e in events if _at(e) >= cursor}
+            cursor, last = max(cursor, *(_at(e) for e in fresh)), max(int(e["id"]) for e in fresh)
             yield fresh
 
 

@@ -177,14 +177,20 @@ def test_issue11_2_audit_follow_streams_new_events_and_ctrl_c_exits_0(gateway: D
                                  "--interval", "0.2"], cwd=cli.home / "cwd", env=cli.environment(),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert follower.stdout is not None
+    watchdog = threading.Timer(30, follower.kill)  # a stream that never shows the event ends the test
+    watchdog.start()
     try:
         first = json.loads(follower.stdout.readline())  # the newest event so far
         task = open_task(gateway)
-        seen = [json.loads(follower.stdout.readline()) for _ in range(1)]
+        streamed = [json.loads(follower.stdout.readline())]
+        while streamed[-1]["task_id"] != task["task_id"]:  # other events (a sweep) may come first
+            streamed.append(json.loads(follower.stdout.readline()))
     finally:
+        watchdog.cancel()
         follower.send_signal(signal.SIGINT)
         _, errors = follower.communicate(timeout=20)
-    assert seen[0]["task_id"] == task["task_id"] and seen[0]["id"] > first["id"]
+    ids = [first["id"], *(event["id"] for event in streamed)]
+    assert ids == sorted(set(ids)), ids  # each event once, oldest first, none from before the stream began
     assert follower.returncode == 0 and "Traceback" not in errors, errors
 
 
