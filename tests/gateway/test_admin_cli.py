@@ -173,6 +173,7 @@ def test_issue11_2_audit_accepts_iso_8601_and_spans_and_prints_json_lines(gatewa
 
 
 def test_issue11_2_audit_follow_streams_new_events_and_ctrl_c_exits_0(gateway: Deployment, cli: Cli) -> None:
+    open_task(gateway)  # an event for the stream to begin with
     follower = subprocess.Popen([sys.executable, "-m", "gateway.cli", "audit", "--follow", "--json", "--limit", "1",
                                  "--interval", "0.2"], cwd=cli.home / "cwd", env=cli.environment(),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
