@@ -17,9 +17,9 @@ from token_exchange.errors import InvalidRequest
 
 from .admin_http import AdminApi, ApiFailure
 from .admin_login import DeviceLogin, store_token
-from .admin_output import WIDTH, agent_label, colour_on, cut, emit, fields, note, seconds, table, text, when
+from .admin_output import WIDTH, colour_on, cut, emit, fields, note, seconds, table, text, when
 from .admin_target import target
-from .admin_views import revoked_party
+from .admin_views import agent_label, revoked_party
 from .settings import ConfigError
 
 MATCHED_NOTHING = 3
@@ -116,20 +116,21 @@ def _end_task(args: argparse.Namespace, action: str) -> int:
 # --- revoke, block -----------------------------------------------------------------------------------------
 
 
-def _party(args: argparse.Namespace) -> tuple[str, str]:
-    """The party named on the command line, checked as the API checks it: (kind, its description)."""
+def _party(args: argparse.Namespace) -> str:
+    """The party named on the command line, checked as the API checks it, described."""
     try:
         party = revoked_party(agent=args.agent, trust_domain=args.trust_domain, user=args.user, issuer=args.issuer)
     except InvalidRequest as exc:
         raise ConfigError(f"--agent/--trust-domain/--user/--issuer: {exc.description}") from exc
-    return party.kind, party.describe()
+    return party.describe()
 
 
 def revoke_party(args: argparse.Namespace) -> int:
-    _, described = _party(args)
-    query = {"agent": args.agent, "trust_domain": args.trust_domain, "user": args.user, "issuer": args.issuer}
+    described = _party(args)
+    query: dict[str, object] = {"agent": args.agent, "trust_domain": args.trust_domain, "user": args.user,
+                                "issuer": args.issuer}
     with _api(args) as api:
-        body = api.request("POST", "/admin/revoke", params=dict(query), body=_reason(args))
+        body = api.request("POST", "/admin/revoke", params=query, body=_reason(args))
     tasks = list(body.get("revoked_tasks") or [])
     if args.json:
         emit(body)
@@ -144,14 +145,13 @@ def revoke_party(args: argparse.Namespace) -> int:
 
 
 def add_block(args: argparse.Namespace) -> int:
-    if args.workload_issuer is None:
+    if args.workload_issuer is None:  # the API checks a workload issuer itself
         _party(args)
     named = {k: v for k, v in (("agent", args.agent), ("trust_domain", args.trust_domain),
-                               ("workload_issuer", args.workload_issuer), ("user", args.user)) if v is not None}
+                               ("workload_issuer", args.workload_issuer), ("user", args.user),
+                               ("issuer", args.issuer)) if v is not None}
     with _api(args) as api:
-        body = api.request("POST", "/admin/blocks", body={**named, **({"issuer": args.issuer} if args.issuer
-                                                                      else {}), "for": args.duration,
-                                                          **_reason(args)})
+        body = api.request("POST", "/admin/blocks", body={**named, "for": args.duration, **_reason(args)})
     if args.json:
         emit(body)
         return 0

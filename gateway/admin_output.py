@@ -69,14 +69,6 @@ def when(value: object) -> str:
     return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def agent_label(agent: object, domain: object) -> str:
-    """A SPIFFE ID alone (it names its trust domain), any other agent id with the issuer it is unique within."""
-    if not agent:
-        return ""
-    text = str(agent)
-    return text if not domain or text.startswith("spiffe://") else f"{text} at {domain}"
-
-
 def text(value: object) -> str:
     """A value as a person reads it: never a Python repr (None, lists, dicts)."""
     if value is None:
