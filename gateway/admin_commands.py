@@ -20,7 +20,7 @@ from .admin_login import DeviceLogin, store_token
 from .admin_output import WIDTH, colour_on, cut, emit, fields, note, seconds, table, text, when
 from .admin_target import target
 from .admin_views import agent_label, revoked_party
-from .settings import ConfigError
+from .settings import ConfigError, checked_url
 
 MATCHED_NOTHING = 3
 SHORT_ID = 12
@@ -262,8 +262,9 @@ def _print_events(events: list[dict[str, Any]], as_json: bool, *, widths: tuple[
 def login(args: argparse.Namespace) -> int:
     if not args.addr:
         raise ConfigError("login: give the gateway the token is for, with --addr or DEPUTY_ADDR")
+    addr = checked_url(args.addr, key="--addr (or DEPUTY_ADDR)").rstrip("/")
     with httpx2.Client(timeout=15.0) as client:
-        device = DeviceLogin(client, args.issuer, args.client_id)
+        device = DeviceLogin(client, checked_url(args.issuer, key="--issuer"), args.client_id)
         device_endpoint, token_endpoint = device.endpoints()
         started = device.start(device_endpoint, args.scope)
         where = started.get("verification_uri_complete") or started["verification_uri"]
@@ -271,6 +272,6 @@ def login(args: argparse.Namespace) -> int:
         token = device.poll(token_endpoint, started)
     if not isinstance(token.get("access_token"), str):
         raise ApiFailure("the identity provider answered no access_token")
-    path = store_token(args.addr, token, now=int(time.time()))
-    print(f"signed in at {args.issuer}: the token for {args.addr.rstrip('/')} is kept in {path}")
+    path = store_token(addr, token, now=int(time.time()))
+    print(f"signed in at {args.issuer}: the token for {addr} is kept in {path}")
     return 0

@@ -21,13 +21,14 @@ class Target:
 
     addr: str
     token: str
+    hint: str = ""  # added to a connection failure
 
 
 class AdminApi:
     """`request` sends one call to `/admin...`; a refusal raises `ApiFailure` as `error: description`."""
 
     def __init__(self, target: Target, *, transport: httpx2.BaseTransport | None = None) -> None:
-        self.addr = target.addr
+        self.addr, self.hint = target.addr, target.hint
         self._client = httpx2.Client(base_url=target.addr, timeout=TIMEOUT, transport=transport,
                                      headers={"Authorization": f"Bearer {target.token}",
                                               "Accept": "application/json"})
@@ -42,7 +43,8 @@ class AdminApi:
         try:
             response = self._client.request(method, path, params=query, json=body)
         except httpx2.HTTPError as exc:
-            raise ApiFailure(f"cannot reach the gateway at {self.addr}: {exc or type(exc).__name__}") from exc
+            cause = f"{exc or type(exc).__name__}{f'; {self.hint}' if self.hint else ''}"
+            raise ApiFailure(f"cannot reach the gateway at {self.addr}: {cause}") from exc
         return answer(response)
 
     def close(self) -> None:

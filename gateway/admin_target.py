@@ -19,7 +19,7 @@ from . import dev
 from .admin_http import ApiFailure, Target
 from .admin_login import stored_token
 from .admin_output import note
-from .settings import ConfigError
+from .settings import ConfigError, checked_url
 
 DEV_DIR = Path(".deputy-dev")
 NO_CREDENTIAL = ("no admin credential for {addr}: set DEPUTY_TOKEN or give --token-file (a user token from the "
@@ -46,7 +46,7 @@ def target(args: argparse.Namespace) -> Target:
     names an address."""
     token = _given_token(args)
     if args.addr:
-        addr = args.addr.rstrip("/")
+        addr = checked_url(args.addr, key="--addr (or DEPUTY_ADDR)").rstrip("/")
         return Target(addr, token or stored_token(addr, now=int(time.time())) or _workload_svid(addr))
     return _dev_target(token)
 
@@ -106,4 +106,4 @@ def _dev_target(token: str | None) -> Target:
                           "on this machine)") from None
     who = "the given token" if token else f"the demo admin {dev.ADMIN}"
     note(f"dev mode: the `deputy serve --dev` gateway at {addr} ({identities.directory.resolve()}), as {who}")
-    return Target(addr, token or identities.svid(dev.ADMIN))
+    return Target(addr, token or identities.svid(dev.ADMIN), hint="is `deputy serve --dev` still running?")

@@ -219,6 +219,25 @@ def test_issue11_1_an_unreachable_gateway_names_the_address_tried(cli: Cli) -> N
     assert done.returncode == 1 and done.stderr.startswith(f"error: cannot reach the gateway at {addr}")
 
 
+@pytest.mark.parametrize(("addr", "message"), [
+    ("http://deputy.example.com", "must use https (plain http is allowed on loopback only)"),
+    ("deputy.example.com", "must be an http(s) URL"),
+    ("https://admin:secret@deputy.example.com", "must not hold a user name or password")])
+def test_issue11_1_the_admin_token_goes_over_https_only_except_on_loopback(addr: str, message: str,
+                                                                            cli: Cli) -> None:
+    done = cli("tasks", "list", "--addr", addr)
+    assert done.returncode == 2 and f"--addr (or DEPUTY_ADDR): {message}" in done.stderr, done.stderr
+
+
+def test_issue11_1_an_expired_token_of_deputy_login_is_reported_never_sent(gateway: Deployment,
+                                                                           tmp_path: Path) -> None:
+    stored = tmp_path / "config" / "deputy" / "tokens.json"
+    stored.parent.mkdir(parents=True)
+    stored.write_text(json.dumps({gateway.url: {"access_token": "expired", "expires_at": int(time.time()) - 1}}))
+    done = Cli(tmp_path, DEPUTY_ADDR=gateway.url)("tasks", "list")
+    assert done.returncode == 1 and "has expired: run `deputy login` again" in done.stderr, done.stderr
+
+
 def test_issue11_1_no_credential_says_which_ones_exist_and_exits_2(gateway: Deployment, tmp_path: Path) -> None:
     done = Cli(tmp_path, DEPUTY_ADDR=gateway.url)("tasks", "list")
     assert done.returncode == 2 and "no admin credential" in done.stderr and "deputy login" in done.stderr
