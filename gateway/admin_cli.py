@@ -41,13 +41,12 @@ def add_commands(commands: Any) -> None:
 
 
 def _command(commands: Any, name: str, text: str, handler: Any, *, reason: bool = True,
-             json: bool = True) -> argparse.ArgumentParser:
+             json: str = "print the admin API's JSON answer") -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = commands.add_parser(name, help=text, description=text[0].upper() + text[1:])
     add_options(parser)
     if reason:
         parser.add_argument("--reason", help="why: recorded with the acting admin in the audit trail")
-    if json:
-        parser.add_argument("--json", action="store_true", help="the admin API's JSON answer")
+    parser.add_argument("--json", action="store_true", help=json)
     parser.set_defaults(run=handler)
     return parser
 
@@ -59,7 +58,7 @@ def _add_tasks(commands: Any) -> None:
     listing.add_argument("--agent", help="only tasks of this agent (a SPIFFE ID, or a workload id at any issuer)")
     listing.add_argument("--user", help="only tasks of this user (sub)")
     listing.add_argument("--state", choices=["open", "completed", "revoked", "expired"])
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--limit", type=int, default=50, help="at most this many tasks (default 50)")
     for name, handler, text, reason in (
             ("show", run.show_task, "one task: its chain, children and tokens", False),
             ("complete", run.complete_task, "complete a task and everything derived from it", True),
@@ -69,14 +68,14 @@ def _add_tasks(commands: Any) -> None:
 
 
 def _add_audit(commands: Any) -> None:
-    audit = _command(commands, "audit", "the audit trail, newest first", run.audit, reason=False)
-    audit.set_defaults(json=False)
-    audit.add_argument("--task", help="one task (its id)")
-    audit.add_argument("--agent")
-    audit.add_argument("--user")
+    audit = _command(commands, "audit", "the audit trail, newest first", run.audit, reason=False,
+                     json="one event per line, as the admin API's JSON")
+    audit.add_argument("--task", help="only the events of this task (its id)")
+    audit.add_argument("--agent", help="only the events of this agent")
+    audit.add_argument("--user", help="only the events of this user (sub)")
     audit.add_argument("--since", type=_time, help="ISO 8601, Unix seconds, or a span back from now (1h, 2d)")
     audit.add_argument("--until", type=_time, help="likewise")
-    audit.add_argument("--limit", type=int, default=50)
+    audit.add_argument("--limit", type=int, default=50, help="at most this many events first (default 50)")
     audit.add_argument("--follow", "-f", action="store_true", help="then print new events as they happen "
                                                                    "(oldest first; Ctrl-C ends)")
     audit.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
