@@ -17,7 +17,7 @@ import httpx2
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from gateway.dev import MAIL
+from gateway.dev import AGENT, MAIL
 from tests.mcp_support import ROOT, Gateway, call_tool, dev_gateway
 from tests.support import free_port
 
@@ -107,3 +107,26 @@ async def test_fastapi_example_routes_need_their_scope_and_serve_the_metadata(ga
         gateway.complete(task)
         response = await refused_after_completion(url + "/inbox", reader)
         assert response.status_code == 401 and response.json()["detail"]["error"] == "invalid_token"
+
+
+def run_example(name: str, *args: str) -> list[str]:
+    """`python examples/<name>.py ARGS` to its end: its output lines, once it has exited 0."""
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / f"{name}.py"), *args], capture_output=True,
+                          text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout.splitlines()
+
+
+def test_mcp_agent_example_is_allowed_with_the_scope_refused_without_it_and_after_the_task(
+        gateway: Gateway, tmp_path: Path) -> None:
+    with example("mcp_server", gateway, tmp_path / "mcp.log") as url:
+        lines = run_example("mcp_agent", "--gateway", gateway.url, "--mcp", url + "/mcp",
+                            "--dev-dir", str(gateway.ids.directory))
+    task = lines[0].split()[3]
+    assert lines[0] == f"[1] opened task {task} for alice, scope mail.read"
+    assert lines[1] == f"[2] read_inbox with mail.read: allowed: user alice, agent {AGENT}, task {task}, messages 2"
+    assert lines[2] == "[3] send_mail without mail.send: refused: insufficient_scope: tool send_mail needs scope mail.send"
+    assert lines[3] == f"[4] completed task {task} (left its block)"
+    assert lines[4].startswith("[5] read_inbox after the task ended: refused: ")
+    assert '(401 Bearer error="invalid_token"' in lines[4]
+    assert lines[5:] == ["all as expected"]
