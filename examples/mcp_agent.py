@@ -83,9 +83,10 @@ async def run(gateway: str, mcp: str, ids: DemoIdentities) -> bool:
         async with deputy.task(ids.user_token("alice"), scope=["mail.read"], audiences=[MAIL],
                                purpose="read alice's inbox") as task:
             print(f"[1] opened task {task.id} for alice, scope {' '.join(task.scope)}", flush=True)
-            read = await call(mcp, task.auth(MAIL, "mail.read"), "read_inbox")
+            reader = task.auth(MAIL, "mail.read")
+            read = await call(mcp, reader, "read_inbox")
             print(f"[2] read_inbox with mail.read: {read}", flush=True)
-            send = await call(mcp, task.auth(MAIL, "mail.read"), "send_mail", {"to": "bob@example.com", "subject": "hi"})
+            send = await call(mcp, reader, "send_mail", {"to": "bob@example.com", "subject": "hi"})
             print(f"[3] send_mail without mail.send: {send}", flush=True)
             held = await task.access(key(MAIL, ["mail.read"]))
         print(f"[4] completed task {task.id} (left its block)", flush=True)

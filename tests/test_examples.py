@@ -125,7 +125,8 @@ def test_mcp_agent_example_is_allowed_with_the_scope_refused_without_it_and_afte
     task = lines[0].split()[3]
     assert lines[0] == f"[1] opened task {task} for alice, scope mail.read"
     assert lines[1] == f"[2] read_inbox with mail.read: allowed: user alice, agent {AGENT}, task {task}, messages 2"
-    assert lines[2] == "[3] send_mail without mail.send: refused: insufficient_scope: tool send_mail needs scope mail.send"
+    assert lines[2] == ("[3] send_mail without mail.send: refused: "
+                        "insufficient_scope: tool send_mail needs scope mail.send")
     assert lines[3] == f"[4] completed task {task} (left its block)"
     assert lines[4].startswith("[5] read_inbox after the task ended: refused: ")
     assert '(401 Bearer error="invalid_token"' in lines[4]
