@@ -18,7 +18,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from gateway.dev import AGENT, MAIL
-from tests.mcp_support import ROOT, Gateway, call_tool, dev_gateway
+from tests.mcp_support import ROOT, Gateway, call_tool, dev_gateway, load_example
 from tests.support import free_port
 
 METADATA = "/.well-known/oauth-protected-resource"
@@ -131,3 +131,29 @@ def test_mcp_agent_example_is_allowed_with_the_scope_refused_without_it_and_afte
     assert lines[4].startswith("[5] read_inbox after the task ended: refused: ")
     assert '(401 Bearer error="invalid_token"' in lines[4]
     assert lines[5:] == ["all as expected"]
+
+
+def test_tool_wrapper_example_attaches_per_task_tokens_with_each_tools_scope(gateway: Gateway,
+                                                                               tmp_path: Path) -> None:
+    with example("fastapi_api", gateway, tmp_path / "api.log") as url:
+        lines = run_example("tool_wrapper", "--gateway", gateway.url, "--api", url,
+                            "--dev-dir", str(gateway.ids.directory))
+    task = lines[0].split()[3]
+    assert lines[0] == f"[1] opened task {task} for alice, scope mail.read"
+    assert lines[1] == "[2] tools: read_inbox() needs mail.read, send_mail(to, subject) needs mail.send"
+    assert lines[2] == ("[3] read_inbox({}) ok: bob@example.com: Quarterly numbers; carol@example.com: Lunch? "
+                        "(for alice)")
+    assert lines[3].startswith("[4] send_mail({'to': 'bob@example.com', 'subject': 'Re: Quarterly numbers'}) "
+                               "refused: invalid_scope: ")
+    assert lines[4:] == [f"[5] completed task {task}", "all as expected"]
+
+
+async def test_tool_wrapper_tools_have_langchains_basetool_shape_and_need_a_task() -> None:
+    wrapper = load_example("tool_wrapper")
+    tool = wrapper.send_mail
+    assert (tool.name, tool.description, tool.scope) == ("send_mail", "Send a message to `to` with `subject`.",
+                                                         ("mail.send",))
+    assert tool.args == {"to": {"title": "To", "type": "string"}, "subject": {"title": "Subject", "type": "string"}}
+    assert tool.args_schema["required"] == ["to", "subject"]
+    with pytest.raises(RuntimeError, match="bound to no task"):
+        await tool.ainvoke({"to": "bob@example.com", "subject": "hi"})
