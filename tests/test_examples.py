@@ -70,18 +70,17 @@ async def refused_after_completion(url: str, token: str) -> httpx2.Response:
 
 async def test_mcp_example_tools_need_their_scope_and_die_with_the_task(gateway: Gateway, tmp_path: Path) -> None:
     with example("mcp_server", gateway, tmp_path / "mcp.log") as url:
-        task = gateway.open_task()
-        reader = gateway.token(task, "mail.read")
-        inbox = await call_tool(url + "/mcp", reader, "read_inbox")
-        assert not inbox.is_error and inbox.structured_content is not None
-        assert (inbox.structured_content["user"], inbox.structured_content["task"]) == ("alice", task["task_id"])
-        with pytest.raises(MCPError, match=r"insufficient_scope: tool send_mail needs scope mail\.send"):
-            await call_tool(url + "/mcp", reader, "send_mail", {"to": "bob@example.com", "subject": "hi"})
-        sender = gateway.token(task, "mail.send")
-        sent = await call_tool(url + "/mcp", sender, "send_mail", {"to": "bob@example.com", "subject": "hi"})
-        assert not sent.is_error and sent.structured_content == {
-            "user": "alice", "to": "bob@example.com", "subject": "hi", "status": "queued"}
-        gateway.complete(task)
+        async with gateway.task("mail.read", "mail.send", dpop=False) as task:
+            reader = await task.token(MAIL, "mail.read")
+            inbox = await call_tool(url + "/mcp", reader, "read_inbox")
+            assert not inbox.is_error and inbox.structured_content is not None
+            assert (inbox.structured_content["user"], inbox.structured_content["task"]) == ("alice", task.id)
+            with pytest.raises(MCPError, match=r"insufficient_scope: tool send_mail needs scope mail\.send"):
+                await call_tool(url + "/mcp", reader, "send_mail", {"to": "bob@example.com", "subject": "hi"})
+            sender = await task.token(MAIL, "mail.send")
+            sent = await call_tool(url + "/mcp", sender, "send_mail", {"to": "bob@example.com", "subject": "hi"})
+            assert not sent.is_error and sent.structured_content == {
+                "user": "alice", "to": "bob@example.com", "subject": "hi", "status": "queued"}
         response = await refused_after_completion(url + "/mcp", reader)
         assert response.status_code == 401 and response.json()["error"] == "invalid_token"
         with pytest.raises(MCPError):
@@ -94,17 +93,16 @@ async def test_fastapi_example_routes_need_their_scope_and_serve_the_metadata(ga
         assert http.get(METADATA).json() == {
             "resource": MAIL, "authorization_servers": [gateway.url], "scopes_supported": ["mail.read", "mail.send"],
             "bearer_methods_supported": ["header"], "resource_name": "Demo mail API"}
-        task = gateway.open_task()
-        reader = gateway.token(task, "mail.read")
-        inbox = http.get("/inbox", headers={"Authorization": f"Bearer {reader}"})
-        assert inbox.status_code == 200 and inbox.json()["task"] == task["task_id"]
-        send = http.post("/send", headers={"Authorization": f"Bearer {reader}"})
-        assert send.status_code == 403
-        assert send.headers["www-authenticate"] == (
-            'Bearer error="insufficient_scope", error_description="this request needs scope mail.send", '
-            'scope="mail.send", DPoP algs="ES256 ES384 ES512 EdDSA PS256 PS384 PS512 RS256 RS384 RS512"')
-        assert http.get("/inbox").status_code == 401
-        gateway.complete(task)
+        async with gateway.task("mail.read", dpop=False) as task:
+            reader = await task.token(MAIL, "mail.read")
+            inbox = http.get("/inbox", headers={"Authorization": f"Bearer {reader}"})
+            assert inbox.status_code == 200 and inbox.json()["task"] == task.id
+            send = http.post("/send", headers={"Authorization": f"Bearer {reader}"})
+            assert send.status_code == 403
+            assert send.headers["www-authenticate"] == (
+                'Bearer error="insufficient_scope", error_description="this request needs scope mail.send", '
+                'scope="mail.send", DPoP algs="ES256 ES384 ES512 EdDSA PS256 PS384 PS512 RS256 RS384 RS512"')
+            assert http.get("/inbox").status_code == 401
         response = await refused_after_completion(url + "/inbox", reader)
         assert response.status_code == 401 and response.json()["detail"]["error"] == "invalid_token"
 
