@@ -1,6 +1,8 @@
 """Each example runs with its one command against a real gateway, and does what its docstring says:
 examples/mcp_server.py (MCP tools with per-tool scopes, called through the mcp client with per-task
-tokens) and examples/fastapi_api.py (a FastAPI API with the verifier's dependency and RFC 9728 metadata)."""
+tokens), examples/fastapi_api.py (a FastAPI API with the verifier's dependency and RFC 9728 metadata),
+and the agents: examples/mcp_agent.py (the MCP server's tools through the SDK, DPoP-bound) and
+examples/tool_wrapper.py (LangChain-style tools with per-task tokens, against the FastAPI API)."""
 
 from __future__ import annotations
 
