@@ -63,6 +63,12 @@ class Task:
             self._cache[key] = token
             return token
 
+    def forget(self, key: CacheKey, token: AccessToken) -> None:
+        """A resource refused `token` as invalid (revoked, say): the next call for `key` mints again, and so
+        learns from the gateway whether the task is still open."""
+        if self._cache.get(key) is token:
+            del self._cache[key]
+
     async def token(self, audience: str, *scope: str) -> str:
         """The raw access token for `audience` with `scope` (RFC 8693 §2.1 `resource`, RFC 6749 §3.3)."""
         return (await self.access(key(audience, scope))).access_token

@@ -8,6 +8,8 @@ window around `now`; `jti` must be a bounded string, so its single use can be re
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +20,7 @@ from .signing import thumbprint
 WINDOW_S = 60  # a proof's `iat` may be this far in the past (RFC 9449 §11.1; abca §7.2 item 6)
 FUTURE_S = 5  # and this far ahead, for clock skew
 MAX_JTI_CHARS = 256  # RFC 9449 §11.1: an oversized jti is refused, never stored
+KEY_CACHE_SIZE = 4096  # distinct proof keys whose loaded form is kept
 PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})  # RFC 7518 §6.2.2, §6.3.2, §6.4
 
 
@@ -37,9 +40,17 @@ def public_key(jwk: Any, *, where: str, allowed: frozenset[str], algorithm: str 
     if algorithm is not None and jwk.get("kty") != "RSA" and implied != algorithm:
         raise TokenError(f"{where} does not fit algorithm {algorithm}")  # e.g. ES256 on a P-384 key
     try:
-        return bind_key(jwk, where, chosen), thumbprint(jwk)
-    except (UnsafeKey, KeyError, TypeError) as exc:
+        return _bound_key(json.dumps(jwk, sort_keys=True), where, chosen)
+    except (UnsafeKey, KeyError, TypeError, ValueError) as exc:
         raise TokenError(f"{where} cannot be used: {exc}") from exc
+
+
+@functools.lru_cache(maxsize=KEY_CACHE_SIZE)
+def _bound_key(jwk_json: str, where: str, algorithm: str) -> tuple[VerificationKey, str]:
+    """An agent instance proves with one key call after call: loading it from its JWK (a quarter of a
+    proof's check, `bench/sdk.py`) happens once per key. A refused key is not cached (it raises)."""
+    jwk = json.loads(jwk_json)
+    return bind_key(jwk, where, algorithm), thumbprint(jwk)
 
 
 def issued_at(claims: Mapping[str, Any], *, now: int, section: str) -> int:

@@ -22,10 +22,13 @@ from tests.conftest import HELPER_AGENT, MAIL_AGENT, POLICY_DATA, Deployment, de
 SHORT = "https://short.example.com"  # its tokens live SHORT_TTL seconds: near-expiry minting
 SHORT_TTL = 3
 HELPER = "/agents/helper"  # the sub-agent's SVID path in the deployment's trust domain
+API = "https://api.example.com"  # a resource with a resource server that follows revocations (API_SERVER)
+API_SERVER = "/rs/api"
 
 _namespace = next(iter(POLICY_DATA))
 SDK_POLICY_DATA = copy.deepcopy(POLICY_DATA)
 SDK_POLICY_DATA[_namespace]["grants"][MAIL_AGENT][SHORT] = ["short.read"]
+SDK_POLICY_DATA[_namespace]["grants"][MAIL_AGENT][API] = ["api.read"]
 SDK_POLICY_DATA[_namespace]["subagents"] = {MAIL_AGENT: [HELPER_AGENT]}
 
 SDK_CONFIG = f"""
@@ -33,6 +36,12 @@ SDK_CONFIG = f"""
 audience = "{SHORT}"
 scopes = ["short.read"]
 max_ttl = {SHORT_TTL}
+
+[[resources]]
+audience = "{API}"
+scopes = ["api.read"]
+max_ttl = 300
+clients = ["spiffe://example.org{API_SERVER}"]
 """
 
 
