@@ -30,7 +30,6 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from deputy_client import AccessToken, DeputyClient
-from deputy_client.tasks import key
 from gateway.dev import AGENT, MAIL, DemoIdentities, find
 
 
@@ -88,7 +87,7 @@ async def run(gateway: str, mcp: str, ids: DemoIdentities) -> bool:
             print(f"[2] read_inbox with mail.read: {read}", flush=True)
             send = await call(mcp, reader, "send_mail", {"to": "bob@example.com", "subject": "hi"})
             print(f"[3] send_mail without mail.send: {send}", flush=True)
-            held = await task.access(key(MAIL, ["mail.read"]))
+            held = await task.access_token(MAIL, "mail.read")
         print(f"[4] completed task {task.id} (left its block)", flush=True)
         after = await refused(mcp, HeldToken(deputy, held))
         print(f"[5] read_inbox after the task ended: {after}", flush=True)
