@@ -75,7 +75,8 @@ def _free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def _serve(app: Any, port: int) -> AsyncIterator[str]:
+async def serve_app(app: Any, port: int) -> AsyncIterator[str]:
+    """Serve the ASGI `app` on 127.0.0.1:`port` until the block ends; yields its URL."""
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     task = asyncio.create_task(server.serve())
     while not server.started:
@@ -162,7 +163,7 @@ async def _story(ids: DemoIdentities, gateway: str) -> int:
     async with httpx2.AsyncClient(timeout=10) as client:
         verifier = AccessTokenVerifier(issuer=gateway, audience=MAIL, client=client,
                                        svid=lambda: ids.svid(MAIL_API), max_feed_staleness=5)
-        async with verifier, _serve(mail_api(verifier), _free_port()) as api, DeputyClient(
+        async with verifier, serve_app(mail_api(verifier), _free_port()) as api, DeputyClient(
             gateway, identity=lambda: ids.svid(AGENT)
         ) as agent, DeputyClient(gateway, identity=lambda: ids.svid(SUBAGENT)) as summarizer:
             story.say(f"Gateway {gateway} and demo mail API {api} are up; the API follows the revocation feed.")

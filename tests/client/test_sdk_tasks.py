@@ -6,16 +6,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import httpx2
 import pytest
-import uvicorn
 from fastapi import Depends, FastAPI
 
 from deputy_client import DeputyClient, InvalidRequest, OAuthError, UnknownOAuthError
 from deputy_client.resource import AccessTokenVerifier, VerifiedAccess
 from deputy_client.resource.dependency import require_scope
+from gateway.demo import serve_app
 from tests.client.sdk_support import (
     API,
     API_SERVER,
@@ -183,21 +183,8 @@ async def api_server(verifier: AccessTokenVerifier) -> AsyncIterator[str]:
                    ) -> dict[str, str | None]:
         return {"task": access.task_id}
 
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
-    running = asyncio.create_task(server.serve())
-    await until_async(lambda: server.started)
-    try:
-        yield f"http://127.0.0.1:{server.config.port}"
-    finally:
-        server.should_exit = True
-        await running
-
-
-async def until_async(condition: Callable[[], object], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
+    async with serve_app(app, free_port()) as url:
+        yield url
 
 
 async def test_tasks_rfc6750_3_1_a_token_refused_as_invalid_is_minted_again_and_an_ended_task_says_so(
