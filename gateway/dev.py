@@ -27,6 +27,7 @@ AGENT = "spiffe://demo.test/agent/mail"
 SUBAGENT = "spiffe://demo.test/agent/summarizer"
 MAIL_API = "spiffe://demo.test/rs/mail"
 ADMIN = "spiffe://demo.test/admin"
+ADMIN_GROUP = "deputy-admins"  # the demo IdP's admin users are in it (the console's `admin` demo user)
 LABEL = "DEMO ONLY"
 
 POLICY_DATA = {
@@ -74,8 +75,10 @@ class DemoIdentities:
         resources: Sequence[DemoResource] = DEMO_RESOURCES,
         admins: Sequence[str] = (ADMIN,),
         admin_group: str | None = None,
+        console: bool = False,
     ) -> Path:
-        """Start afresh: new keys, JWKS, bundle, packaged policy with `data` (default: the demo's), deputy.toml."""
+        """Start afresh: new keys, JWKS, bundle, packaged policy with `data` (default: the demo's), deputy.toml;
+        with `console`, the web console signing in at the demo IdP's login page, which the gateway serves."""
         if self.directory.exists() and any(self.directory.iterdir()):
             if not (self.directory / "demo.json").exists():  # never wipe a folder these identities did not make
                 raise FileExistsError(f"{self.directory} is not empty and holds no demo identities")
@@ -102,6 +105,8 @@ class DemoIdentities:
             *(line for r in resources for line in (
                 "[[resources]]", f'audience = "{r.audience}"', f"scopes = {json.dumps(list(r.scopes))}",
                 f"max_ttl = {r.max_ttl}", f"clients = {json.dumps(list(r.clients))}", "")),
+            *(["[console]", f'issuer = "{idp}"', 'demo_idp = "."',
+               f'discovery_url = "{issuer}/console/demo-idp/.well-known/openid-configuration"'] if console else []),
         ]))
         return config
 
