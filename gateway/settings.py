@@ -241,8 +241,7 @@ def parse_settings(document: dict[str, Any], *, base: Path) -> Settings:
     attesters = tuple(_attester(s) for s in t.tables("attesters"))
     workloads = tuple(_workload_issuer(s, issuer) for s in t.tables("workload_issuers"))
     metrics = _metrics(t.table("metrics"), (host, port))
-    ssf = _ssf(t.table("ssf"), tasks)
-    console = _console(t.table("console"), issuer, issuers) if "console" in t.data else None
+    ssf, dpop = _ssf(t.table("ssf"), tasks), _dpop(t.table("dpop"))
     t.done()
     _unique("subject_issuers", [s.issuer for s in issuers], "issuer")
     _unique("trust_domains", [d.name for d in domains], "name")
@@ -255,8 +254,8 @@ def parse_settings(document: dict[str, Any], *, base: Path) -> Settings:
         raise ConfigError(f"tasks.retention: must be at least the longest token or task lifetime ({longest} s)")
     if any(r.audience == issuer for r in resources):
         raise ConfigError("resources: no resource audience may equal the gateway issuer (task tokens use it)")
-    return Settings(issuer, host, port, state_dir, store_url, tokens, policy, issuers, domains, resources, tasks,
-                    admin, audit, attesters, workloads, metrics, keys, ssf, _dpop(t.table("dpop")), console)
+    return Settings(issuer, host, port, state_dir, store_url, tokens, policy, issuers, domains, resources, tasks, admin,
+                    audit, attesters, workloads, metrics, keys, ssf, dpop, _console(t, issuer, issuers))
 
 
 KNOWN_KEYS: dict[str, frozenset[str]] = {
@@ -565,8 +564,11 @@ def _admin(t: _Table) -> AdminSettings:
     return AdminSettings(claim, value, spiffe_ids)
 
 
-def _console(t: _Table, gateway_issuer: str, users: tuple[SubjectIssuerSettings, ...]) -> ConsoleSettings:
+def _console(root: _Table, gateway_issuer: str, users: tuple[SubjectIssuerSettings, ...]) -> ConsoleSettings | None:
     """The console signs admins in at one of the subject issuers: its access token is checked as /admin's."""
+    if "console" not in root.data:
+        return None
+    t = root.table("console")
     issuer = t.take("issuer", str)
     if issuer not in {u.issuer for u in users}:
         raise ConfigError(f"{t.key('issuer')}: {issuer!r} is not one of the subject_issuers")

@@ -38,23 +38,34 @@ class _Code:
 
 
 def router(console: ConsoleSettings, gateway: str) -> APIRouter:
-    assert console.demo_idp is not None
-    identities, codes = DemoIdentities(console.demo_idp), dict[str, _Code]()
     routes = APIRouter(prefix=PREFIX, include_in_schema=False)
+    idp = _DemoIdp(console, gateway)
+    routes.add_api_route("/.well-known/openid-configuration", idp.discovery, methods=["GET"])
+    routes.add_api_route("/authorize", idp.login_page, methods=["GET"])
+    routes.add_api_route("/authorize", idp.approve, methods=["POST"])
+    routes.add_api_route("/token", idp.token, methods=["POST"])
+    return routes
 
-    @routes.get("/.well-known/openid-configuration")
-    async def discovery() -> JSONResponse:
-        base = f"{gateway}{PREFIX}"
+
+class _DemoIdp:
+    def __init__(self, console: ConsoleSettings, gateway: str) -> None:
+        assert console.demo_idp is not None
+        self.console = console
+        self.gateway = gateway
+        self.identities = DemoIdentities(console.demo_idp)
+        self.codes: dict[str, _Code] = {}
+
+    async def discovery(self) -> JSONResponse:
+        base = f"{self.gateway}{PREFIX}"
         return JSONResponse({
-            "issuer": console.issuer, "authorization_endpoint": f"{base}/authorize",
+            "issuer": self.console.issuer, "authorization_endpoint": f"{base}/authorize",
             "token_endpoint": f"{base}/token", "response_types_supported": ["code"],
             "grant_types_supported": ["authorization_code"], "code_challenge_methods_supported": ["S256"],
             "token_endpoint_auth_methods_supported": ["none"], "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": ["ES256"]})
 
-    @routes.get("/authorize")
-    async def authorize(request: Request) -> Response:
-        params = _checked(dict(request.query_params), console)
+    async def login_page(self, request: Request) -> Response:
+        params = _checked(dict(request.query_params), self.console)
         hidden = "".join(f'<input type="hidden" name="{k}" value="{html.escape(v)}">' for k, v in params.items())
         buttons = "".join(f'<button name="user" value="{u}">Sign in as {u}{" (admin)" if g else ""}</button>'
                           for u, g in USERS.items())
@@ -62,38 +73,33 @@ def router(console: ConsoleSettings, gateway: str) -> APIRouter:
                     '<code>deputy serve --dev</code>. No password: pick a demo user.</p>'
                     f'<form method="post" action="{PREFIX}/authorize">{hidden}{buttons}</form>')
 
-    @routes.post("/authorize")
-    async def approve(request: Request) -> Response:
+    async def approve(self, request: Request) -> Response:
         form = dict(await read_form(request))
         user = form.pop("user", "")
-        params = _checked(form, console)
+        params = _checked(form, self.console)
         if user not in USERS:
             raise InvalidRequest("pick one of the demo users")
         code = secrets.token_urlsafe(32)
-        codes[code] = _Code(user, params["code_challenge"], int(time.time()) + CODE_TTL)
-        target = f"{console.redirect_uri}?{urlencode({'code': code, 'state': params.get('state', '')})}"
+        self.codes[code] = _Code(user, params["code_challenge"], int(time.time()) + CODE_TTL)
+        target = f"{self.console.redirect_uri}?{urlencode({'code': code, 'state': params.get('state', '')})}"
         return RedirectResponse(target, status_code=303, headers=HEADERS)
 
-    @routes.post("/token")
-    async def token(request: Request) -> JSONResponse:
+    async def token(self, request: Request) -> JSONResponse:
         form = dict(await read_form(request))
         if form.get("grant_type") != "authorization_code":
             raise UnsupportedGrantType("the demo identity provider issues tokens for authorization codes only")
-        granted = codes.pop(form.get("code", ""), None)  # single use
-        if granted is None or granted.deadline <= time.time() or form.get("client_id") != console.client_id \
-                or form.get("redirect_uri") != console.redirect_uri:
+        granted = self.codes.pop(form.get("code", ""), None)  # single use
+        if granted is None or granted.deadline <= time.time() or form.get("client_id") != self.console.client_id \
+                or form.get("redirect_uri") != self.console.redirect_uri:
             raise InvalidGrant("unknown, used or expired authorization code, or another client or redirect_uri")
         verifier = form.get("code_verifier", "")
         if not hmac.compare_digest(b64url(hashlib.sha256(verifier.encode()).digest()), granted.challenge):
             raise InvalidGrant("code_verifier does not match the code_challenge (RFC 7636 section 4.6)")
         groups = USERS[granted.user]
-        access = identities.user_token(granted.user, ttl=TOKEN_TTL, groups=groups)
-        id_token = identities.user_token(granted.user, ttl=TOKEN_TTL, aud=console.client_id, groups=groups)
+        access = self.identities.user_token(granted.user, ttl=TOKEN_TTL, groups=groups)
+        id_token = self.identities.user_token(granted.user, ttl=TOKEN_TTL, aud=self.console.client_id, groups=groups)
         return JSONResponse({"access_token": access, "token_type": "Bearer", "expires_in": TOKEN_TTL,
-                             "id_token": id_token, "scope": console.scope},
-                            headers={"Cache-Control": "no-store"})
-
-    return routes
+                             "id_token": id_token, "scope": self.console.scope}, headers={"Cache-Control": "no-store"})
 
 
 def _checked(params: dict[str, str], console: ConsoleSettings) -> dict[str, str]:
