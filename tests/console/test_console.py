@@ -125,7 +125,7 @@ def test_console_audit_trail_filters_by_task_and_shows_the_admin_revocation(cons
     granted(dev.http.post(f"/admin/tasks/{task['task_id']}/revoke",
                           headers={"Authorization": f"Bearer {dev.identities.svid('spiffe://demo.test/admin')}"}))
     console.goto(f"{dev.url}/console/#audit")
-    console.get_by_label("Task").fill(task["task_id"])
+    console.get_by_label("Task", exact=True).fill(task["task_id"])
     console.get_by_role("button", name="Filter").click()
     rows = console.locator("#view tbody tr")
     expect(rows.filter(has_text="admin_revoke")).to_have_count(1)
@@ -152,8 +152,8 @@ def test_console_blocks_an_agent_and_its_next_exchange_is_refused(console: Page,
     if dev.http.get("/admin/blocks", headers=admin).status_code == 404:
         expect(console.locator("#view")).to_contain_text("This gateway has no blocks API")
         pytest.skip("this gateway has no /admin/blocks yet (issue 11 blocks)")
-    console.get_by_label("Identifier").fill(AGENT)
-    console.get_by_label("For").fill("2h")
+    console.get_by_label("Identifier", exact=True).fill(AGENT)
+    console.get_by_label("For", exact=True).fill("2h")
     console.get_by_role("button", name="Add block").click()
     confirm(console, "incident 8")
     row = console.locator("#view tbody tr", has_text=AGENT)
@@ -165,6 +165,7 @@ def test_console_blocks_an_agent_and_its_next_exchange_is_refused(console: Page,
     row.get_by_role("button", name="Lift").click()
     confirm(console, "incident 8 over")
     expect(row).to_have_count(0)
+    time.sleep(1.1)  # the block revoked the agent: SVIDs issued until then stay barred (a cutoff in seconds)
     granted(exchange(dev, subject_token=dev.identities.user_token("alice"), subject_token_type=ACCESS_TOKEN,
                      actor_token=dev.identities.svid(AGENT), resource=MAIL, scope="mail.read"))
 
