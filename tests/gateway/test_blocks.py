@@ -11,14 +11,15 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import STORES, store_for
 from tests.delegation.test_task_lifecycle import ADMIN, AGENT, IDP, OTHER, SUB, Env, _ok, running_env
 
 Json = dict[str, Any]
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    with running_env(tmp_path_factory.mktemp("blocks")) as running:
+@pytest.fixture(scope="module", params=STORES)
+def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    with running_env(tmp_path_factory.mktemp("blocks"), store_for(request, request.param)) as running:
         yield running
 
 
