@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 
 from delegation.admin import NotFound, block_view
 from delegation.store import AuditQuery, TaskQuery
+from delegation.tasks import COMPLETED
 from delegation.times import instant, span
 from token_exchange.errors import InvalidRequest
 
@@ -62,6 +63,15 @@ async def revoke_task(task_id: str, request: Request, who: Admin) -> JSONRespons
     reason = _reason(await _optional_json(request))
     result = await deputy(request).lifecycle.admin.revoke_task(task_id, admin=who, now=int(time.time()),
                                                                reason=reason)
+    return JSONResponse(result, headers=NO_STORE)
+
+
+@router.post("/tasks/{task_id}/complete", **documented(
+    TaskEndedBody, json=ReasonBody, summary="Complete a task on its agent's behalf, with its descendants and tokens"))
+async def complete_task(task_id: str, request: Request, who: Admin) -> JSONResponse:
+    reason = _reason(await _optional_json(request))
+    result = await deputy(request).lifecycle.admin.revoke_task(task_id, admin=who, now=int(time.time()),
+                                                               state=COMPLETED, reason=reason)
     return JSONResponse(result, headers=NO_STORE)
 
 

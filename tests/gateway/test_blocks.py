@@ -141,6 +141,15 @@ def test_issue11_2_task_ids_are_accepted_as_unique_prefixes(env: Env) -> None:
     assert reasons == [[f"admin_revoke by {ADMIN}"], [f"admin_revoke by {ADMIN}", "reason: stuck"]]  # newest first
 
 
+def test_issue11_1_an_admin_completes_a_task_by_prefix_with_a_reason(env: Env) -> None:
+    task = _ok(env.open_task(agent=AGENT))
+    done = _ok(env.client.post(f"/admin/tasks/{task['task_id'][:10]}/complete", json={"reason": "finished by hand"},
+                               headers=admin(env)))
+    assert (done["state"], done["matched"]) == ("completed", True)
+    event = next(e for e in audit(env, "admin_complete") if e["task_id"] == task["task_id"])
+    assert event["agent"] == ADMIN and event["reasons"] == [f"admin_complete by {ADMIN}", "reason: finished by hand"]
+
+
 def test_issue11_1_a_revocation_that_matched_nothing_says_so_and_warns_of_a_party_never_seen(env: Env) -> None:
     nobody = "spiffe://example.org/agents/nobody"
     answer = _ok(env.client.post("/admin/revoke", params={"agent": nobody}, json={"reason": "typo?"},

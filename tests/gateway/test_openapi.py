@@ -18,7 +18,7 @@ REQUIRED = {("/token", "post"), ("/revoke", "post"), ("/introspect", "post"), ("
             ("/revocations", "get"), ("/revocations/stream", "get"), ("/admin/tasks", "get"),
             ("/admin/tasks/{task_id}", "get"), ("/admin/tasks/{task_id}/revoke", "post"), ("/admin/revoke", "post"),
             ("/admin/audit", "get"), ("/admin/blocks", "post"), ("/admin/blocks", "get"),
-            ("/admin/blocks/{block_id}", "delete")}
+            ("/admin/blocks/{block_id}", "delete"), ("/admin/tasks/{task_id}/complete", "post")}
 
 
 @pytest.fixture(scope="module")
