@@ -79,7 +79,8 @@ class TaskAdmin:
 
     async def block(self, kind: str, party: Party, *, seconds: int, reason: str, admin: str, now: int
                     ) -> dict[str, Any]:
-        """Refuse every exchange by the party for `seconds` (blocks.md), then revoke all it holds."""
+        """Refuse every exchange by the party for `seconds` (docs/operations.md, Blocks), then revoke all it
+        holds, as `revoke_matching` does."""
         block = Block(new_id(), kind, party.id, party.domain, reason, now, now + seconds, admin)
         await self.store.add_block(block, audit_event("block", admin, None, now, reasons=(
             f"block {party.describe()} until {iso(block.expires_at)}", *_reason(reason))))
