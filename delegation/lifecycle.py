@@ -13,18 +13,18 @@ from token_exchange.jws import TokenError
 from token_exchange.rfc9068 import ACCESS_TOKEN_JWT_TYPE
 from token_exchange.txn_tokens import TASK_TOKEN_JWT_TYPE, OwnToken, OwnTokenVerifier
 
-from .admin import NotFound, TaskAdmin, audit_event, task_state
+from .admin import AdminStore, NotFound, TaskAdmin, audit_event, task_state
 from .observe import Observer
 from .resources import Resources
-from .store import FeedPage, RevocationFeed, TaskEnding
+from .store import FeedPage, RevocationFeed
 from .tasks import COMPLETED, USER, Revocation
 
 INACTIVE: dict[str, Any] = {"active": False}
 _INTROSPECTED = ("scope", "client_id", "sub", "aud", "iss", "exp", "iat", "jti", "act", "txn", "cnf")
 
 
-class LifecycleStore(TaskEnding, RevocationFeed, Protocol):
-    """What the lifecycle uses of the store: ending tasks and tokens, and the feed that tells of it."""
+class LifecycleStore(AdminStore, RevocationFeed, Protocol):
+    """What the lifecycle uses of the store: ending tasks and tokens (and blocks), and the feed that tells of it."""
 
 
 class TaskLifecycle:

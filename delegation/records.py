@@ -8,6 +8,8 @@ from typing import Literal
 
 from token_exchange.actors import ActorRef
 
+from .times import iso
+
 
 class StoreError(Exception):
     """The store could not read or write: callers fail closed."""
@@ -18,11 +20,26 @@ class TaskEnded(StoreError):
 
 
 class CredentialRevoked(StoreError):
-    """A write relied on a credential that an admin revocation of its party now bars (`which`: actor or user)."""
+    """A write relied on a credential that an admin revocation of its party now bars (`which`: actor or user),
+    or that an admin block of its party refuses (`blocked_until`: when the block expires)."""
 
-    def __init__(self, which: Literal["actor", "user"]) -> None:
-        super().__init__(f"{which} credential revoked")
+    def __init__(self, which: Literal["actor", "user"], blocked_until: int | None = None) -> None:
+        super().__init__(f"{which} credential {'blocked' if blocked_until else 'revoked'}")
         self.which = which
+        self.blocked_until = blocked_until
+
+    def reason(self) -> str:
+        """Why, as the refusal says it."""
+        party = "agent" if self.which == "actor" else "user"
+        if self.blocked_until is None:
+            return f"issued before an admin revoked this {party}"
+        return (f"an admin blocked this {party} until {iso(self.blocked_until)} (the block ends then, or when"
+                " an admin lifts it)")
+
+
+BLOCKED = 2**62
+"""A block is checked as a cutoff of BLOCKED + its expiry: it bars every credential, issued before or after,
+and the cutoff that bars one says until when (a credential's `iat` is far below BLOCKED)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +71,38 @@ class Party:
         return f"{self.kind} {self.id}" + (f" at {self.domain}" if self.domain else "")
 
 
+BLOCK_KINDS = ("agent", "trust_domain", "workload_issuer", "user")
+_PARTY_KIND: dict[str, Literal["agent", "domain", "user"]] = {
+    "agent": "agent", "trust_domain": "domain", "workload_issuer": "domain", "user": "user"}
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """An admin block: every exchange by the party (`kind` one of BLOCK_KINDS, `party` its id, `issuer` the
+    workload issuer of a non-SPIFFE agent or the issuer of a user, None: any) is refused until `expires_at`,
+    or until lifted."""
+
+    id: str
+    kind: str
+    party: str
+    issuer: str | None
+    reason: str
+    created_at: int
+    expires_at: int
+    created_by: str
+    lifted_at: int | None = None
+    lifted_by: str | None = None
+    lift_reason: str | None = None
+
+    @property
+    def target(self) -> Party:
+        """The party as revocations and cutoffs name it (a trust domain and a workload issuer are domains)."""
+        return Party(_PARTY_KIND[self.kind], self.party, self.issuer)
+
+    def active(self, now: int) -> bool:
+        return self.lifted_at is None and self.expires_at > now
+
+
 @dataclass(frozen=True, slots=True)
 class Presented:
     """The credentials a write relies on: re-checked against admin cutoffs inside the write's transaction,
@@ -66,15 +115,21 @@ class Presented:
     user_issued_at: int | None = None
 
 
-def barred(presented: Presented, cutoffs: tuple[int | None, int | None]) -> Literal["actor", "user"] | None:
-    """Which presented credential an admin cutoff (the agent's or domain's, the user's) bars, if any: one
-    issued at or before its cutoff, or one without `iat` (it cannot show it was issued later)."""
+def barred(presented: Presented, cutoffs: tuple[int | None, int | None]) -> CredentialRevoked | None:
+    """The refusal for the presented credential an admin cutoff (the agent's or domain's, the user's) bars,
+    if any: one issued at or before its cutoff, or one without `iat` (it cannot show it was issued later);
+    under a block (see BLOCKED), any."""
     agent_cutoff, user_cutoff = cutoffs
     if presented.actor is not None and _before(presented.actor_issued_at, agent_cutoff):
-        return "actor"
+        return _refusal("actor", agent_cutoff)
     if presented.user is not None and _before(presented.user_issued_at, user_cutoff):
-        return "user"
+        return _refusal("user", user_cutoff)
     return None
+
+
+def _refusal(which: Literal["actor", "user"], cutoff: int | None) -> CredentialRevoked:
+    blocked = cutoff is not None and cutoff >= BLOCKED
+    return CredentialRevoked(which, cutoff - BLOCKED if blocked and cutoff is not None else None)
 
 
 def _before(issued_at: int | None, cutoff: int | None) -> bool:

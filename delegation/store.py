@@ -15,8 +15,9 @@ from token_exchange.actors import ActorRef
 from token_exchange.single_use import SingleUse
 
 from .audit import AuditEvent
-from .records import CredentialRevoked, IssuedTokenRecord, Party, Presented, barred
+from .records import Block, IssuedTokenRecord, Party, Presented, barred
 from .tasks import SYSTEM, Revocation, Task
+from .times import iso
 
 
 class TokenState(NamedTuple):
@@ -36,7 +37,8 @@ class TokenView:
 
     def as_dict(self) -> dict[str, Any]:
         fields = {name: getattr(self.record, name) for name in IssuedTokenRecord.__dataclass_fields__}
-        return {**fields, "revoked_at": self.revoked_at}
+        return {**fields, "revoked_at": self.revoked_at, "issued_at_iso": iso(self.record.issued_at),
+                "expires_at_iso": iso(self.record.expires_at), "revoked_at_iso": iso(self.revoked_at)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +56,7 @@ class AuditRecord:
     event: AuditEvent
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, **self.event.as_dict()}
+        return {"id": self.id, **self.event.as_dict(), "at_iso": iso(self.event.at)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,18 +78,19 @@ class TaskQuery:
 
 
 class Credentials(Protocol):
-    """Admin cutoffs: credentials issued (`iat`) at or before a party's revocation no longer count."""
+    """Admin cutoffs: credentials issued (`iat`) at or before a party's revocation no longer count, and
+    none counts while a block of its party is active at `now` (`records.BLOCKED`)."""
 
-    async def cutoffs(self, actor: ActorRef | None, *, user: tuple[str, str] | None
+    async def cutoffs(self, actor: ActorRef | None, *, user: tuple[str, str] | None, now: int
                       ) -> tuple[int | None, int | None]:
-        """(the agent's or its domain's cutoff, the user's cutoff), each None if never revoked."""
+        """(the agent's or its domain's cutoff, the user's cutoff), each None if never revoked or blocked."""
         ...
 
 
-async def check_credentials(store: Credentials, presented: Presented) -> None:
-    """Raises `CredentialRevoked` when an admin revocation of the agent or user bars these credentials."""
-    if which := barred(presented, await store.cutoffs(presented.actor, user=presented.user)):
-        raise CredentialRevoked(which)
+async def check_credentials(store: Credentials, presented: Presented, *, now: int) -> None:
+    """Raises `CredentialRevoked` when an admin revocation or block of the agent or user bars these credentials."""
+    if refusal := barred(presented, await store.cutoffs(presented.actor, user=presented.user, now=now)):
+        raise refusal
 
 
 class RevocationSync(Protocol):
@@ -165,8 +168,34 @@ class RevocationFeed(Protocol):
         ...
 
 
+class Blocks(Protocol):
+    """Admin blocks, shared by every worker and replica: checked with the cutoffs (`Credentials`), so a
+    write's own transaction sees a block that committed before it (PostgreSQL: under the party's lock)."""
+
+    async def add_block(self, block: Block, event: AuditEvent) -> None: ...
+
+    async def blocks(self, *, now: int, include_inactive: bool = False) -> list[Block]:
+        """Blocks, newest first: the active ones at `now`, or all of them."""
+        ...
+
+    async def blocks_with_prefix(self, prefix: str, *, limit: int = 2) -> list[Block]: ...
+
+    async def lift_block(self, block_id: str, *, by: str, reason: str | None, now: int,
+                         event: AuditEvent) -> Block | None:
+        """End an active block; None if there is none of that id active (then nothing is written)."""
+        ...
+
+
 class AdminViews(Protocol):
     async def tasks(self, query: TaskQuery) -> list[Task]: ...
+
+    async def task_ids_with_prefix(self, prefix: str, *, limit: int = 2) -> list[str]:
+        """Ids of tasks that start with `prefix`, at most `limit` (so two tell an ambiguous prefix)."""
+        ...
+
+    async def seen(self, party: Party) -> bool:
+        """Whether any task (kept, not yet purged) names the party."""
+        ...
 
     async def task_detail(self, task_id: str) -> TaskDetail | None: ...
 
@@ -311,6 +340,6 @@ class KeyRecords(Protocol):
         ...
 
 
-class Store(TaskRecords, AuditLog, TaskEnding, RevocationFeed, AdminViews, Maintenance, SingleUse, EventStreams,
-            KeyRecords, Protocol):
+class Store(TaskRecords, AuditLog, TaskEnding, RevocationFeed, AdminViews, Blocks, Maintenance, SingleUse,
+            EventStreams, KeyRecords, Protocol):
     """Everything the gateway uses; `stores.open_store(url)` opens one."""

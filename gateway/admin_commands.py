@@ -168,11 +168,22 @@ def list_blocks(args: argparse.Namespace) -> int:
     if args.json:
         emit(body)
         return 0
-    rows = [(_short(b["id"]), b["kind"], _block_party(b, kind=False), when(b["expires_at"]), b.get("created_by"),
-             b.get("reason")) for b in body["blocks"]]
-    print(table(("BLOCK", "KIND", "PARTY", "EXPIRES", "BY", "REASON"), rows, colour=_colour(),
-                cut_first=("REASON", "BY")))
+    blocks = body["blocks"]
+    rows = [(_short(b["id"]), b["kind"], _block_party(b, kind=False), when(b["expires_at"])) for b in blocks]
+    lines = table(("BLOCK", "KIND", "PARTY", "EXPIRES"), rows, colour=_colour()).splitlines()
+    print("\n".join([lines[0], *_with_notes(lines[1:], [f"by {text(b.get('created_by'))}: {text(b.get('reason'))}"
+                                                         for b in blocks])]))
     return 0
+
+
+def _with_notes(lines: list[str], notes: list[str]) -> list[str]:
+    """Each table row followed by its note (reasons, who), indented and cut to WIDTH; no line for no note."""
+    out = []
+    for line, note_text in zip(lines, notes, strict=False):
+        out.append(line)
+        if note_text:
+            out.append(cut(f"    {note_text}", WIDTH))
+    return out
 
 
 def remove_block(args: argparse.Namespace) -> int:
@@ -247,11 +258,8 @@ def _print_events(events: list[dict[str, Any]], as_json: bool, *, widths: tuple[
              e.get("granted_scope") or e.get("requested_scope")) for e in events]
     lines = table(AUDIT_HEADERS, rows, colour=_colour(), cut_first=("SCOPE", "USER"), widths=widths,
                   empty=None if widths else "(none)").splitlines()
-    out = lines[:1] if header else []
-    for line, event in zip(lines[1:], events, strict=False):
-        out.append(line)
-        if reasons := "; ".join(event.get("reasons") or ()):
-            out.append(cut(f"    {reasons}", WIDTH))
+    out = [*(lines[:1] if header else []), *_with_notes(lines[1:], ["; ".join(e.get("reasons") or ())
+                                                                   for e in events])]
     if out:
         print("\n".join(out), flush=True)
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from delegation.records import Party
 from delegation.tasks import Task
+from delegation.times import iso
 from token_exchange.errors import InvalidRequest
 from token_exchange.spiffe import SpiffeId, SpiffeIdError
 from token_exchange.workload_tokens import MAX_ID_CHARS
@@ -19,7 +20,8 @@ def task_view(task: Task) -> dict[str, Any]:
         "user": {"iss": task.user_issuer, "sub": task.user_subject},
         "scope": str(task.scope), "audiences": list(task.audiences), "purpose": task.purpose,
         "created_at": task.created_at, "deadline": task.deadline, "implicit": task.implicit,
-        "state": task.state, "ended_at": task.ended_at,
+        "state": task.state, "ended_at": task.ended_at, "created_at_iso": iso(task.created_at),
+        "deadline_iso": iso(task.deadline), "ended_at_iso": iso(task.ended_at),
     }
 
 
@@ -51,6 +53,33 @@ def revoked_party(*, agent: str | None, trust_domain: str | None, user: str | No
     return Party("user", user, issuer)
 
 
+BLOCKABLE = ("agent", "trust_domain", "workload_issuer", "user")
+
+
+def blocked_party(body: dict[str, Any]) -> tuple[str, Party]:
+    """The kind and party a block names: as `revoked_party`, or every agent of one workload issuer."""
+    named = [kind for kind in BLOCKABLE if body.get(kind) is not None]
+    if len(named) != 1:
+        raise InvalidRequest("give exactly one of agent, trust_domain, workload_issuer or user")
+    values = {name: body.get(name) for name in (*BLOCKABLE, "issuer")}
+    if not all(v is None or isinstance(v, str) for v in values.values()):
+        raise InvalidRequest("agent, trust_domain, workload_issuer, user and issuer are strings")
+    kind = named[0]
+    if kind != "workload_issuer":
+        party = revoked_party(agent=values["agent"], trust_domain=values["trust_domain"], user=values["user"],
+                              issuer=values["issuer"])
+        return kind, party
+    if values["issuer"] is not None:
+        raise InvalidRequest("a workload issuer names itself: give no issuer with it")
+    _printable("workload_issuer", values["workload_issuer"] or "")
+    return kind, Party("domain", values["workload_issuer"] or "")
+
+
+def _printable(name: str, value: str) -> None:
+    if not value or len(value) > MAX_ID_CHARS or not value.isprintable():
+        raise InvalidRequest(f"{name} must be 1 to {MAX_ID_CHARS} printable characters")
+
+
 def _agent(agent: str, issuer: str | None) -> Party:
     """A SPIFFE ID names its trust domain itself; any other agent id is named at its workload issuer."""
     if agent[:7].lower() == "spiffe:":
@@ -60,7 +89,6 @@ def _agent(agent: str, issuer: str | None) -> Party:
     if issuer is None:
         raise InvalidRequest("the agent is not a SPIFFE ID: give its workload issuer too (issuer), since a "
                              "Kubernetes or OIDC workload's id is unique only within its issuer")
-    for name, value in (("agent", agent), ("issuer", issuer)):
-        if not value or len(value) > MAX_ID_CHARS or not value.isprintable():
-            raise InvalidRequest(f"{name} must be 1 to {MAX_ID_CHARS} printable characters")
+    _printable("agent", agent)
+    _printable("issuer", issuer)
     return Party("agent", agent, issuer)

@@ -25,6 +25,7 @@ from token_exchange.rfc6749 import TokenRequest
 from . import admin_routes, discovery_routes, openapi, ssf_routes, task_routes
 from .audit_export import audit_export, retire_audit
 from .auth import deputy
+from .console import routes as console_routes
 from .http_forms import read_form
 from .wiring import Deputy, Prepared, running
 
@@ -47,6 +48,7 @@ def build_app(prepared: Prepared, observer: Observer | None = None) -> TokenFast
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.include_router(task_routes.router)
     app.include_router(admin_routes.router)
+    console_routes.install(app, prepared.settings)
     app.include_router(discovery_routes.router(prepared.settings.issuer))
     app.include_router(ssf_routes.router(prepared.settings.issuer))
     # POST /token is served by TokenFastPath; the route is FastAPI's too, for other methods' 405 and the

@@ -10,6 +10,7 @@ from fastapi import Request
 from token_exchange.actors import VerifiedActor
 from token_exchange.errors import InvalidClient
 
+from .console.session import Sessions, checked_csrf
 from .wiring import Deputy
 
 
@@ -35,5 +36,14 @@ async def resource_client(request: Request) -> VerifiedActor:
 
 
 async def admin(request: Request) -> str:
-    """An admin: a workload in `[admin] spiffe_ids`, or a user token whose `[admin] claim` holds `value`."""
-    return await deputy(request).callers.admin(bearer(request), now=int(time.time()))
+    """An admin: a workload in `[admin] spiffe_ids`, or a user token whose `[admin] claim` holds `value`;
+    that token sent as a Bearer token, or held by the console session the request's cookie names."""
+    now = int(time.time())
+    return await deputy(request).callers.admin(_admin_token(request, now), now=now)
+
+
+def _admin_token(request: Request, now: int) -> str:
+    """The Bearer token; without one, the console session's (a state change must carry its CSRF token)."""
+    sessions: Sessions | None = getattr(request.app.state, "console_sessions", None)
+    session = None if sessions is None or "authorization" in request.headers else sessions.of(request, now=now)
+    return bearer(request) if session is None else checked_csrf(request, session).token

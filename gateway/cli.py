@@ -129,7 +129,8 @@ def _ready(settings: Settings, *, dev_listen: str | None) -> tuple[Prepared, Key
     from .wiring import prepare
 
     if dev_listen is not None:
-        settings = load_settings(dev.DemoIdentities(DEV_DIR).create(listen=dev_listen))
+        settings = load_settings(dev.DemoIdentities(DEV_DIR).create(listen=dev_listen, admin_group=dev.ADMIN_GROUP,
+                                                                     console=True))
         dev.remember(DEV_DIR)
     prepared = prepare(settings)
     return prepared, _with_keys(settings, prepared.encryption_key, key_ring.load_or_create)
@@ -232,6 +233,7 @@ Exchange them for a token to the demo resource:
     -d subject_token="$USER_TOKEN" -d subject_token_type=urn:ietf:params:oauth:token-type:access_token \\
     -d actor_token="$SVID" -d actor_token_type=urn:ietf:params:oauth:token-type:jwt \\
     -d resource={MAIL} -d scope=mail.read
+Watch and revoke tasks in the web console (sign in as the demo user admin): {settings.issuer}/console
 """, flush=True)
 
 

@@ -3,7 +3,8 @@
 A demo identity provider and SPIFFE trust domain, a Deputy gateway, and a demo mail API that verifies
 tokens with Deputy's resource-server verifier. The mail agent opens a task for alice, delegates to a
 summarizer sub-agent, which reads the inbox; a widening attempt is refused; the agent completes the
-task, and the sub-agent's next call is rejected.
+task, and the sub-agent's next call is rejected. Both agents use the agent SDK (`deputy_client`), as a
+real agent would: their tokens are DPoP-bound to each one's key.
 """
 
 from __future__ import annotations
@@ -23,17 +24,12 @@ import httpx2
 import uvicorn
 from fastapi import Depends, FastAPI
 
+from deputy_client import DeputyClient, Handoff, InvalidRequest, InvalidScope, OAuthError, Task
 from deputy_client.resource import AccessTokenVerifier, VerifiedAccess
 from deputy_client.resource.dependency import require_scope
 
 from .dev import AGENT, LABEL, MAIL, MAIL_API, SUBAGENT, DemoIdentities, find
 from .process import gateway_process
-
-GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
-USER_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
-JWT = "urn:ietf:params:oauth:token-type:jwt"
-TXN = "urn:ietf:params:oauth:token-type:txn_token"
-
 
 INBOX = [
     {"from": "bob@example.com", "subject": "Quarterly numbers", "body": "Revenue is up 12%."},
@@ -79,7 +75,8 @@ def _free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def _serve(app: Any, port: int) -> AsyncIterator[str]:
+async def serve_app(app: Any, port: int) -> AsyncIterator[str]:
+    """Serve the ASGI `app` on 127.0.0.1:`port` until the block ends; yields its URL."""
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     task = asyncio.create_task(server.serve())
     while not server.started:
@@ -92,70 +89,73 @@ async def _serve(app: Any, port: int) -> AsyncIterator[str]:
 
 
 class Demo:
-    """The story's actors talking to a running gateway and the demo mail API; each step prints itself."""
+    """The story's actors, the mail agent and the summarizer, each with its own SDK client (its own JWT-SVID
+    and DPoP key), against a running gateway and the demo mail API; each step prints itself."""
 
-    def __init__(self, ids: DemoIdentities, gateway: str, api: str, client: httpx2.AsyncClient, story: Story) -> None:
-        self.ids, self.gateway, self.api, self.client, self.story = ids, gateway, api, client, story
+    def __init__(self, ids: DemoIdentities, api: str, agent: DeputyClient, summarizer: DeputyClient,
+                 story: Story) -> None:
+        self.ids, self.api, self.agent, self.summarizer, self.story = ids, api, agent, summarizer, story
 
-    async def token(self, **form: str) -> dict[str, Any]:
-        response = await self.client.post(self.gateway + "/token", data={"grant_type": GRANT, **form})
-        body = response.json()
-        if response.status_code != 200:
-            self.story.show("refused", f"{response.status_code} {body['error']}: {body['error_description']}")
-        return {"status": response.status_code, **body}
+    def refused(self, error: OAuthError) -> None:
+        self.story.show("refused", f"{error.status} {error}")
 
-    async def as_subagent(self, task_token: str, **form: str) -> dict[str, Any]:
-        return await self.token(subject_token=task_token, subject_token_type=TXN, actor_token=self.ids.svid(SUBAGENT),
-                                actor_token_type=JWT, **form)
-
-    async def call_api(self, method: str, path: str, access_token: str) -> httpx2.Response:
-        return await self.client.request(method, self.api + path, headers={"Authorization": f"Bearer {access_token}"})
-
-    async def open_and_delegate(self) -> tuple[dict[str, Any], dict[str, Any]]:
+    async def run(self) -> bool:
+        """The whole story: whether every step came out as told."""
         self.story.say(f"alice's mail agent ({AGENT}) opens a task with alice's token and its own JWT-SVID.")
-        task = await self.token(subject_token=self.ids.user_token("alice"), subject_token_type=USER_TOKEN,
-                                actor_token=self.ids.svid(AGENT), actor_token_type=JWT, requested_token_type=TXN,
-                                audience=MAIL, scope="mail.read mail.send", purpose="summarize today's mail")
-        for label, value in (("task", task["task_id"]), ("scope ceiling", task["scope"]),
-                             ("expires in", f"{task['expires_in']} s")):
-            self.story.show(label, value)
-        self.story.say(f"It delegates reading to a summarizer sub-agent ({SUBAGENT}).")
-        child = await self.as_subagent(task["access_token"], requested_token_type=TXN, scope="mail.read")
-        self.story.show("child task", child["task_id"])
-        self.story.show("scope", child["scope"])
-        return task, child
+        async with self.agent.task(self.ids.user_token("alice"), scope=["mail.read", "mail.send"], audiences=[MAIL],
+                                   purpose="summarize today's mail") as task:
+            for label, value in (("task", task.id), ("scope ceiling", " ".join(task.scope)),
+                                 ("expires in", f"{task.expires_at - int(time.time())} s")):
+                self.story.show(label, value)
+            self.story.say(f"It delegates reading to a summarizer sub-agent ({SUBAGENT}).")
+            handoff = await task.delegate(scope=["mail.read"], audiences=[MAIL])
+            async with self.summarizer.join(handoff) as child, httpx2.AsyncClient(
+                auth=child.auth(MAIL, "mail.read"), base_url=self.api, timeout=10
+            ) as reader:
+                self.story.show("child task", child.id)
+                self.story.show("scope", " ".join(child.scope))
+                contained = await self.read_then_widen(child, reader)
+                ended = await self.complete_and_check(task, handoff, reader)
+        return contained and ended
 
-    async def read_then_widen(self, child: dict[str, Any]) -> tuple[str, bool]:
-        """The sub-agent reads the inbox, then cannot widen; returns its token and whether all went as told."""
+    async def read_then_widen(self, child: Task, reader: httpx2.AsyncClient) -> bool:
+        """The sub-agent reads the inbox, then cannot widen; whether all went as told."""
         self.story.say("The summarizer gets an access token for the mail API and reads the inbox.")
-        access = await self.as_subagent(child["access_token"], resource=MAIL, scope="mail.read")
-        inbox = await self.call_api("GET", "/inbox", access["access_token"])
+        inbox = await reader.get("/inbox")
         body = inbox.json()
         self.story.show("GET /inbox", f"{inbox.status_code}: {len(body.get('messages', []))} messages "
                                       f"for {body.get('user')}, read by {body.get('read_by')}")
         self.story.say("The summarizer tries to widen its access to mail.send: refused.")
-        widened = await self.as_subagent(child["access_token"], resource=MAIL, scope="mail.send")
-        sent = await self.call_api("POST", "/send", access["access_token"])
+        widened = True
+        try:
+            await child.token(MAIL, "mail.send")
+        except InvalidScope as error:
+            self.refused(error)
+            widened = False
+        sent = await reader.post("/send")
         self.story.show("POST /send", f"{sent.status_code} with the mail.read token")
-        return access["access_token"], inbox.status_code == 200 and widened["status"] == 400 and sent.status_code == 403
+        return inbox.status_code == 200 and not widened and sent.status_code == 403
 
-    async def complete_and_check(self, task: dict[str, Any], child: dict[str, Any], access_token: str) -> bool:
+    async def complete_and_check(self, task: Task, handoff: Handoff, reader: httpx2.AsyncClient) -> bool:
         self.story.say("The mail agent completes the task (authenticated by its JWT-SVID).")
         started = time.monotonic()
-        done = await self.client.post(f"{self.gateway}/tasks/{task['task_id']}/complete",
-                                      headers={"Authorization": f"Bearer {self.ids.svid(AGENT)}"})
-        self.story.show("complete", f"{done.status_code}: {len(done.json()['ended_tasks'])} tasks ended, "
-                                    f"{done.json()['revoked_tokens']} tokens revoked")
+        done = await task.complete()
+        self.story.show("complete", f"{done['state']}: {len(done['ended_tasks'])} tasks ended, "
+                                    f"{done['revoked_tokens']} tokens revoked")
         self.story.say("The summarizer calls the mail API again with its token: rejected.")
-        response = await self.call_api("GET", "/inbox", access_token)
+        response = await reader.get("/inbox")
         while response.status_code == 200 and time.monotonic() - started < 5:
             await asyncio.sleep(0.01)
-            response = await self.call_api("GET", "/inbox", access_token)
+            response = await reader.get("/inbox")
         self.story.show("GET /inbox", f"{response.status_code} {response.headers.get('www-authenticate', '')[:70]}")
         self.story.show("revoked after", f"{(time.monotonic() - started) * 1000:.0f} ms")
-        self.story.say("The summarizer asks the gateway for a new token under the ended task: refused.")
-        again = await self.as_subagent(child["access_token"], resource=MAIL, scope="mail.read")
-        return done.status_code == 200 and response.status_code == 401 and again["status"] == 400
+        self.story.say("The summarizer asks the gateway for a new task under the ended one: refused.")
+        try:
+            async with self.summarizer.join(handoff):
+                return False
+        except InvalidRequest as error:
+            self.refused(error)
+        return done["state"] == "completed" and response.status_code == 401
 
 
 async def _story(ids: DemoIdentities, gateway: str) -> int:
@@ -163,13 +163,11 @@ async def _story(ids: DemoIdentities, gateway: str) -> int:
     async with httpx2.AsyncClient(timeout=10) as client:
         verifier = AccessTokenVerifier(issuer=gateway, audience=MAIL, client=client,
                                        svid=lambda: ids.svid(MAIL_API), max_feed_staleness=5)
-        async with verifier, _serve(mail_api(verifier), _free_port()) as api:
+        async with verifier, serve_app(mail_api(verifier), _free_port()) as api, DeputyClient(
+            gateway, identity=lambda: ids.svid(AGENT)
+        ) as agent, DeputyClient(gateway, identity=lambda: ids.svid(SUBAGENT)) as summarizer:
             story.say(f"Gateway {gateway} and demo mail API {api} are up; the API follows the revocation feed.")
-            demo = Demo(ids, gateway, api, client, story)
-            task, child = await demo.open_and_delegate()
-            access_token, contained = await demo.read_then_widen(child)
-            ended = await demo.complete_and_check(task, child, access_token)
-    ok = contained and ended
+            ok = await Demo(ids, api, agent, summarizer, story).run()
     print(f"\n{'Done' if ok else 'FAILED'} in {time.monotonic() - story.started:.1f} s ({LABEL}).", flush=True)
     return 0 if ok else 1
 

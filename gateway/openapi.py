@@ -94,6 +94,9 @@ class TaskEndedBody(Body):
     state: str
     ended_tasks: list[str]
     revoked_tokens: int
+    matched: bool | None = Field(default=None, description="(admin) False: the task had already ended, nothing "
+                                                           "was revoked.")
+    warnings: list[str] = []
 
 
 class RevocationEvent(Body):
@@ -130,6 +133,9 @@ class TaskBody(Body):
     implicit: bool
     state: str
     ended_at: int | None
+    created_at_iso: str = Field(description="created_at as ISO 8601 UTC (2026-01-31T12:00:00Z); likewise below.")
+    deadline_iso: str
+    ended_at_iso: str | None
 
 
 class TaskList(Body):
@@ -148,6 +154,9 @@ class TokenRecordBody(Body):
     expires_at: int
     task_id: str | None
     revoked_at: int | None
+    issued_at_iso: str
+    expires_at_iso: str
+    revoked_at_iso: str | None
 
 
 class TaskDetailBody(TaskBody):
@@ -155,15 +164,68 @@ class TaskDetailBody(TaskBody):
     tokens: list[TokenRecordBody]
 
 
+class RevokedCounts(Body):
+    tasks: int
+    tokens: int
+
+
 class RevokedBody(Body):
     revoked_tasks: list[str]
     revoked_tokens: int
+    revoked: RevokedCounts
+    matched: bool = Field(description="False: the revocation matched nothing (no open task, no live token).")
+    warnings: list[str] = Field(description="For instance: Deputy has never seen this agent or user.")
+
+
+class ReasonBody(Body):
+    reason: str | None = Field(default=None, description="Why: recorded in the audit event with the acting admin.")
+
+
+class BlockRequest(Body):
+    """Exactly one of agent, trust_domain, workload_issuer, user."""
+
+    agent: str | None = Field(default=None, description="A SPIFFE ID, or a workload id at `issuer`.")
+    trust_domain: str | None = None
+    workload_issuer: str | None = Field(default=None, description="Every agent of this Kubernetes or OIDC issuer.")
+    user: str | None = Field(default=None, description="A user's `sub`, at `issuer` (without it: at every issuer).")
+    issuer: str | None = None
+    for_: int | str = Field(alias="for", description="How long: seconds, or a span such as 90s, 15m, 2h, 7d.")
+    reason: str = Field(description="Why: shown with the block and recorded in the audit trail.")
+
+
+class BlockBody(Body):
+    id: str
+    kind: str = Field(description="agent, trust_domain, workload_issuer or user.")
+    party: str
+    issuer: str | None
+    reason: str
+    created_at: str = Field(description="ISO 8601 UTC, as every time of a block.")
+    expires_at: str
+    created_by: str = Field(description="The acting admin.")
+    lifted_at: str | None
+    lifted_by: str | None
+    lift_reason: str | None
+
+
+class BlockAdded(Body):
+    block: BlockBody
+    revoked: RevokedCounts
+    warnings: list[str]
+
+
+class BlockOne(Body):
+    block: BlockBody
+
+
+class BlockList(Body):
+    blocks: list[BlockBody]
 
 
 class AuditEventBody(Body):
     id: int
     decision_id: str
     at: int
+    at_iso: str = Field(description="at as ISO 8601 UTC.")
     action: str
     outcome: str
     error: str | None

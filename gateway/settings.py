@@ -61,6 +61,20 @@ class AdminSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ConsoleSettings:
+    """The web console (`/console`): its OIDC client at `issuer` (one of the subject issuers), public with
+    PKCE. `demo_idp` (DEMO ONLY, `serve --dev`): the demo identities whose login page the gateway serves."""
+
+    issuer: str
+    client_id: str
+    discovery_url: str
+    redirect_uri: str
+    scope: str = "openid"
+    session_ttl: int = 8 * 3600
+    demo_idp: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class PolicySettings:
     engine: Literal["embedded", "opa"] = "embedded"
     dir: Path | None = None  # None: the packaged policies
@@ -181,6 +195,7 @@ class Settings:
     keys: KeySettings = field(default_factory=KeySettings)
     ssf: SsfSettings = field(default_factory=SsfSettings)
     dpop: DpopSettings = field(default_factory=DpopSettings)
+    console: ConsoleSettings | None = None
 
 
 def load_settings(path: Path | None, *, listen: str | None = None) -> Settings:
@@ -226,7 +241,7 @@ def parse_settings(document: dict[str, Any], *, base: Path) -> Settings:
     attesters = tuple(_attester(s) for s in t.tables("attesters"))
     workloads = tuple(_workload_issuer(s, issuer) for s in t.tables("workload_issuers"))
     metrics = _metrics(t.table("metrics"), (host, port))
-    ssf = _ssf(t.table("ssf"), tasks)
+    ssf, dpop = _ssf(t.table("ssf"), tasks), _dpop(t.table("dpop"))
     t.done()
     _unique("subject_issuers", [s.issuer for s in issuers], "issuer")
     _unique("trust_domains", [d.name for d in domains], "name")
@@ -239,14 +254,14 @@ def parse_settings(document: dict[str, Any], *, base: Path) -> Settings:
         raise ConfigError(f"tasks.retention: must be at least the longest token or task lifetime ({longest} s)")
     if any(r.audience == issuer for r in resources):
         raise ConfigError("resources: no resource audience may equal the gateway issuer (task tokens use it)")
-    return Settings(issuer, host, port, state_dir, store_url, tokens, policy, issuers, domains, resources, tasks,
-                    admin, audit, attesters, workloads, metrics, keys, ssf, _dpop(t.table("dpop")))
+    return Settings(issuer, host, port, state_dir, store_url, tokens, policy, issuers, domains, resources, tasks, admin,
+                    audit, attesters, workloads, metrics, keys, ssf, dpop, _console(t, issuer, issuers))
 
 
 KNOWN_KEYS: dict[str, frozenset[str]] = {
     "": frozenset({"issuer", "listen", "state_dir", "tokens", "store", "policy", "subject_issuers", "trust_domains",
                    "resources", "tasks", "admin", "audit", "attesters", "workload_issuers", "metrics",
-                   "keys", "ssf", "dpop"}),
+                   "keys", "ssf", "dpop", "console"}),
     "audit": frozenset({"retention", "export", "export_dir", "decision_log"}),
     "tokens": frozenset({"signing_alg", "default_ttl", "max_ttl"}),
     "store": frozenset({"url"}),
@@ -263,6 +278,8 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
     "dpop": frozenset({"nonces"}),
     "tasks": frozenset({"default_ttl", "max_ttl", "retention", "sweep_every"}),
     "admin": frozenset({"claim", "value", "spiffe_ids"}),
+    "console": frozenset({"issuer", "client_id", "discovery_url", "redirect_uri", "scope", "session_ttl",
+                          "demo_idp"}),
 }
 """Every key of `deputy.toml`, by table (an array of tables by its name)."""
 
@@ -545,6 +562,26 @@ def _admin(t: _Table) -> AdminSettings:
     spiffe_ids = _spiffe_ids(t, "spiffe_ids")
     t.done()
     return AdminSettings(claim, value, spiffe_ids)
+
+
+def _console(root: _Table, gateway_issuer: str, users: tuple[SubjectIssuerSettings, ...]) -> ConsoleSettings | None:
+    """The console signs admins in at one of the subject issuers: its access token is checked as /admin's."""
+    if "console" not in root.data:
+        return None
+    t = root.table("console")
+    issuer = t.take("issuer", str)
+    if issuer not in {u.issuer for u in users}:
+        raise ConfigError(f"{t.key('issuer')}: {issuer!r} is not one of the subject_issuers")
+    client_id = t.take("client_id", str, "deputy-console")
+    discovery = checked_url(t.take("discovery_url", str, f"{issuer}/.well-known/openid-configuration"),
+                            key=t.key("discovery_url"))
+    redirect = checked_url(t.take("redirect_uri", str, f"{gateway_issuer}/console/callback"),
+                           key=t.key("redirect_uri"))
+    scope = t.take("scope", str, "openid")
+    ttl = t.positive("session_ttl", 8 * 3600)
+    demo = t.path("demo_idp", "") if "demo_idp" in t.data else None
+    t.done()
+    return ConsoleSettings(issuer, client_id, discovery, redirect, scope, ttl, demo)
 
 
 def _spiffe_ids(t: _Table, name: str) -> tuple[str, ...]:

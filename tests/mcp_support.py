@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp.types import CallToolResult
 
+from deputy_client import DeputyClient, Task
 from gateway.dev import AGENT, IDP, MAIL, MAIL_API, DemoIdentities, DemoResource
 from tests.support import ACCESS_TOKEN, GRANT, JWT, free_port, gateway_process
 from token_exchange.dpop import DpopKey
@@ -30,6 +32,7 @@ def load_example(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -41,9 +44,21 @@ class Gateway:
     url: str
     ids: DemoIdentities
 
+    @contextlib.asynccontextmanager
+    async def task(self, *scope: str, dpop: bool = True) -> AsyncIterator[Task]:
+        """The agent side through the SDK: a task of the dev mail agent for alice (`dpop=False`: Bearer
+        tokens); leaving the block completes it."""
+        async with DeputyClient(self.url, identity=lambda: self.ids.svid(AGENT), dpop=dpop) as deputy, deputy.task(
+            self.user_token(), scope=scope, audiences=[MAIL]
+        ) as task:
+            yield task
+
+    def user_token(self, user: str = "alice") -> str:
+        return self.ids.user_token(user, scope="mail.read mail.send docs.read")
+
     def open_task(self, scope: str = "mail.read mail.send", user: str = "alice") -> dict[str, Any]:
-        """The agent side, with plain token exchanges (docs/tasks.md); the SDK's `deputy.task` replaces it."""
-        return _exchange(self.url, subject_token=self.ids.user_token(user, scope="mail.read mail.send docs.read"),
+        """A task by plain token exchanges (docs/tasks.md), for tests that craft their own tokens and proofs."""
+        return _exchange(self.url, subject_token=self.user_token(user),
                          subject_token_type=ACCESS_TOKEN, actor_token=self.ids.svid(AGENT), actor_token_type=JWT,
                          requested_token_type=TXN, scope=scope, audience=[MAIL, DOCS], purpose="read mail")
 

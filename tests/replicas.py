@@ -39,9 +39,12 @@ def policy_data() -> str:
     return json.dumps(data)
 
 
+ADMIN = "spiffe://example.org/ops/admin"
+
+
 def replica_setup(directory: Path, store_url: str) -> Setup:
     """A deployment whose store is `store_url` and whose keys live in it, sealed with a fresh KEK."""
-    extra = store_config(directory, store_url) + RESOURCES
+    extra = store_config(directory, store_url) + RESOURCES + f'\n[admin]\nspiffe_ids = ["{ADMIN}"]\n'
     return make_setup(directory, extra=extra, policy_files={"data.json": policy_data()})
 
 

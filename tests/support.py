@@ -124,7 +124,27 @@ class TrustDomain(Issuer):
         return self.sign(self.claims(path, audience=audience, ttl=ttl, sub=sub, **claims), headers={"typ": "JWT"})
 
 
-class JwksServer:
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler that keeps the test output clean (no access log on stderr)."""
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class LoopbackServer:
+    """`handler` served on a free loopback port by a daemon thread, until `close`."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class JwksServer(LoopbackServer):
     """Serves JSON documents by path on loopback (a `bytes` document as it is, for bodies that are not JSON);
     documents can be changed while it runs."""
 
@@ -133,7 +153,7 @@ class JwksServer:
         self.hits: dict[str, int] = {}
         documents, hits = self.documents, self.hits
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 hits[self.path] = hits.get(self.path, 0) + 1
                 if self.path not in documents:
@@ -147,16 +167,7 @@ class JwksServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 def feed_head(client: httpx2.Client, svid: str) -> int:

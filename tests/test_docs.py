@@ -7,7 +7,7 @@ happens to a block depends on its language:
   variables of the blocks before it, as a reader's shell does. Every file runs in one working directory
   that looks like a clone (copies of `examples/` and `policies/`), where a `deputy serve --dev` runs for
   the whole module. The documented ports are rewritten to free ones, and nothing else: 8600 (the dev
-  gateway), 8601 (the README's configured gateway) and 8700 (the resource-server example), so that
+  gateway), 8601 (the README's configured gateway), 8700 and 8701 (the resource-server examples), so that
   parallel runs on one machine do not collide. Background processes a block starts are stopped when its
   file is done. A block's output must hold no OAuth error (`"error": "..."`) unless it `expect`s one.
 - `toml`: written where its `file` directive says, and then a later `sh` block of the doc must run
@@ -46,7 +46,7 @@ from gateway.process import serving
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [Path("README.md"), *sorted(p.relative_to(ROOT) for p in (ROOT / "docs").glob("*.md"))]
-DOCUMENTED_PORTS = (8600, 8601, 8700)  # dev gateway, README's configured gateway, resource-server example
+DOCUMENTED_PORTS = (8600, 8601, 8700, 8701)  # dev gateway, README's configured gateway, resource-server examples
 RUN = {"sh", "toml", "python"}
 LANGUAGES = RUN | {"json", "text"}
 FENCE = re.compile(r"^(\s*)```(.*)$")

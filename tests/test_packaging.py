@@ -72,6 +72,12 @@ def test_every_module_of_the_product_is_in_the_wheel(wheel: Path) -> None:
     assert sources <= names_in(wheel), sorted(sources - names_in(wheel))
 
 
+def test_issue11_4_wheel_ships_the_console_static_assets(wheel: Path) -> None:
+    assets = {p.relative_to(ROOT).as_posix() for p in (ROOT / "gateway" / "console" / "static").iterdir()}
+    assert {"gateway/console/static/index.html", "gateway/console/static/console.js"} <= assets
+    assert assets <= names_in(wheel), sorted(assets - names_in(wheel))
+
+
 def test_issue10_1_the_client_wheel_ships_the_protocol_core_and_the_client_and_nothing_of_the_server(
         client_wheel: Path) -> None:
     client = ROOT / "client"

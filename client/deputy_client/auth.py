@@ -49,7 +49,7 @@ class TaskAuth(httpx2.Auth):
     def _flow(self, request: httpx2.Request, token: AccessToken) -> Generator[httpx2.Request, httpx2.Response, None]:
         request.headers["Authorization"] = token.authorization
         if not token.dpop:
-            yield request
+            self._refused(token, (yield request))
             return
         origin = f"{request.url.scheme}://{request.url.netloc.decode()}"
         response = yield self._prove(request, token, self._nonces.get(origin))
@@ -57,7 +57,14 @@ class TaskAuth(httpx2.Auth):
             self._nonces[origin] = nonce
             challenge = response.headers.get("www-authenticate", "")
             if response.status_code == 401 and "use_dpop_nonce" in challenge:
-                yield self._prove(request, token, nonce)
+                response = yield self._prove(request, token, nonce)
+        self._refused(token, response)
+
+    def _refused(self, token: AccessToken, response: httpx2.Response) -> None:
+        """RFC 6750 §3.1 `invalid_token` (revoked or expired, say): drop it from the cache; the response goes
+        to the caller as it is, and its next call mints again (and hears from the gateway if the task ended)."""
+        if response.status_code == 401 and 'error="invalid_token"' in response.headers.get("www-authenticate", ""):
+            self._task.forget(self._key, token)
 
     def _prove(self, request: httpx2.Request, token: AccessToken, nonce: str | None) -> httpx2.Request:
         request.headers[HEADER] = self._task.gateway.proof(request.method, str(request.url), token.access_token, nonce)

@@ -51,6 +51,9 @@ class Task:
     def token(self, audience: str, *scope: str) -> str:
         return self._loop.run(self._task.token(audience, *scope))
 
+    def access_token(self, audience: str, *scope: str) -> AccessToken:
+        return self._loop.run(self._task.access_token(audience, *scope))
+
     def auth(self, audience: str, *scope: str) -> TaskAuth:
         return TaskAuth(self._task, key(audience, scope), runner=self._loop.run)
 

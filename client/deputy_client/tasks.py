@@ -63,9 +63,19 @@ class Task:
             self._cache[key] = token
             return token
 
+    def forget(self, key: CacheKey, token: AccessToken) -> None:
+        """A resource refused `token` as invalid (revoked, say): the next call for `key` mints again, and so
+        learns from the gateway whether the task is still open."""
+        if self._cache.get(key) is token:
+            del self._cache[key]
+
     async def token(self, audience: str, *scope: str) -> str:
         """The raw access token for `audience` with `scope` (RFC 8693 §2.1 `resource`, RFC 6749 §3.3)."""
-        return (await self.access(key(audience, scope))).access_token
+        return (await self.access_token(audience, *scope)).access_token
+
+    async def access_token(self, audience: str, *scope: str) -> AccessToken:
+        """`token`, with how to present it (`token_type`), its lifetime and its task."""
+        return await self.access(key(audience, scope))
 
     def auth(self, audience: str, *scope: str) -> TaskAuth:
         """An `httpx2.Auth` giving every request a fitting token of this task (and a DPoP proof if bound)."""

@@ -20,7 +20,7 @@ class Delegate(ExchangeFlow):
     async def handle(self, ctx: FlowContext) -> TokenResponse:
         steps, req, now = self.steps, ctx.exchange, ctx.now
         actor = await steps.actor(ctx)
-        presented = await steps.credentials(actor)
+        presented = await steps.credentials(ctx, actor)
         parent = await steps.live_task(ctx)
         if actor.ref in parent.chain:
             raise UnauthorizedClient("an agent already in the delegation chain cannot be delegated to again")

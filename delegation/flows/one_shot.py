@@ -21,7 +21,7 @@ class OneShotAccess(ExchangeFlow):
         steps, req = self.steps, ctx.exchange
         actor = await steps.actor(ctx)
         user = await steps.user(ctx)
-        presented = await steps.credentials(actor, user)
+        presented = await steps.credentials(ctx, actor, user)
         resource = steps.resource(req.single_target(), actor)
         wanted = narrowed(req.scope & user.scope & resource.scopes, "held by the user and offered by the resource")
         task = Task.new_root(agent=actor.ref, user_issuer=user.issuer, user_subject=user.subject, scope=user.scope,

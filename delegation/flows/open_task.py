@@ -23,7 +23,7 @@ class OpenTask(ExchangeFlow):
         steps, req, now = self.steps, ctx.exchange, ctx.now
         actor = await steps.actor(ctx)
         user = await steps.user(ctx)
-        presented = await steps.credentials(actor, user)
+        presented = await steps.credentials(ctx, actor, user)
         if user.expires_at <= now:  # within the clock-skew leeway, but no task starts from it
             raise InvalidRequest("subject_token rejected: expired")
         resources = steps.task_resources(req)

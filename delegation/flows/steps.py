@@ -19,9 +19,11 @@ from token_exchange.dpop import TOKEN_TYPE as DPOP_TOKEN_TYPE
 from token_exchange.dpop_token import TokenEndpointDpop
 from token_exchange.errors import (
     POLICY_ERRORS,
+    InvalidGrant,
     InvalidRequest,
     InvalidScope,
     InvalidTarget,
+    OAuthError,
     TemporarilyUnavailable,
     UnauthorizedClient,
 )
@@ -44,10 +46,18 @@ from ..token_endpoint import FlowContext
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 OUTLIVED_SUBJECT = "policy let the task outlive the user token"
-REVOKED_CREDENTIAL = {
-    "actor": "actor_token rejected: issued before an admin revoked this agent",
-    "user": "subject_token rejected: issued before an admin revoked this user",
-}
+
+
+def refused(exc: CredentialRevoked) -> OAuthError:
+    """A credential an admin cut off: invalid_request, as any rejected token (RFC 8693 section 2.2.2). One
+    an admin blocked: the agent is not allowed this grant now (unauthorized_client, RFC 6749 section 5.2),
+    or the user's grant is withdrawn (invalid_grant: the subject token is the grant, RFC 8693 section 2.1)."""
+    token = "actor_token" if exc.which == "actor" else "subject_token"
+    if exc.blocked_until is None:
+        error: type[OAuthError] = InvalidRequest
+    else:
+        error = UnauthorizedClient if exc.which == "actor" else InvalidGrant
+    return error(f"{token} rejected: {exc.reason()}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,12 +140,14 @@ class ExchangeSteps:
             raise InvalidRequest(f"subject_token rejected: the task has ended ({ended})")
         return task
 
-    async def credentials(self, actor: VerifiedActor, subject: VerifiedSubject | None = None) -> Presented:
-        """Credentials issued before an admin revoked their agent, domain or user are refused; the same
-        check runs again inside the write's transaction (`Presented`)."""
+    async def credentials(self, ctx: FlowContext, actor: VerifiedActor,
+                          subject: VerifiedSubject | None = None) -> Presented:
+        """Credentials issued before an admin revoked their agent, domain or user are refused, and any while
+        an admin block of one of them holds, before the policy is asked; the same check runs again inside
+        the write's transaction (`Presented`)."""
         user = (subject.issuer, subject.subject) if subject is not None else None
         presented = Presented(actor.ref, actor.issued_at, user, subject.issued_at if subject else None)
-        await self.store(check_credentials(self.records, presented), "cutoffs")
+        await self.store(check_credentials(self.records, presented, now=ctx.now), "cutoffs")
         return presented
 
     def resource(self, target: Target, actor: VerifiedActor) -> Resource:
@@ -246,8 +258,8 @@ class ExchangeSteps:
             return await awaitable
         except TaskEnded as exc:  # ended while this request was being decided: nothing was written
             raise InvalidRequest("subject_token rejected: the task has ended") from exc
-        except CredentialRevoked as exc:  # revoked while this request was being decided
-            raise InvalidRequest(REVOKED_CREDENTIAL[exc.which]) from exc
+        except CredentialRevoked as exc:  # revoked or blocked (also: while this request was being decided)
+            raise refused(exc) from exc
         except StoreError as exc:
             log.error("exchange.store_failed", extra={"operation": operation, "error": str(exc)})
             self.observer.store_failed(operation)

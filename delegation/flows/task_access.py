@@ -18,7 +18,7 @@ class TaskAccess(ExchangeFlow):
     async def handle(self, ctx: FlowContext) -> TokenResponse:
         steps, req = self.steps, ctx.exchange
         actor = await steps.actor(ctx)
-        presented = await steps.credentials(actor)
+        presented = await steps.credentials(ctx, actor)
         task = await steps.live_task(ctx)
         if task.agent != actor.ref:  # transaction tokens §13.12: a task token authenticates nobody
             raise InvalidRequest("subject_token rejected: the task belongs to another agent")

@@ -29,12 +29,12 @@ from psycopg.rows import DictRow
 from token_exchange.actors import ActorRef
 
 from ..audit import AuditEvent
-from ..records import IssuedTokenRecord, Party, Presented
+from ..records import Block, IssuedTokenRecord, Party, Presented
 from ..store import AuditQuery, AuditRecord, FeedPage, TaskDetail, TaskQuery, TokenState, TokenView
 from ..tasks import REVOKED, SYSTEM, EndedTask, Revocation, Task
 from . import postgres_writes as writes
 from .feed_events import Ending
-from .postgres_db import CHECKOUT_TIMEOUT_S, PostgresDatabase
+from .postgres_db import CHECKOUT_TIMEOUT_S, Connection, PostgresDatabase
 from .postgres_listen import Listener, Wakeup
 from .postgres_rows import audit_event, audit_params, task, task_params, token_params, token_record
 from .postgres_schema import check_version, version_of
@@ -106,10 +106,10 @@ class PostgresStore(PostgresEventStreams):
         async with self._db.connection() as connection:
             await connection.execute(writes.INSERT_AUDIT, audit_params(event), prepare=True)
 
-    async def cutoffs(self, actor: ActorRef | None, *, user: tuple[str, str] | None
+    async def cutoffs(self, actor: ActorRef | None, *, user: tuple[str, str] | None, now: int
                       ) -> tuple[int | None, int | None]:
         """A plain read of the cutoffs, without the locks: the write's own transaction checks again under them."""
-        params = writes.check_params(Presented(actor, None, user), under=None, now=0)
+        params = writes.check_params(Presented(actor, None, user), under=None, now=now)
         row = await self._db.fetchone(writes.CUTOFFS, params, prepare=True)
         return (row["agent"], row["usr"]) if row else (None, None)
 
@@ -244,6 +244,42 @@ class PostgresStore(PostgresEventStreams):
         tokens = await self._db.fetch("SELECT * FROM issued_tokens WHERE task_id = %s ORDER BY issued_at", (task_id,))
         views = tuple(TokenView(token_record(r), r["revoked_at"]) for r in tokens)
         return TaskDetail(found, tuple(r["id"] for r in children), views)
+
+    async def task_ids_with_prefix(self, prefix: str, *, limit: int = 2) -> list[str]:
+        rows = await self._db.fetch('SELECT id FROM tasks WHERE id COLLATE "C" >= %s AND left(id, %s) = %s'
+                                    ' ORDER BY id COLLATE "C" LIMIT %s', (prefix, len(prefix), prefix, limit))
+        return [r["id"] for r in rows]
+
+    async def seen(self, party: Party) -> bool:
+        sql = writes.OPEN_TASKS_OF[party.kind].replace("state = 'open' AND ", "") + " LIMIT 1"
+        return bool(await self._db.fetch(sql, {"id": party.id, "domain": party.domain}))
+
+    # Blocks
+    async def add_block(self, block: Block, event: AuditEvent) -> None:
+        await self._db.transaction(lambda c: writes.add_block(c, block, event))
+
+    async def blocks(self, *, now: int, include_inactive: bool = False) -> list[Block]:
+        where = "" if include_inactive else "WHERE lifted_at IS NULL AND expires_at > %s"
+        rows = await self._db.fetch(f'SELECT * FROM blocks {where} ORDER BY created_at DESC, id COLLATE "C"',
+                                    () if include_inactive else (now,))
+        return [writes.block(r) for r in rows]
+
+    async def blocks_with_prefix(self, prefix: str, *, limit: int = 2) -> list[Block]:
+        rows = await self._db.fetch('SELECT * FROM blocks WHERE left(id, %s) = %s ORDER BY id COLLATE "C" LIMIT %s',
+                                    (len(prefix), prefix, limit))
+        return [writes.block(r) for r in rows]
+
+    async def lift_block(self, block_id: str, *, by: str, reason: str | None, now: int,
+                         event: AuditEvent) -> Block | None:
+        async def work(connection: Connection) -> Block | None:
+            row = await (await connection.execute(
+                "UPDATE blocks SET lifted_at = %s, lifted_by = %s, lift_reason = %s WHERE id = %s"
+                " AND lifted_at IS NULL AND expires_at > %s RETURNING *", (now, by, reason, block_id, now))).fetchone()
+            if row is not None:
+                await connection.execute(writes.INSERT_AUDIT, audit_params(event))
+            return writes.block(row) if row is not None else None
+
+        return await self._db.transaction(work)
 
     async def audit_events(self, query: AuditQuery) -> list[AuditRecord]:
         clauses, params = _filters(task_id=query.task, agent=query.agent, user_subject=query.user)

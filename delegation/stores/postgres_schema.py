@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import tuple_row
 
-from ..records import StoreError
+from ..records import BLOCKED, StoreError
 from .postgres_db import conninfo, store_error
 
 # The tables and meaning of SQLite's schema (sqlite_schema.py), in PostgreSQL's types: times are BIGINT
@@ -179,6 +179,48 @@ MIGRATIONS: tuple[str, ...] = (
                     AS agent,
                 max(issued_before) FILTER (WHERE kind = 'user' AND issuer IN (p_user_issuer, '')) AS usr
                 FROM credential_cutoffs WHERE (kind = 'agent' AND subject = p_agent)
+                OR (kind = 'domain' AND subject = p_domain) OR (kind = 'user' AND subject = p_user_subject)) AS cut
+                LEFT JOIN tasks ON tasks.id = p_under;
+        END
+        $checks$;
+    """,
+    # 6: admin blocks (see sqlite_schema.py), checked by deputy_checks as cutoffs of BLOCKED + their expiry.
+    f"""
+    CREATE TABLE blocks (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        target TEXT NOT NULL,
+        party TEXT NOT NULL,
+        issuer TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        created_by TEXT NOT NULL,
+        lifted_at BIGINT,
+        lifted_by TEXT,
+        lift_reason TEXT
+    );
+    CREATE INDEX blocks_party ON blocks (target, party) WHERE lifted_at IS NULL;
+    DROP FUNCTION deputy_checks(TEXT[], TEXT, TEXT, TEXT, TEXT, TEXT);
+    CREATE FUNCTION deputy_checks(p_keys TEXT[], p_under TEXT, p_agent TEXT, p_domain TEXT, p_user_issuer TEXT,
+                                  p_user_subject TEXT, p_now BIGINT)
+        RETURNS TABLE (agent_cutoff BIGINT, user_cutoff BIGINT, state TEXT, deadline BIGINT)
+        LANGUAGE plpgsql VOLATILE AS $checks$
+        #variable_conflict use_column
+        BEGIN
+            PERFORM pg_advisory_xact_lock_shared(hashtextextended(key, 0)) FROM unnest(p_keys) AS key;
+            IF p_under IS NOT NULL THEN
+                PERFORM pg_advisory_xact_lock_shared(hashtextextended('tree:' || root_id, 0))
+                    FROM tasks WHERE id = p_under;
+            END IF;
+            RETURN QUERY SELECT cut.agent, cut.usr, tasks.state, tasks.deadline FROM (SELECT
+                max(issued_before) FILTER (WHERE kind = 'domain' OR kind = 'agent' AND issuer IN (p_domain, ''))
+                    AS agent,
+                max(issued_before) FILTER (WHERE kind = 'user' AND issuer IN (p_user_issuer, '')) AS usr
+                FROM (SELECT kind, subject, issuer, issued_before FROM credential_cutoffs
+                      UNION ALL SELECT target, party, issuer, {BLOCKED} + expires_at FROM blocks
+                      WHERE lifted_at IS NULL AND expires_at > p_now) AS c
+                WHERE (kind = 'agent' AND subject = p_agent)
                 OR (kind = 'domain' AND subject = p_domain) OR (kind = 'user' AND subject = p_user_subject)) AS cut
                 LEFT JOIN tasks ON tasks.id = p_under;
         END

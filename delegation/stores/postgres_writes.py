@@ -34,7 +34,7 @@ from psycopg.types.json import Jsonb
 from token_exchange.rfc9068 import new_id
 
 from ..audit import AuditEvent
-from ..records import CredentialRevoked, Party, Presented, TaskEnded, barred
+from ..records import BLOCKED, Block, Party, Presented, TaskEnded, barred
 from ..tasks import ADMIN, EXPIRED, POLICY, REVOKED, EndedTask, Revocation
 from .feed_events import Ending, told_per_audience
 from .postgres_db import Connection
@@ -48,12 +48,14 @@ LOCK_TREES = (
     ' WHERE id = ANY(%s::text[]) GROUP BY root_id ORDER BY root_id COLLATE "C") AS roots'
 )
 LOCK_ONE = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
-CHECKS = ("deputy_checks(%(keys)s, %(under)s, %(agent)s, %(domain)s, %(user_issuer)s, %(user_subject)s)"
-          " AS checks")  # (postgres_schema.py) its locks, then a fresh look at the cutoffs and the task
+CHECKS = ("deputy_checks(%(keys)s, %(under)s, %(agent)s, %(domain)s, %(user_issuer)s, %(user_subject)s,"
+          " %(now)s) AS checks")  # (postgres_schema.py) its locks, then a fresh look at the cutoffs and the task
 CUTOFFS = (  # what deputy_checks reads of the cutoffs (postgres_schema.py), for the check before a write
     "SELECT max(issued_before) FILTER (WHERE kind = 'domain' OR kind = 'agent' AND issuer IN (%(domain)s, ''))"
     " AS agent, max(issued_before) FILTER (WHERE kind = 'user' AND issuer IN (%(user_issuer)s, '')) AS usr"
-    " FROM credential_cutoffs WHERE (kind = 'agent' AND subject = %(agent)s)"
+    " FROM (SELECT kind, subject, issuer, issued_before FROM credential_cutoffs UNION ALL"
+    f" SELECT target, party, issuer, {BLOCKED} + expires_at FROM blocks"
+    " WHERE lifted_at IS NULL AND expires_at > %(now)s) AS c WHERE (kind = 'agent' AND subject = %(agent)s)"
     " OR (kind = 'domain' AND subject = %(domain)s) OR (kind = 'user' AND subject = %(user_subject)s)"
 )
 _CHECKED = (  # the checks of `barred` and of an open task, then the inserts if they pass
@@ -91,8 +93,8 @@ def check_params(presented: Presented, *, under: str | None, now: int) -> dict[s
 def raise_unless_written(row: DictRow | None, presented: Presented, under: str | None) -> None:
     """After a checked write: the error for the check that failed (then nothing was written)."""
     assert row is not None
-    if which := barred(presented, (row["agent"], row["usr"])):
-        raise CredentialRevoked(which)
+    if refusal := barred(presented, (row["agent"], row["usr"])):
+        raise refusal
     if not row["fine"]:
         raise TaskEnded(f"task {(under or '')[:12]} has ended")
 
@@ -184,6 +186,30 @@ async def end_matching(connection: Connection, party: Party, reason: str, now: i
     rows = await (await connection.execute(OPEN_TASKS_OF[party.kind], {"id": party.id, "domain": party.domain})
                   ).fetchall()
     return await end_tasks(connection, [r["id"] for r in rows], Ending(REVOKED, reason, now, ADMIN, party), event)
+
+
+BLOCK_COLUMNS = ("id", "kind", "target", "party", "issuer", "reason", "created_at", "expires_at", "created_by",
+                 "lifted_at", "lifted_by", "lift_reason")
+_INSERT_BLOCK = f"INSERT INTO blocks VALUES ({', '.join(f'%({c})s' for c in BLOCK_COLUMNS)})"
+
+
+async def add_block(connection: Connection, block: Block, event: AuditEvent) -> None:
+    """Under the party's exclusive lock (as a revocation): a write that relies on the party either committed
+    before, or checks after and finds the block."""
+    target = block.target
+    await connection.execute(LOCK_ONE, (f"{target.kind}:{target.id}",))
+    await connection.execute(_INSERT_BLOCK, block_params(block))
+    await connection.execute(INSERT_AUDIT, audit_params(event))
+
+
+def block_params(block: Block) -> dict[str, Any]:
+    return {**{c: getattr(block, c) for c in BLOCK_COLUMNS if c not in ("target", "issuer")},
+            "target": block.target.kind, "issuer": block.issuer or ""}
+
+
+def block(row: DictRow) -> Block:
+    return Block(row["id"], row["kind"], row["party"], row["issuer"] or None, row["reason"], row["created_at"],
+                 row["expires_at"], row["created_by"], row["lifted_at"], row["lifted_by"], row["lift_reason"])
 
 
 async def revoke_token(connection: Connection, jti: str, ending: Ending, event: AuditEvent | None

@@ -22,7 +22,7 @@ from token_exchange.scope import Scope
 from token_exchange.txn_tokens import TaskContext
 
 from ..audit import AuditEvent
-from ..records import CredentialRevoked, IssuedTokenRecord, Party, Presented, TaskEnded, barred
+from ..records import BLOCKED, Block, IssuedTokenRecord, Party, Presented, TaskEnded, barred
 from ..store import AuditQuery, AuditRecord, FeedPage, TaskDetail, TaskQuery, TokenState, TokenView
 from ..tasks import ADMIN, EXPIRED, OPEN, POLICY, REVOKED, SYSTEM, EndedTask, Revocation, Task
 from .feed_events import Ending, told_per_audience
@@ -43,10 +43,15 @@ _INSERT_TOKEN = (
 _TASK_COLUMNS = ("id", "parent_id", "root_id", "chain", "agent", "agent_domain", "user_issuer", "user_subject",
                  "scope", "audiences", "purpose", "context", "created_at", "deadline", "implicit", "state", "ended_at")
 _INSERT_TASK = f"INSERT INTO tasks ({', '.join(_TASK_COLUMNS)}) VALUES ({', '.join('?' * len(_TASK_COLUMNS))})"
-_CUTOFFS = (  # the cutoffs that may bear on an agent (by id, by domain) and a user; `_cutoffs_of` picks
-    "SELECT kind, issuer, issued_before FROM credential_cutoffs"
-    " WHERE (kind, subject) IN (VALUES ('agent', ?), ('domain', ?), ('user', ?))"
+_CUTOFFS = (  # the cutoffs that may bear on an agent (by id, by domain) and a user, active blocks as cutoffs
+    # of BLOCKED + their expiry (records.py); `_cutoffs_of` picks
+    "WITH party (kind, subject) AS (VALUES ('agent', ?), ('domain', ?), ('user', ?))"
+    " SELECT kind, issuer, issued_before FROM credential_cutoffs WHERE (kind, subject) IN party"
+    f" UNION ALL SELECT target, issuer, {BLOCKED} + expires_at FROM blocks"
+    " WHERE (target, party) IN party AND lifted_at IS NULL AND expires_at > ?"
 )
+_BLOCK_COLUMNS = ("id", "kind", "target", "party", "issuer", "reason", "created_at", "expires_at", "created_by",
+                  "lifted_at", "lifted_by", "lift_reason")
 _FEED = (  # the page's events (those with something for these audiences), then their rows for them
     "WITH page AS (SELECT DISTINCT seq FROM revocation_audiences WHERE audience IN ({marks})"
     " AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?)"
@@ -96,7 +101,7 @@ class SqliteStore(SqliteEventStreams):
         A token under an existing task is only recorded while that task is still open (TaskEnded)."""
 
         def work(connection: sqlite3.Connection) -> None:
-            _require_credentials(connection, presented)
+            _require_credentials(connection, presented, token.issued_at)
             if task is not None:
                 connection.execute(_INSERT_TASK, _task_row(task))
             elif token.task_id is not None:
@@ -110,7 +115,7 @@ class SqliteStore(SqliteEventStreams):
         """A task and its audit event; a delegated task only while its parent is still open (TaskEnded)."""
 
         def work(connection: sqlite3.Connection) -> None:
-            _require_credentials(connection, presented)
+            _require_credentials(connection, presented, task.created_at)
             if task.parent_id is not None:
                 _require_open(connection, task.parent_id, task.created_at)
             connection.execute(_INSERT_TASK, _task_row(task))
@@ -121,9 +126,9 @@ class SqliteStore(SqliteEventStreams):
     async def append_audit(self, event: AuditEvent) -> None:
         await self._db.write(lambda connection: connection.execute(_INSERT_AUDIT, _audit_row(event)), small=True)
 
-    async def cutoffs(self, actor: ActorRef | None, *, user: tuple[str, str] | None
+    async def cutoffs(self, actor: ActorRef | None, *, user: tuple[str, str] | None, now: int
                       ) -> tuple[int | None, int | None]:
-        return _cutoffs_of(self._db.lookup(_CUTOFFS, _cutoff_params(actor, user)), actor, user)
+        return _cutoffs_of(self._db.lookup(_CUTOFFS, _cutoff_params(actor, user, now)), actor, user)
 
     # Tasks and tokens
     async def task(self, task_id: str) -> Task | None:
@@ -274,6 +279,48 @@ class SqliteStore(SqliteEventStreams):
         views = tuple(TokenView(_token_record(r), r["revoked_at"]) for r in tokens)
         return TaskDetail(task, tuple(r["id"] for r in children), views)
 
+    async def task_ids_with_prefix(self, prefix: str, *, limit: int = 2) -> list[str]:
+        rows = await self._db.read("SELECT id FROM tasks WHERE id >= ? AND substr(id, 1, ?) = ? ORDER BY id LIMIT ?",
+                                   (prefix, len(prefix), prefix, limit))
+        return [r[0] for r in rows]
+
+    async def seen(self, party: Party) -> bool:
+        sql, params = _open_tasks_of(party)
+        rows = await self._db.read(sql.replace("state = 'open' AND ", "") + " LIMIT 1", params)
+        return bool(rows)
+
+    # Blocks
+    async def add_block(self, block: Block, event: AuditEvent) -> None:
+        def work(connection: sqlite3.Connection) -> None:
+            connection.execute(f"INSERT INTO blocks VALUES ({', '.join('?' * len(_BLOCK_COLUMNS))})",
+                               _block_row(block))
+            connection.execute(_INSERT_AUDIT, _audit_row(event))
+
+        await self._db.write(work, small=True)
+
+    async def blocks(self, *, now: int, include_inactive: bool = False) -> list[Block]:
+        where = "" if include_inactive else "WHERE lifted_at IS NULL AND expires_at > ?"
+        rows = await self._db.read(f"SELECT * FROM blocks {where} ORDER BY created_at DESC, id",
+                                   () if include_inactive else (now,))
+        return [_block(r) for r in rows]
+
+    async def blocks_with_prefix(self, prefix: str, *, limit: int = 2) -> list[Block]:
+        rows = await self._db.read("SELECT * FROM blocks WHERE substr(id, 1, ?) = ? ORDER BY id LIMIT ?",
+                                   (len(prefix), prefix, limit))
+        return [_block(r) for r in rows]
+
+    async def lift_block(self, block_id: str, *, by: str, reason: str | None, now: int,
+                         event: AuditEvent) -> Block | None:
+        def work(connection: sqlite3.Connection) -> Block | None:
+            row = connection.execute(
+                "UPDATE blocks SET lifted_at = ?, lifted_by = ?, lift_reason = ? WHERE id = ? AND lifted_at IS NULL"
+                " AND expires_at > ? RETURNING *", (now, by, reason, block_id, now)).fetchone()
+            if row is not None:
+                connection.execute(_INSERT_AUDIT, _audit_row(event))
+            return _block(row) if row is not None else None
+
+        return await self._db.write(work, small=True)
+
     async def audit_events(self, query: AuditQuery) -> list[AuditRecord]:
         clauses, params = _filters(task_id=query.task, agent=query.agent, user_subject=query.user)
         ranges = [(c, v) for c, v in (("at >= ?", query.since), ("at <= ?", query.until)) if v is not None]
@@ -293,10 +340,10 @@ def _open_tasks_of(party: Party) -> tuple[str, tuple[str | None, ...]]:
     return sql + f" AND coalesce(?, {domain_column}) = {domain_column}", (party.id, party.domain)
 
 
-def _cutoff_params(actor: ActorRef | None, user: tuple[str, str] | None) -> tuple[str, ...]:
+def _cutoff_params(actor: ActorRef | None, user: tuple[str, str] | None, now: int) -> tuple[str | int, ...]:
     """Parameters of `_CUTOFFS`; an absent party matches nothing (U+0000 is in no id)."""
     agent, domain = (actor.id, actor.domain) if actor is not None else ("\0", "\0")
-    return agent, domain, user[1] if user is not None else "\0"
+    return agent, domain, user[1] if user is not None else "\0", now
 
 
 def _cutoffs_of(rows: Sequence[Sequence[Any]], actor: ActorRef | None, user: tuple[str, str] | None
@@ -309,11 +356,11 @@ def _cutoffs_of(rows: Sequence[Sequence[Any]], actor: ActorRef | None, user: tup
     return max(agent, default=None), max(of_user, default=None)
 
 
-def _require_credentials(connection: sqlite3.Connection, presented: Presented) -> None:
-    """Inside the writing transaction: a revocation of the agent or user that committed first bars it."""
-    rows = connection.execute(_CUTOFFS, _cutoff_params(presented.actor, presented.user)).fetchall()
-    if which := barred(presented, _cutoffs_of(rows, presented.actor, presented.user)):
-        raise CredentialRevoked(which)
+def _require_credentials(connection: sqlite3.Connection, presented: Presented, now: int) -> None:
+    """Inside the writing transaction: a revocation or block of the agent or user that committed first bars it."""
+    rows = connection.execute(_CUTOFFS, _cutoff_params(presented.actor, presented.user, now)).fetchall()
+    if refusal := barred(presented, _cutoffs_of(rows, presented.actor, presented.user)):
+        raise refusal
 
 
 def _require_open(connection: sqlite3.Connection, task_id: str, now: int) -> None:
@@ -356,6 +403,16 @@ _PURGE_SEEN = ("DELETE FROM seen_once WHERE (namespace, value) IN"  # WITHOUT RO
 
 def _purge(sql: str, before: int, batch: int) -> Callable[[sqlite3.Connection], int]:
     return lambda connection: int(connection.execute(sql, (before, batch)).rowcount)
+
+
+def _block_row(block: Block) -> tuple[Any, ...]:
+    return (block.id, block.kind, block.target.kind, block.party, block.issuer or "", block.reason, block.created_at,
+            block.expires_at, block.created_by, block.lifted_at, block.lifted_by, block.lift_reason)
+
+
+def _block(row: sqlite3.Row) -> Block:
+    return Block(row["id"], row["kind"], row["party"], row["issuer"] or None, row["reason"], row["created_at"],
+                 row["expires_at"], row["created_by"], row["lifted_at"], row["lifted_by"], row["lift_reason"])
 
 
 def _audit_row(event: AuditEvent) -> tuple[Any, ...]:

@@ -179,6 +179,25 @@ MIGRATIONS: tuple[str, ...] = (
         sealed BLOB NOT NULL
     );
     """,
+    # 6: admin blocks: a party (`target`: agent, domain or user, as cutoffs name it; '' issuer: any) is
+    # refused every exchange until `expires_at` or until lifted.
+    """
+    CREATE TABLE blocks (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        target TEXT NOT NULL,
+        party TEXT NOT NULL,
+        issuer TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        created_by TEXT NOT NULL,
+        lifted_at INTEGER,
+        lifted_by TEXT,
+        lift_reason TEXT
+    ) WITHOUT ROWID;
+    CREATE INDEX blocks_party ON blocks (target, party) WHERE lifted_at IS NULL;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

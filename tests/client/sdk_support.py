@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import copy
 import json
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +16,18 @@ import httpx2
 import jwt
 
 from tests.conftest import HELPER_AGENT, MAIL_AGENT, POLICY_DATA, Deployment, deployed
+from tests.support import LoopbackServer, QuietHandler
 
 SHORT = "https://short.example.com"  # its tokens live SHORT_TTL seconds: near-expiry minting
 SHORT_TTL = 3
 HELPER = "/agents/helper"  # the sub-agent's SVID path in the deployment's trust domain
+API = "https://api.example.com"  # a resource with a resource server that follows revocations (API_SERVER)
+API_SERVER = "/rs/api"
 
 _namespace = next(iter(POLICY_DATA))
 SDK_POLICY_DATA = copy.deepcopy(POLICY_DATA)
 SDK_POLICY_DATA[_namespace]["grants"][MAIL_AGENT][SHORT] = ["short.read"]
+SDK_POLICY_DATA[_namespace]["grants"][MAIL_AGENT][API] = ["api.read"]
 SDK_POLICY_DATA[_namespace]["subagents"] = {MAIL_AGENT: [HELPER_AGENT]}
 
 SDK_CONFIG = f"""
@@ -33,6 +35,12 @@ SDK_CONFIG = f"""
 audience = "{SHORT}"
 scopes = ["short.read"]
 max_ttl = {SHORT_TTL}
+
+[[resources]]
+audience = "{API}"
+scopes = ["api.read"]
+max_ttl = 300
+clients = ["spiffe://example.org{API_SERVER}"]
 """
 
 
@@ -71,7 +79,7 @@ class RecordingApi:
     def __post_init__(self) -> None:
         api = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 api.seen.append({k.lower(): v for k, v in self.headers.items()})
                 if api.challenge is not None:
@@ -84,16 +92,11 @@ class RecordingApi:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.loopback = LoopbackServer(Handler)
+        self.url = self.loopback.url
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.loopback.close()
 
 
 class FlakyProxy:
@@ -107,7 +110,7 @@ class FlakyProxy:
         self.seen: list[dict[str, str]] = []
         proxy = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def _relay(self) -> None:
                 proxy.attempts += 1
                 proxy.seen.append({k.lower(): v for k, v in self.headers.items()})
@@ -133,16 +136,11 @@ class FlakyProxy:
 
             do_GET = do_POST = _relay
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.loopback = LoopbackServer(Handler)
+        self.url = self.loopback.url
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.loopback.close()
 
 
 def verified_claims(deployment: Deployment, token: str, audience: str) -> dict[str, Any]:

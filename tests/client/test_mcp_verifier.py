@@ -12,7 +12,6 @@ from typing import Any
 
 import httpx2
 import pytest
-import uvicorn
 from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer
@@ -22,6 +21,7 @@ from starlette.requests import HTTPConnection
 
 from deputy_client.mcp import MAX_INSPECTED_BODY, DeputyTokenVerifier, require_tool_scope
 from deputy_client.resource import AccessTokenVerifier, FeedStale
+from gateway.demo import serve_app
 from gateway.dev import AGENT, MAIL, MAIL_API
 from tests.mcp_support import DOCS, Gateway, call_tool, dev_gateway, load_example
 from tests.support import free_port
@@ -49,23 +49,9 @@ async def verifying(gateway: Gateway, audience: str = MAIL, **kw: Any) -> AsyncI
         yield verifier
 
 
-@contextlib.asynccontextmanager
-async def serving(app: Any) -> AsyncIterator[str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
-
-
 @pytest.fixture
 async def mcp_url(gateway: Gateway) -> AsyncIterator[str]:
-    async with verifying(gateway) as verifier, serving(EXAMPLE.mcp_app(verifier)) as url:
+    async with verifying(gateway) as verifier, serve_app(EXAMPLE.mcp_app(verifier), free_port()) as url:
         yield url
 
 
@@ -210,7 +196,8 @@ def scoped_server(verifier: AccessTokenVerifier, required_scopes: list[str] | No
 
 async def test_authz_11_the_sdks_own_403_names_only_the_first_missing_scope(gateway: Gateway) -> None:
     token = gateway.token(gateway.open_task(), "mail.read")
-    async with verifying(gateway) as verifier, serving(scoped_server(verifier, ["mail.read", "mail.send"])) as url:
+    async with verifying(gateway) as verifier, \
+            serve_app(scoped_server(verifier, ["mail.read", "mail.send"]), free_port()) as url:
         response = await post(url + "/mcp", {"Authorization": f"Bearer {token}"})
     assert (response.status_code, response.json()) == (
         403, {"error": "insufficient_scope", "error_description": "Required scope: mail.send"})
@@ -221,7 +208,7 @@ async def test_authz_11_the_sdks_own_403_names_only_the_first_missing_scope(gate
 
 async def test_a_tools_own_scope_check_is_a_tool_error(gateway: Gateway) -> None:
     reader, sender = (gateway.token(gateway.open_task(), scope) for scope in ("mail.read", "mail.send"))
-    async with verifying(gateway) as verifier, serving(scoped_server(verifier, None)) as url:
+    async with verifying(gateway) as verifier, serve_app(scoped_server(verifier, None), free_port()) as url:
         refused = await call_tool(url + "/mcp", reader, "send_mail")
         allowed = await call_tool(url + "/mcp", sender, "send_mail")
     assert refused.is_error and "insufficient_scope: this tool needs scope mail.send" in str(refused.content)

@@ -4,14 +4,31 @@ again near expiry, completion on leaving the block, also on an exception and on 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import httpx2
 import pytest
+from fastapi import Depends, FastAPI
 
 from deputy_client import DeputyClient, InvalidRequest, OAuthError, UnknownOAuthError
-from tests.client.sdk_support import HELPER, SHORT, SHORT_TTL, Counting, RecordingApi, task_state, verified_claims
+from deputy_client.resource import AccessTokenVerifier, VerifiedAccess
+from deputy_client.resource.dependency import require_scope
+from gateway.demo import serve_app
+from tests.client.sdk_support import (
+    API,
+    API_SERVER,
+    HELPER,
+    SHORT,
+    SHORT_TTL,
+    Counting,
+    RecordingApi,
+    task_state,
+    verified_claims,
+)
 from tests.conftest import FILES, MAIL, MAIL_AGENT, Deployment
+from tests.support import free_port
 
 
 @pytest.fixture
@@ -154,3 +171,45 @@ async def test_tasks_the_user_token_is_dropped_once_the_task_is_open(gateway: De
         assert user_token not in repr(vars(task)) and scope._opener is None
         with pytest.raises(RuntimeError, match="entered once"):
             await scope.__aenter__()
+
+
+@contextlib.asynccontextmanager
+async def api_server(verifier: AccessTokenVerifier) -> AsyncIterator[str]:
+    """A FastAPI resource server on loopback that admits `api.read` tokens through `verifier`."""
+    app = FastAPI()
+
+    @app.get("/data")
+    async def data(access: VerifiedAccess = Depends(require_scope(verifier, "api.read"))  # noqa: B008
+                   ) -> dict[str, str | None]:
+        return {"task": access.task_id}
+
+    async with serve_app(app, free_port()) as url:
+        yield url
+
+
+async def test_tasks_rfc6750_3_1_a_token_refused_as_invalid_is_minted_again_and_an_ended_task_says_so(
+        gateway: Deployment) -> None:
+    """The task is ended behind the task handle's back (as completing a parent ends a child): the resource
+    refuses the cached token (401 invalid_token), the auth drops it, and the next call's exchange raises."""
+    async with httpx2.AsyncClient(timeout=5) as rs_client, AccessTokenVerifier(
+        issuer=gateway.url, audience=API, client=rs_client, svid=lambda: gateway.svid(API_SERVER),
+    ) as verifier, api_server(verifier) as url, DeputyClient(gateway.url, identity=lambda: gateway.svid()) as deputy:
+        scope = deputy.task(gateway.user_token(scope="api.read"), scope=["api.read"], audiences=[API])
+        task = await scope.__aenter__()
+        async with httpx2.AsyncClient(auth=task.auth(API, "api.read")) as http:
+            assert (await http.get(url + "/data")).json() == {"task": task.id}
+            await deputy.complete(task.id)
+            refused: list[httpx2.Response] = []
+
+            async def refused_once() -> bool:
+                response = await http.get(url + "/data")
+                refused.append(response)
+                return response.status_code == 401
+            deadline = time.monotonic() + 10
+            while not await refused_once():
+                assert time.monotonic() < deadline, "the resource still accepts the token of an ended task"
+                await asyncio.sleep(0.05)
+            assert 'error="invalid_token"' in refused[-1].headers["www-authenticate"]
+            with pytest.raises(InvalidRequest, match="the task has ended"):
+                await http.get(url + "/data")  # the cached token was dropped: a new exchange, refused
+        await scope.__aexit__(None, None, None)

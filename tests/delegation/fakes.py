@@ -92,7 +92,7 @@ class FakeStore:
     def grants(self) -> list[IssuedTokenRecord]:
         return [w.token for w in self.writes if w.token is not None]
 
-    async def cutoffs(self, actor: ActorRef | None, *, user: tuple[str, str] | None
+    async def cutoffs(self, actor: ActorRef | None, *, user: tuple[str, str] | None, now: int
                       ) -> tuple[int | None, int | None]:
         self._enter("cutoffs")
         self.cutoff_queries.append((actor, user))

@@ -25,7 +25,7 @@ from delegation.flows.one_shot import OneShotAccess
 from delegation.flows.open_task import OpenTask
 from delegation.flows.task_access import TaskAccess
 from delegation.policy import Decision, PolicyInput
-from delegation.records import CredentialRevoked, StoreError, TaskEnded
+from delegation.records import BLOCKED, CredentialRevoked, StoreError, TaskEnded
 from delegation.resources import Resource, Resources
 from delegation.tasks import COMPLETED, REVOKED, Task
 from delegation.token_endpoint import Grant, TokenEndpoint
@@ -339,6 +339,17 @@ async def test_deputy_credentials_issued_before_an_admin_revocation_are_refused_
     world.store.agent_cutoff, world.store.user_cutoff = cutoffs
     await world.refused(InvalidRequest, message, actor_token=actor_token)
     assert world.store.cutoff_queries == [(ACTORS[actor_token].ref, (IDP, "alice"))]
+    assert world.policy.queries == []
+
+
+@pytest.mark.parametrize(("cutoffs", "error", "message"), [
+    ((BLOCKED + NOW + 60, None), UnauthorizedClient, "actor_token rejected: an admin blocked this agent until "),
+    ((None, BLOCKED + NOW + 60), InvalidGrant, "subject_token rejected: an admin blocked this user until "),
+])
+async def test_issue11_3_a_blocked_party_is_refused_whatever_its_credentials_before_the_policy(
+        world: World, cutoffs: tuple[int | None, int | None], error: type[OAuthError], message: str) -> None:
+    world.store.agent_cutoff, world.store.user_cutoff = cutoffs
+    await world.refused(error, message)
     assert world.policy.queries == []
 
 

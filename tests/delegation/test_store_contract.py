@@ -18,7 +18,17 @@ import psycopg
 import pytest
 
 from delegation.audit import AuditEvent
-from delegation.records import CredentialRevoked, IssuedTokenRecord, Party, Presented, StoreError, TaskEnded
+from delegation.records import (
+    BLOCKED,
+    Block,
+    CredentialRevoked,
+    IssuedTokenRecord,
+    Party,
+    Presented,
+    StoreError,
+    TaskEnded,
+    barred,
+)
 from delegation.store import ENABLED, PAUSED, POLL, PUSH, AuditQuery, PendingSet, SealedRing, Store, Stream
 from delegation.stores import open_store
 from delegation.stores.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
@@ -244,14 +254,14 @@ async def test_tokens_of_an_ended_task_stay_revoked_after_the_task_is_purged(sto
 
 async def test_revoking_a_party_records_a_cutoff_for_its_credentials(store: Store) -> None:
     agent, domain = A.id, A.domain
-    assert await store.cutoffs(A, user=("https://idp", "alice")) == (None, None)
+    assert await store.cutoffs(A, user=("https://idp", "alice"), now=NOW) == (None, None)
     await store.end_matching(Party("domain", domain), reason="incident", now=NOW)
     await store.end_matching(Party("agent", agent), reason="incident", now=NOW + 5)
     await store.end_matching(Party("user", "alice"), reason="incident", now=NOW + 7)  # every issuer
-    assert await store.cutoffs(A, user=("https://idp", "alice")) == (NOW + 5, NOW + 7)
-    assert await store.cutoffs(agent_ref("spiffe://other.org/b"), user=("https://idp", "bob")) == (None, None)
+    assert await store.cutoffs(A, user=("https://idp", "alice"), now=NOW) == (NOW + 5, NOW + 7)
+    assert await store.cutoffs(agent_ref("spiffe://other.org/b"), user=("https://idp", "bob"), now=NOW) == (None, None)
     await store.end_matching(Party("agent", agent), reason="older", now=NOW + 1)  # a cutoff never moves back
-    assert (await store.cutoffs(A, user=None))[0] == NOW + 5
+    assert (await store.cutoffs(A, user=None, now=NOW))[0] == NOW + 5
 
 
 async def test_a_grant_relying_on_an_agent_revoked_meanwhile_is_refused_inside_its_transaction(store: Store) -> None:
@@ -301,6 +311,58 @@ async def test_agents_of_other_kinds_are_revoked_by_id_within_their_domain(store
     assert (await store.task("twin")).chain == (twin,)  # type: ignore[union-attr]
 
 
+def block(block_id: str, kind: str, party: str, issuer: str | None = None, *, until: int = NOW + 60) -> Block:
+    return Block(block_id, kind, party, issuer, "incident", NOW, until, "spiffe://example.org/admin")
+
+
+async def test_an_active_block_bars_every_credential_of_its_party_until_it_expires(store: Store) -> None:
+    await store.add_block(block("b-agent", "agent", A.id), event("block"))
+    agent, _ = await store.cutoffs(A, user=None, now=NOW)
+    assert agent == BLOCKED + NOW + 60  # a cutoff no credential passes, that says until when
+    refusal = barred(Presented(A, NOW + 30), (agent, None))
+    assert refusal is not None and refusal.which == "actor" and refusal.blocked_until == NOW + 60
+    assert await store.cutoffs(A, user=None, now=NOW + 60) == (None, None)  # expired by itself
+    with pytest.raises(CredentialRevoked) as caught:  # checked again inside the write's transaction
+        await record_task(store, task("while-blocked"), event("open_task", "while-blocked"))
+    assert caught.value.blocked_until == NOW + 60 and await store.task("while-blocked") is None
+
+
+async def test_blocks_of_a_domain_an_issuer_and_a_user_bar_their_parties_only(store: Store) -> None:
+    pod = ActorRef("system:serviceaccount:mail:agent", "kubernetes", "https://cluster-a.example")
+    await store.add_block(block("b-domain", "trust_domain", "other.org"), event("block"))
+    await store.add_block(block("b-issuer", "workload_issuer", pod.domain), event("block"))
+    await store.add_block(block("b-user", "user", "alice", "https://idp"), event("block"))
+    assert (await store.cutoffs(agent_ref("spiffe://other.org/b"), user=None, now=NOW))[0] == BLOCKED + NOW + 60
+    assert (await store.cutoffs(pod, user=None, now=NOW))[0] == BLOCKED + NOW + 60
+    assert await store.cutoffs(A, user=("https://idp", "alice"), now=NOW) == (None, BLOCKED + NOW + 60)
+    assert await store.cutoffs(A, user=("https://other-idp", "alice"), now=NOW) == (None, None)
+
+
+async def test_blocks_are_listed_found_by_prefix_and_lifted_once(store: Store) -> None:
+    await store.add_block(block("block-one", "agent", A.id), event("block"))
+    await store.add_block(block("block-two", "user", "bob", until=NOW + 5), event("block"))
+    assert [b.id for b in await store.blocks(now=NOW)] == ["block-one", "block-two"]
+    assert [b.id for b in await store.blocks(now=NOW + 5)] == ["block-one"]  # expired: no longer active
+    assert len(await store.blocks(now=NOW + 5, include_inactive=True)) == 2
+    assert [b.id for b in await store.blocks_with_prefix("block-")] == ["block-one", "block-two"]
+    lifted = await store.lift_block("block-one", by="admin", reason="false alarm", now=NOW + 1, event=event("unblock"))
+    assert lifted is not None and (lifted.lifted_at, lifted.lifted_by, lifted.lift_reason) == (
+        NOW + 1, "admin", "false alarm")
+    assert await store.lift_block("block-one", by="admin", reason=None, now=NOW + 2, event=event("unblock")) is None
+    assert await store.cutoffs(A, user=None, now=NOW + 2) == (None, None)
+    assert [e.event.action for e in await store.audit_events(AuditQuery())] == ["unblock", "block", "block"]
+
+
+async def test_task_ids_are_found_by_prefix_and_parties_by_their_tasks(store: Store) -> None:
+    for name in ("abc-1", "abc-2", "abd"):
+        await record_task(store, task(name), event("open_task", name))
+    assert await store.task_ids_with_prefix("abc", limit=5) == ["abc-1", "abc-2"]
+    assert await store.task_ids_with_prefix("abd") == ["abd"] and await store.task_ids_with_prefix("x") == []
+    assert await store.seen(Party("agent", A.id)) and await store.seen(Party("user", "alice", "https://idp"))
+    assert not await store.seen(Party("agent", "spiffe://example.org/nobody"))
+    assert not await store.seen(Party("user", "alice", "https://other-idp"))
+
+
 async def test_schema_1_tasks_are_migrated_to_actor_chains_and_domains(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "deputy.db") as db:
         db.executescript(MIGRATIONS[0] + "; PRAGMA user_version = 1;")
@@ -313,7 +375,7 @@ async def test_schema_1_tasks_are_migrated_to_actor_chains_and_domains(tmp_path:
     try:
         migrated = await store.task("old")
         assert migrated is not None and migrated.chain == (A, agent_ref("spiffe://example.org/b"))
-        assert await store.cutoffs(A, user=None) == (NOW, None)
+        assert await store.cutoffs(A, user=None, now=NOW) == (NOW, None)
         revocation = await store.end_matching(Party("domain", "example.org"), reason="x", now=NOW + 1)
         assert revocation is not None and revocation.task_ids == ("old",)
     finally:

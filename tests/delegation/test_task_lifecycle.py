@@ -19,6 +19,7 @@ import httpx2
 import pytest
 
 from gateway.dev import DemoIdentities, DemoResource
+from tests.conftest import store_config
 from tests.support import ACCESS_TOKEN, GRANT, JWT, free_port, gateway_process
 
 TXN = "urn:ietf:params:oauth:token-type:txn_token"
@@ -79,8 +80,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
 
 
 @contextmanager
-def running_env(directory: Path) -> Iterator[Env]:
-    """A gateway with two resources, agents that may delegate to each other, a resource client and admins."""
+def running_env(directory: Path, store_url: str | None = None) -> Iterator[Env]:
+    """A gateway with two resources, agents that may delegate to each other, a resource client and admins;
+    on SQLite, or on the PostgreSQL database `store_url`."""
     ids = DemoIdentities(directory / "deployment")
     grants = {MAIL: ["mail.read", "mail.send"], DOCS: ["docs.read"]}
     data = {"access": {
@@ -93,6 +95,7 @@ def running_env(directory: Path) -> Iterator[Env]:
     resources = (DemoResource(MAIL, ("mail.read", "mail.send"), (WATCHER,)), DemoResource(DOCS, ("docs.read",)))
     config = ids.create(listen=f"127.0.0.1:{free_port()}", idp=IDP, trust_domain="example.org", data=data,
                         resources=resources, admins=(ADMIN,), admin_group="deputy-admins")
+    config.write_text(config.read_text() + store_config(directory, store_url))
     with gateway_process(config) as url, httpx2.Client(base_url=url, timeout=10) as client:
         yield Env(client, ids.issuer, ids, config)
 

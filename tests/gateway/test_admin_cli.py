@@ -45,8 +45,6 @@ value = "deputy-admins"
 spiffe_ids = ["spiffe://example.org{ADMIN_PATH}"]
 """
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
-NEEDS_E = pytest.mark.xfail(strict=True, reason="needs helper E's admin API (blocks, reasons, warnings): "
-                                                "remove this mark once the `blocks` branch is merged")
 
 
 class Cli:
@@ -359,10 +357,9 @@ def test_issue11_2_colour_only_on_a_terminal_and_never_under_no_color(monkeypatc
     assert not colour_on(Terminal())
 
 
-# --- helper E's API: blocks, reasons in the audit, never-seen warnings ------------------------------------
+# --- blocks, reasons in the audit, never-seen warnings, id prefixes ---------------------------------------
 
 
-@NEEDS_E
 def test_issue11_1_the_reason_and_the_acting_admin_are_in_the_audit(gateway: Deployment, cli: Cli) -> None:
     task = open_task(gateway)
     assert cli("tasks", "revoke", task["task_id"], "--reason", "incident 42").returncode == 0
@@ -372,19 +369,16 @@ def test_issue11_1_the_reason_and_the_acting_admin_are_in_the_audit(gateway: Dep
     assert any("incident 42" in reason for reason in revoked["reasons"])
 
 
-@NEEDS_E
 def test_issue11_2_the_12_character_ids_a_listing_shows_are_accepted_back(gateway: Deployment, cli: Cli) -> None:
     task = open_task(gateway)
     assert cli.json("tasks", "show", task["task_id"][:12])["id"] == task["task_id"]
 
 
-@NEEDS_E
 def test_issue11_1_a_revocation_of_a_never_seen_agent_carries_the_apis_warning(cli: Cli) -> None:
     done = cli("revoke", "--agent", "spiffe://example.org/agents/never-seen", "--reason", "typo?")
     assert done.returncode == 3 and "warning: Deputy has never seen agent" in done.stderr, done.stderr
 
 
-@NEEDS_E
 def test_issue11_3_block_add_list_remove(gateway: Deployment, cli: Cli) -> None:
     added = cli("block", "add", "--agent", "spiffe://example.org/agents/helper", "--for", "2h", "--reason", "drill")
     assert added.returncode == 0 and added.stdout.startswith("blocked agent spiffe://example.org/agents/helper until")

@@ -4,6 +4,7 @@ both SSF streams carry the ending, and a key rotated through A's config is serve
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 
 from tests.conftest import ACCESS_TOKEN, GRANT, JWT, MAIL_AGENT, Setup
 from tests.postgres import Server
-from tests.replicas import DOCS, HELPER, RS_DOCS, Replica, deputy, replica_setup, replicas, until
+from tests.replicas import ADMIN, DOCS, HELPER, RS_DOCS, Replica, deputy, replica_setup, replicas, until
 
 TXN = "urn:ietf:params:oauth:token-type:txn_token"
 SESSION_REVOKED = "https://schemas.openid.net/secevent/caep/event-type/session-revoked"
@@ -118,6 +119,25 @@ def test_issue9_a_key_rotated_through_a_is_served_by_b_within_seconds(
                                          resource=DOCS, scope="docs.read")["access_token"]) in after,
                    timeout=10, what="B to sign with the rotated key")
     assert minted
+
+
+def test_issue11_3_a_block_added_on_a_refuses_the_agent_on_both_until_lifted_on_b(
+        deployment: tuple[Setup, list[Replica]]) -> None:
+    setup, (a, b) = deployment
+    user = setup.idp.token("alice", audience=setup.issuer, scope="docs.read")
+    form = {"subject_token": user, "subject_token_type": ACCESS_TOKEN, "resource": DOCS, "scope": "docs.read"}
+    added = a.client.post("/admin/blocks", json={"agent": MAIL_AGENT, "for": "1h", "reason": "replicas"},
+                          headers=bearer(setup, ADMIN))
+    assert added.status_code == 201, added.text
+    path = MAIL_AGENT.removeprefix("spiffe://example.org")
+    time.sleep(1.1)  # fresh SVIDs, issued after the block's revocation cutoff: refused by the block itself
+    for replica in (a, b):
+        refused = replica.client.post("/token", data={"grant_type": GRANT, "actor_token": setup.domain.svid(
+            path, audience=setup.issuer), "actor_token_type": JWT, **form})
+        assert refused.json()["error"] == "unauthorized_client", (replica.name, refused.text)
+    lifted = b.client.request("DELETE", f"/admin/blocks/{added.json()['block']['id']}", headers=bearer(setup, ADMIN))
+    assert lifted.status_code == 200, lifted.text
+    assert exchange(setup, a, **form)["access_token"]
 
 
 def _kid(token: str) -> str:

@@ -38,7 +38,8 @@ NOTES = "https://notes.example.com"
 WATCHER = "spiffe://example.org/rs/notes"  # a client of NOTES: introspects its tokens
 ADMIN = "spiffe://example.org/ops/admin"
 GH_SUB = "repo:octo-org@1001/octo-repo@2002:environment:prod"
-NAMESPACES = ("flow", "cli", "complete", "spiffe-parent", "cross")  # one per test: no test sees another's cutoffs
+# one per test: no test sees another's cutoffs
+NAMESPACES = ("flow", "cli", "complete", "spiffe-parent", "cross", "blocked")
 
 
 def sa(namespace: str, name: str = "mail") -> str:
@@ -382,3 +383,22 @@ def test_reference_bad_actor_tokens_are_refused_and_nothing_is_issued(env: Env, 
     fields = {"subject_token": env.deployment.user_token(scope="notes.read"), "subject_token_type": ACCESS_TOKEN,
               "actor_token_type": JWT, "scope": "notes.read", "resource": NOTES, **form(env)}
     probe.refused(env.post(**fields), 400, error, names=says)
+
+
+def test_issue11_3_a_workload_issuer_block_refuses_its_agents_only_and_is_lifted(env: Env) -> None:
+    """Last in this module: the block revokes all of cluster B, and cuts off its tokens issued until now."""
+    ns, b = "blocked", env.cluster_b
+    in_b = ok(env.open_task(env.sa_token(b, ns)))
+    added = env.client.post("/admin/blocks", json={"workload_issuer": b.name, "for": "1h", "reason": "cluster B"},
+                            headers=bearer(env.svid(ADMIN)))
+    assert added.status_code == 201 and added.json()["block"]["kind"] == "workload_issuer", added.text
+    assert added.json()["revoked"]["tasks"] >= 1
+    later = int(time.time()) + 1  # a token issued after the block's revocation cutoff: the block still refuses it
+    assert "an admin blocked this agent" in refused(env.open_task(env.sa_token(b, ns, iat=later)),
+                                                    "unauthorized_client")
+    assert env.within(in_b["access_token"], env.sa_token(b, ns, iat=later)).status_code == 400
+    ok(env.open_task(env.sa_token(env.cluster_a, ns)))  # the same name at cluster A is another agent
+    lifted = env.client.request("DELETE", f"/admin/blocks/{added.json()['block']['id']}",
+                                headers=bearer(env.svid(ADMIN)))
+    assert lifted.status_code == 200, lifted.text
+    ok(env.open_task(env.sa_token(b, ns, iat=later)))
