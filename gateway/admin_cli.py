@@ -40,12 +40,13 @@ def add_commands(commands: Any) -> None:
     login.set_defaults(run=run.login)
 
 
-def _command(commands: Any, name: str, text: str, handler: Any, *, reason: bool = True,
+def _command(commands: Any, name: str, text: str, handler: Any, *, reason: bool = True, needs_reason: bool = False,
              json: str = "print the admin API's JSON answer") -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = commands.add_parser(name, help=text, description=text[0].upper() + text[1:])
     add_options(parser)
-    if reason:
-        parser.add_argument("--reason", help="why: recorded with the acting admin in the audit trail")
+    if reason or needs_reason:
+        parser.add_argument("--reason", required=needs_reason,
+                            help="why: recorded with the acting admin in the audit trail")
     parser.add_argument("--json", action="store_true", help=json)
     parser.set_defaults(run=handler)
     return parser
@@ -86,7 +87,7 @@ def _add_blocks(commands: Any) -> None:
                                               "for a while (incident control)")
     actions = block.add_subparsers(required=True, metavar="ACTION")
     add = _command(actions, "add", "refuse every exchange by a party for a span, and revoke all it holds",
-                   run.add_block)
+                   run.add_block, needs_reason=True)
     _party(add, (*PARTIES[:2], "workload-issuer", PARTIES[2]))
     add.add_argument("--for", dest="duration", type=_span, required=True, metavar="SPAN",
                      help="how long: 90s, 15m, 2h, 1d, 1w, or seconds")

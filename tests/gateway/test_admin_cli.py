@@ -395,8 +395,10 @@ def test_issue11_3_block_add_list_remove(gateway: Deployment, cli: Cli) -> None:
 
 
 def test_issue11_3_block_add_refuses_a_span_that_means_nothing(cli: Cli) -> None:
-    done = cli("block", "add", "--agent", "spiffe://example.org/agents/helper", "--for", "soon")
+    done = cli("block", "add", "--agent", "spiffe://example.org/agents/helper", "--for", "soon", "--reason", "x")
     assert done.returncode == 2 and "is not a span" in done.stderr
+    unexplained = cli("block", "add", "--agent", "spiffe://example.org/agents/helper", "--for", "1h")
+    assert unexplained.returncode == 2 and "--reason" in unexplained.stderr
 
 
 # --- dev mode ----------------------------------------------------------------------------------------------
@@ -426,11 +428,16 @@ def test_issue11_1_dev_mode_finds_the_dev_gateway_from_another_directory_and_say
     assert listing.returncode == 0 and exchanged.json()["task_id"][:12] in listing.stdout, listing.stderr
     assert listing.stderr == f"deputy: dev mode: the `deputy serve --dev` gateway at {url} " \
                              f"({home / 'served' / '.deputy-dev'}), as the demo admin {DEMO_ADMIN}\n"
+    assert cli.json("tasks", "show", exchanged.json()["task_id"][:12])["state"] == "open"
     revoked = cli("revoke", "--agent", DEMO_AGENT)
     assert revoked.returncode == 0, revoked.stderr
     assert revoked.stdout == f"revoked 1 task(s) and 1 token(s) of agent {DEMO_AGENT}\n"
     events = [json.loads(line) for line in cli("audit", "--json", "--since", "5m").stdout.splitlines()]
     assert any(e["action"] == "admin_revoke" and e["agent"] == DEMO_ADMIN for e in events)
+    blocked = cli.json("block", "add", "--user", "mallory", "--issuer", "https://idp.demo.test", "--for", "1m",
+                       "--reason", "drill")
+    assert blocked["block"]["created_by"] == DEMO_ADMIN
+    assert cli("block", "remove", blocked["block"]["id"]).returncode == 0
 
 
 def test_issue11_1_without_an_address_or_a_dev_gateway_the_cli_says_what_to_give(tmp_path: Path) -> None:
