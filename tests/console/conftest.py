@@ -67,7 +67,7 @@ def console(browser: Browser, dev: Dev) -> Page:
 
 
 def screenshot(page: Page, view: str) -> None:
-    """Saved for docs/admin-console.md: each view, as the test saw it."""
+    """Saved for docs/admin.md: each view, as the test saw it."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / f"console-{view}.png"), full_page=True)
 
