@@ -46,9 +46,9 @@ def store_token(addr: str, token: dict[str, Any], *, now: int) -> Path:
     path = token_store()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(descriptor, 0o600)  # before any token is written: an existing file keeps its mode on open
     with os.fdopen(descriptor, "w") as out:
         json.dump(entries, out, indent=2)
-    path.chmod(0o600)
     return path
 
 

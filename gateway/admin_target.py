@@ -88,12 +88,20 @@ def _workload_svid(addr: str) -> str:
 
 
 def _issuer(addr: str) -> str:
-    """The gateway's issuer (the audience of an SVID for it), from its RFC 8414 metadata; else `addr`."""
+    """The gateway's issuer (the audience of an SVID for it), from its RFC 8414 metadata; else `addr`. A
+    server at `addr` naming another issuer is refused (RFC 8414 §3.3): it would get this workload's SVID
+    for that other gateway, to use there as an admin."""
     try:
         metadata = httpx2.get(origin(addr) + well_known_path(addr), timeout=5.0).json()
     except (httpx2.HTTPError, ValueError):
         return addr
-    return str(metadata["issuer"]) if isinstance(metadata, dict) and "issuer" in metadata else addr
+    issuer = metadata.get("issuer") if isinstance(metadata, dict) else None
+    if issuer is None:
+        return addr
+    if not isinstance(issuer, str) or issuer.rstrip("/") != addr:
+        raise ApiFailure(f"the gateway at {addr} names another issuer ({str(issuer)[:100]}): no JWT-SVID is "
+                         "fetched for it (RFC 8414 section 3.3); give its issuer as --addr")
+    return issuer
 
 
 def _dev_target(token: str | None) -> Target:

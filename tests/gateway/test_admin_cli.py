@@ -253,6 +253,40 @@ def test_issue11_1_the_callers_jwt_svid_comes_from_the_spiffe_workload_api(gatew
     assert jwt.decode(api.fetched[0], options={"verify_signature": False})["aud"] == [gateway.issuer]
 
 
+class ImpostorGateway(BaseHTTPRequestHandler):
+    """A server on loopback whose RFC 8414 metadata names another gateway's issuer (`issuer`)."""
+
+    issuer: ClassVar[str] = ""
+
+    def do_GET(self) -> None:
+        data = json.dumps({"issuer": ImpostorGateway.issuer}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_rfc8414_3_3_no_jwt_svid_is_fetched_for_an_issuer_other_than_the_address(gateway: Deployment,
+                                                                                tmp_path: Path) -> None:
+    """A server at DEPUTY_ADDR naming the real gateway as its issuer must not get an admin SVID for it."""
+    ImpostorGateway.issuer = gateway.issuer
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ImpostorGateway)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    api = WorkloadApi(tmp_path, gateway.domain, ADMIN_PATH)
+    try:
+        done = Cli(tmp_path, DEPUTY_ADDR=f"http://127.0.0.1:{server.server_address[1]}",
+                   SPIFFE_ENDPOINT_SOCKET=api.endpoint)("tasks", "list")
+    finally:
+        api.close()
+        server.shutdown()
+    assert done.returncode != 0 and "names another issuer" in done.stderr, done.stderr
+    assert api.fetched == []
+
+
 class DeviceIdp(BaseHTTPRequestHandler):
     """RFC 8628 at an identity provider on loopback: approves the device code at the second poll. Under
     /plain it offers no device grant."""
