@@ -580,6 +580,9 @@ def _console(root: _Table, gateway_issuer: str, users: tuple[SubjectIssuerSettin
     scope = t.take("scope", str, "openid")
     ttl = t.positive("session_ttl", 8 * 3600)
     demo = t.path("demo_idp", "") if "demo_idp" in t.data else None
+    if demo is not None and not is_loopback(urlsplit(gateway_issuer).hostname):
+        raise ConfigError(f"{t.key('demo_idp')}: DEMO ONLY, a passwordless admin login: served on a loopback "
+                          f"issuer only (`serve --dev`), never at {gateway_issuer}")
     t.done()
     return ConsoleSettings(issuer, client_id, discovery, redirect, scope, ttl, demo)
 

@@ -129,3 +129,14 @@ def test_issue10_dpop_is_off_by_default_and_switched_on_per_key(tmp_path: Path) 
     settings = parse_settings({"resources": [{**RESOURCE, "require_dpop": True}], "dpop": {"nonces": True}},
                               base=tmp_path)
     assert (settings.dpop.nonces, settings.resources[0].require_dpop) == (True, True)
+
+
+def test_console_demo_idp_a_passwordless_admin_login_is_refused_outside_a_loopback_issuer(tmp_path: Path) -> None:
+    console = {"issuer": ISSUER["issuer"], "demo_idp": "."}
+    with pytest.raises(ConfigError) as caught:
+        parse_settings({"issuer": "https://deputy.example.com", "subject_issuers": [ISSUER], "console": console},
+                       base=tmp_path)
+    assert str(caught.value).startswith("console.demo_idp: DEMO ONLY"), caught.value
+    loopback = parse_settings({"issuer": "http://127.0.0.1:8600", "subject_issuers": [ISSUER], "console": console},
+                              base=tmp_path)
+    assert loopback.console is not None and loopback.console.demo_idp == tmp_path
