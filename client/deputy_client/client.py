@@ -30,6 +30,7 @@ Attestation = Callable[[dict[str, Any]], str] | Callable[[dict[str, Any]], Await
 
 class DeputyClient:
     """`async with DeputyClient(url, identity=...) as deputy:`; the gateway's metadata is read on entering.
+    `url`: the gateway's issuer, https (plain http on loopback only: SVIDs and user tokens are sent there).
 
     `dpop`: hold one DPoP key for this agent instance and prove possession of it at every exchange and, for
     DPoP-bound tokens, at every resource call. `attestation`: given the public JWK of that key, the

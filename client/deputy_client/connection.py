@@ -12,9 +12,11 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx2
 
+from token_exchange.oidc_discovery import is_loopback
 from token_exchange.rfc8414 import metadata_url
 
 from .errors import DiscoveryError, GatewayUnavailable, from_response
@@ -55,18 +57,26 @@ class Metadata:
         endpoint = document.get("token_endpoint")
         if not isinstance(endpoint, str) or not endpoint.startswith(("https://", "http://")):
             raise DiscoveryError("the metadata has no token_endpoint URL")
-        return cls(expected_issuer, endpoint)
+        return cls(expected_issuer, secure(endpoint, "the metadata's token_endpoint"))
 
     def endpoint(self, path: str) -> str:
         """An endpoint of the gateway's that the metadata does not list (`/tasks/{id}/complete`)."""
         return self.token_endpoint.rpartition("/token")[0] + path
 
 
+def secure(url: str, name: str) -> str:
+    """`url`, if https (plain http on loopback only): the agent's JWT-SVID and the user's tokens go there."""
+    parts = urlsplit(url)
+    if parts.scheme != "https" and not (parts.scheme == "http" and is_loopback(parts.hostname)):
+        raise DiscoveryError(f"{name} must use https (plain http on loopback only): {url[:100]}")
+    return url
+
+
 class Connection:
-    """One agent's HTTP client for the gateway at `issuer`."""
+    """One agent's HTTP client for the gateway at `issuer` (https, or plain http on loopback)."""
 
     def __init__(self, issuer: str, http: httpx2.AsyncClient, retries: Retries) -> None:
-        self.issuer, self.http, self.retries = issuer.rstrip("/"), http, retries
+        self.issuer, self.http, self.retries = secure(issuer.rstrip("/"), "the gateway URL"), http, retries
         self._metadata: Metadata | None = None
 
     async def metadata(self) -> Metadata:

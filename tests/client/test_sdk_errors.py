@@ -20,6 +20,7 @@ from deputy_client import (
     Retries,
     UnauthorizedClient,
 )
+from deputy_client.connection import Metadata
 from deputy_client.errors import from_response
 from tests.client.sdk_support import FlakyProxy
 from tests.conftest import IDP, MAIL, Deployment
@@ -125,6 +126,20 @@ async def test_errors_rfc8414_3_3_metadata_of_another_issuer_is_refused(gateway:
     with pytest.raises(DiscoveryError, match="is not issuer"):
         async with DeputyClient(gateway.url.replace("127.0.0.1", "localhost"), identity=lambda: "svid"):
             pass
+
+
+@pytest.mark.parametrize("url", ["http://deputy.example.com", "ftp://127.0.0.1", "deputy.example.com"])
+def test_errors_a_gateway_url_without_https_outside_loopback_is_refused_before_any_credential_is_sent(
+        url: str) -> None:
+    with pytest.raises(DiscoveryError, match="must use https"):
+        DeputyClient(url, identity=lambda: pytest.fail("an SVID was asked for"))
+
+
+def test_errors_rfc8414_3_3_a_plain_http_token_endpoint_outside_loopback_is_refused() -> None:
+    issuer = "https://deputy.example.com"
+    with pytest.raises(DiscoveryError, match="token_endpoint must use https"):
+        Metadata.parse({"issuer": issuer, "token_endpoint": "http://deputy.example.com/token"}, issuer)
+    assert Metadata.parse({"issuer": issuer, "token_endpoint": f"{issuer}/token"}, issuer).token_endpoint
 
 
 @pytest.mark.parametrize(("body", "error"), [
