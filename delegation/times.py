@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 
 from token_exchange.errors import InvalidRequest
 
-_SPAN = re.compile(r"(\d{1,9})([smhd]?)")
+_SPAN = re.compile(r"([0-9]{1,9})([smhd]?)")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_SPAN_S = 100 * 365 * 86400  # a span past this would end after any date `iso` can write
 
 
 def iso(seconds: int | None) -> str | None:
@@ -27,8 +28,8 @@ def span(text: str | int, name: str) -> int:
         seconds = int(match[1]) * _UNIT[match[2]]
     else:
         raise InvalidRequest(f"{name} must be seconds or a span such as 90s, 15m, 2h or 7d")
-    if seconds <= 0:
-        raise InvalidRequest(f"{name} must be a positive span")
+    if not 0 < seconds <= MAX_SPAN_S:
+        raise InvalidRequest(f"{name} must be a positive span of at most 36500d")
     return seconds
 
 
@@ -36,7 +37,7 @@ def instant(text: str, name: str, *, now: int) -> int:
     """A point in time: Unix seconds, ISO 8601 (a time without a zone is UTC), or a span back from `now`
     (`1h`: an hour ago)."""
     text = text.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return int(text)
     if _SPAN.fullmatch(text):
         return now - span(text, name)

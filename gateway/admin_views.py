@@ -50,6 +50,7 @@ def revoked_party(*, agent: str | None, trust_domain: str | None, user: str | No
     except SpiffeIdError as exc:
         raise InvalidRequest(f"not a SPIFFE ID or trust domain: {exc}") from exc
     assert user is not None
+    _printable("user", user)
     return Party("user", user, issuer)
 
 

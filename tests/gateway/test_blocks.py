@@ -111,6 +111,10 @@ def test_issue11_3_a_trust_domain_block_refuses_its_agents_and_warns_when_never_
     ({"agent": AGENT, "for": "1h"}, "give a reason for the block"),
     ({"agent": AGENT, "for": "soon", "reason": "x"}, "for must be seconds or a span"),
     ({"agent": AGENT, "for": -5, "reason": "x"}, "for must be a positive span"),
+    ({"agent": AGENT, "for": 10**30, "reason": "x"}, "at most 36500d"),  # was a 500: past any date
+    ({"agent": AGENT, "for": "999999999d", "reason": "x"}, "at most 36500d"),
+    ({"agent": AGENT, "for": "\u0661\u0662h", "reason": "x"}, "for must be seconds or a span"),  # ASCII digits
+    ({"user": "", "for": "1h", "reason": "x"}, "user must be 1 to"),
     ({"agent": "system:serviceaccount:a:b", "for": "1h", "reason": "x"}, "give its workload issuer too"),
     ({"agent": AGENT, "for": "1h", "reason": "x", "until": 5}, "unknown member until"),
 ])
@@ -165,5 +169,6 @@ def test_issue11_2_audit_since_takes_iso_8601_and_relative_spans(env: Env) -> No
         assert _ok(env.client.get("/admin/audit", params={"since": since}, headers=admin(env)))["events"]
     future = _ok(env.client.get("/admin/audit", params={"since": "2999-01-01T00:00:00Z"}, headers=admin(env)))
     assert future["events"] == []
-    bad = env.client.get("/admin/audit", params={"since": "yesterday"}, headers=admin(env))
-    assert (bad.status_code, bad.json()["error"]) == (400, "invalid_request")
+    for nonsense in ("yesterday", "\u00b2", "999999999d"):  # a superscript digit and a huge span were 500s
+        bad = env.client.get("/admin/audit", params={"since": nonsense}, headers=admin(env))
+        assert (bad.status_code, bad.json()["error"]) == (400, "invalid_request"), bad.text
