@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+import pydantic_core
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
@@ -180,9 +181,11 @@ class ToolScopes:
 
 
 def _tool_call(body: bytes | None) -> tuple[Any, str] | None:
-    """`(id, tool name)` of a JSON-RPC `tools/call` request; None for anything else (the SDK judges it)."""
+    """`(id, tool name)` of a JSON-RPC `tools/call` request; None for anything else (the SDK judges it).
+    Parsed by the SDK's own parser: any body the SDK reads as a tools/call is one here too (json.loads
+    differs: it raised RecursionError on deep nesting, and reads a UTF-8 BOM or lone surrogates)."""
     try:
-        message = json.loads(body) if body else None
+        message = pydantic_core.from_json(body) if body else None
     except ValueError:
         return None
     if not isinstance(message, dict) or message.get("method") != "tools/call":

@@ -271,6 +271,8 @@ async def test_a_completed_tasks_token_is_refused(gateway: Gateway, mcp_url: str
     (b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": []}', 400, "-32602"),
     (b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": 7}}', 200, "-32602"),
     (b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call"}', 200, "-32602"),
+    (b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "send_mail", "arguments": {"x": '
+     + b"[" * 5000 + b"]" * 5000 + b"}}}", 400, "-32700"),  # deeper than json.loads goes: was a 500
 ])
 async def test_malformed_tool_calls_get_the_sdks_own_json_rpc_error_never_a_500(
         gateway: Gateway, mcp_url: str, body: bytes, status: int, error: str) -> None:
