@@ -19,7 +19,6 @@ from token_exchange.errors import AccessDenied, TemporarilyUnavailable
 from ..settings import ConsoleSettings
 
 LOGIN_TTL = 600  # seconds a sign-in may take at the identity provider
-MAX_PENDING = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,30 +28,25 @@ class SignedIn:
 
 
 class SignIn:
+    """Sign-ins keep nothing here: anyone may start one, so its `state` and PKCE verifier go to the browser
+    (an HttpOnly cookie, routes.py), and no number of them started can stop an admin's."""
+
     def __init__(self, settings: ConsoleSettings, gateway: str) -> None:
         self.settings = settings
         self.gateway = gateway
         self._metadata: dict[str, Any] | None = None
-        self._pending: dict[str, tuple[str, int]] = {}  # state -> (PKCE code verifier, deadline)
 
-    async def begin(self, *, now: int) -> tuple[str, str]:
-        """A new sign-in: its `state` and the identity provider's authorization URL."""
+    async def begin(self) -> tuple[str, str, str]:
+        """A new sign-in: its `state`, its PKCE code verifier and the identity provider's authorization URL."""
         metadata = await self.metadata()
-        self._pending = {k: v for k, v in self._pending.items() if v[1] > now}
-        if len(self._pending) >= MAX_PENDING:
-            raise AccessDenied("too many sign-ins under way; try again later")
         verifier = generate_token(64)
         async with self._client() as client:
             url, state = client.create_authorization_url(metadata["authorization_endpoint"], code_verifier=verifier,
                                                          resource=self.gateway)
-        self._pending[state] = (verifier, now + LOGIN_TTL)
-        return state, url
+        return state, verifier, url
 
-    async def finish(self, state: str, code: str, *, now: int) -> SignedIn:
-        """Redeem the code of the sign-in `state` began (once), with its PKCE verifier."""
-        verifier, deadline = self._pending.pop(state, ("", 0))
-        if deadline <= now:
-            raise AccessDenied("this sign-in is unknown or has expired: start again")
+    async def finish(self, code: str, verifier: str) -> SignedIn:
+        """Redeem the code with the PKCE verifier of the sign-in the browser began (RFC 7636 §4.5)."""
         metadata = await self.metadata()
         try:
             async with self._client() as client:

@@ -4,6 +4,7 @@ calls /admin itself, same-origin, with the session cookie and CSRF token (gatewa
 
 from __future__ import annotations
 
+import hmac
 import html
 import time
 from urllib.parse import urlsplit
@@ -17,7 +18,7 @@ from token_exchange.oidc_discovery import is_loopback
 from ..auth import deputy
 from ..settings import Settings
 from . import demo_idp
-from .oidc import SignIn
+from .oidc import LOGIN_TTL, SignIn
 from .session import Sessions, checked_csrf
 from .web import HEADERS, asset, page
 
@@ -62,23 +63,24 @@ class _Pages:
 
     async def login(self) -> Response:
         try:
-            state, url = await self.sign_in.begin(now=int(time.time()))
+            state, verifier, url = await self.sign_in.begin()
         except OAuthError as exc:
             return _refused(exc)
         response = RedirectResponse(url, status_code=303, headers=HEADERS)
         # Lax, not Strict: it must come back with the identity provider's (cross-site) redirect.
-        response.set_cookie(LOGIN_COOKIE, state, max_age=600, path="/console/callback", httponly=True,
-                            secure=self.sessions.secure, samesite="lax")
+        response.set_cookie(LOGIN_COOKIE, f"{state}.{verifier}", max_age=LOGIN_TTL, path="/console/callback",
+                            httponly=True, secure=self.sessions.secure, samesite="lax")
         return response
 
     async def callback(self, request: Request, state: str = "", code: str = "", error: str = "") -> Response:
         if error:
             return _refused(AccessDenied(f"the identity provider said: {error[:100]}"))
-        if not state or request.cookies.get(LOGIN_COOKIE) != state:
+        began, _, verifier = request.cookies.get(LOGIN_COOKIE, "").partition(".")
+        if not state or not verifier or not hmac.compare_digest(began.encode(), state.encode()):
             return _refused(AccessDenied("this sign-in was not started in this browser"))
         now = int(time.time())
         try:
-            signed_in = await self.sign_in.finish(state, code, now=now)
+            signed_in = await self.sign_in.finish(code, verifier)
             admin = await deputy(request).callers.admin(signed_in.access_token, now=now)
             session_id, _ = self.sessions.start(admin, signed_in.access_token, expires_at=signed_in.expires_at,
                                                 now=now)

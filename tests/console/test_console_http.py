@@ -89,6 +89,21 @@ def test_console_authorization_request_without_pkce_is_refused_by_the_demo_idp(d
         assert refused.status_code == 400 and "PKCE" in refused.json()["error_description"]
 
 
+def test_console_sign_ins_started_keep_no_state_in_the_gateway_so_none_can_crowd_out_an_admins(dev: Dev) -> None:
+    """Anyone may start sign-ins: their state and PKCE verifier (RFC 7636 §4.1) are the browser's, in the
+    HttpOnly login cookie; a table of them in the gateway, once full, refused every admin's sign-in."""
+    with httpx2.Client(base_url=dev.url, timeout=10) as browser:
+        start = browser.get("/console/login")
+        cookie = next(c for c in start.headers.get_list("set-cookie") if c.startswith("deputy_console_login="))
+        state, _, verifier = cookie.split(";")[0].split("=", 1)[1].partition(".")
+        query = parse_qs(urlsplit(start.headers["location"]).query)
+        challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+        assert (query["state"][0], query["code_challenge"][0]) == (state, challenge)
+        assert "HttpOnly" in cookie and "Path=/console/callback" in cookie
+    with signed_in(dev) as browser:
+        assert csrf(browser)
+
+
 def test_console_callback_from_a_sign_in_started_in_another_browser_is_refused(dev: Dev) -> None:
     with httpx2.Client(base_url=dev.url, timeout=10) as victim, httpx2.Client(base_url=dev.url, timeout=10) as other:
         _, callback = authorize(dev, other)
