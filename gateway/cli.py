@@ -174,6 +174,9 @@ def _serve(args: argparse.Namespace) -> int:
     settings = load_settings(None if args.dev else args.config, listen=listen)  # with --dev, only where
     if args.workers > 1:
         workers.check_port_free(settings.host, settings.port)
+        if args.dev or settings.console is not None:  # --dev serves the console
+            raise ConfigError("--workers: the web console ([console]) keeps its sessions in the serving process, "
+                              "so a gateway serving it runs with --workers 1 (docs/admin.md, The web console)")
         with metrics.for_workers(settings.metrics.listen) as worker_died:
             prepared, keys = _ready(settings, dev_listen=listen if args.dev else None)
             return workers.run(args.workers, settings=prepared.settings, log_level=args.log_level,

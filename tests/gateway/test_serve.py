@@ -213,3 +213,13 @@ def test_a_second_serve_dev_on_a_taken_port_leaves_the_running_demo_alone(tmp_pa
     finally:
         first.terminate()
         first.wait(timeout=20)
+
+
+def test_issue11_4_a_gateway_serving_the_console_refuses_several_workers_with_one_line(tmp_path: Path) -> None:
+    """Console sessions live in the serving process: with workers, a logout could land on a worker that does
+    not hold the session and leave it live on the other, so start-up stops instead (fail closed)."""
+    result = subprocess.run(deputy_command("serve", "--dev", "--listen", f"127.0.0.1:{free_port()}", "--workers", "2"),
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("deputy: --workers: the web console ([console]) keeps its sessions")
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
