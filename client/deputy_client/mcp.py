@@ -45,7 +45,7 @@ from .resource.verifier import AccessTokenVerifier, VerifiedAccess, required_sco
 
 logger = logging.getLogger(__name__)
 ANY_SCOPE = OAuthScope(frozenset())  # the endpoint admits any valid token; tools ask for their own scope
-MAX_INSPECTED_BODY = 1 << 20  # a tools/call larger than this is not inspected here: the handler's check holds
+MAX_INSPECTED_BODY = 1 << 20  # a request body larger than this is refused (413): every tools/call is inspected
 
 
 class DeputyTokenVerifier:
@@ -162,6 +162,10 @@ class ToolScopes:
             await self.app(scope, receive, send)
             return
         messages, body = await _read_body(receive)
+        if body is None:  # fail closed: a tool call the scope check cannot read does not reach the tools
+            error = {"code": -32600, "message": f"request body over {MAX_INSPECTED_BODY} bytes"}
+            await _send_json(send, 413, {"jsonrpc": "2.0", "id": None, "error": error}, {})
+            return
         refusal = self._refusal(body, OAuthScope.of(user.scopes))
         if refusal is None:
             await self.app(scope, _replay(messages, receive), send)

@@ -284,14 +284,14 @@ async def test_malformed_tool_calls_get_the_sdks_own_json_rpc_error_never_a_500(
     assert response.status_code == status and f'"code":{error}' in response.text, response.text
 
 
-async def test_authz_11_1_1_an_oversized_tool_call_is_left_to_the_tools_own_check(gateway: Gateway,
+async def test_authz_11_1_1_an_oversized_tool_call_is_refused_before_any_tool_runs(gateway: Gateway,
                                                                                    mcp_url: str) -> None:
+    """A body too large to inspect could hide a tools/call from the per-tool scope check: it is refused (413)."""
     token = gateway.token(gateway.open_task(), "mail.read")
     session = await initialized_session(mcp_url + "/mcp", token)
     call = tool_call("send_mail", {"to": "bob@example.com", "subject": "x" * (MAX_INSPECTED_BODY + 1)})
     response = await post(mcp_url + "/mcp", {"Authorization": f"Bearer {token}", "Mcp-Session-Id": session}, call)
-    assert response.status_code == 200 and '"isError":true' in response.text, response.text[:300]
-    assert "insufficient_scope: this tool needs scope mail.send" in response.text
+    assert response.status_code == 413 and "request body over" in response.text, response.text[:300]
 
 
 async def test_fail_closed_without_confirmed_revocation_state_every_token_is_none(gateway: Gateway) -> None:
