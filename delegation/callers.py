@@ -2,7 +2,8 @@
 one path for all of them, so the same checks hold at every door, admin cutoffs included.
 
 Agents and resource servers authenticate with their workload identity token as a Bearer token; admins
-with theirs, or with a user token that holds the admin group. A task token never authenticates anyone
+with theirs, or with a user token for the admin API's own audience that holds the admin group (`users`
+verifies for that audience only: a `subject_token` an agent holds never opens /admin, RFC 8725 §3.9). A task token never authenticates anyone
 (transaction tokens §13.12): it fails workload verification.
 """
 

@@ -37,9 +37,9 @@ class _Code:
     deadline: int
 
 
-def router(console: ConsoleSettings, gateway: str) -> APIRouter:
+def router(console: ConsoleSettings, gateway: str, admin_audience: str) -> APIRouter:
     routes = APIRouter(prefix=PREFIX, include_in_schema=False)
-    idp = _DemoIdp(console, gateway)
+    idp = _DemoIdp(console, gateway, admin_audience)
     routes.add_api_route("/.well-known/openid-configuration", idp.discovery, methods=["GET"])
     routes.add_api_route("/authorize", idp.login_page, methods=["GET"])
     routes.add_api_route("/authorize", idp.approve, methods=["POST"])
@@ -48,10 +48,10 @@ def router(console: ConsoleSettings, gateway: str) -> APIRouter:
 
 
 class _DemoIdp:
-    def __init__(self, console: ConsoleSettings, gateway: str) -> None:
+    def __init__(self, console: ConsoleSettings, gateway: str, admin_audience: str) -> None:
         assert console.demo_idp is not None
         self.console = console
-        self.gateway = gateway
+        self.gateway, self.admin_audience = gateway, admin_audience
         self.identities = DemoIdentities(console.demo_idp)
         self.codes: dict[str, _Code] = {}
 
@@ -96,7 +96,7 @@ class _DemoIdp:
         if not hmac.compare_digest(b64url(hashlib.sha256(verifier.encode()).digest()), granted.challenge):
             raise InvalidGrant("code_verifier does not match the code_challenge (RFC 7636 section 4.6)")
         groups = USERS[granted.user]
-        access = self.identities.user_token(granted.user, ttl=TOKEN_TTL, groups=groups)
+        access = self.identities.user_token(granted.user, ttl=TOKEN_TTL, aud=self.admin_audience, groups=groups)
         id_token = self.identities.user_token(granted.user, ttl=TOKEN_TTL, aud=self.console.client_id, groups=groups)
         return JSONResponse({"access_token": access, "token_type": "Bearer", "expires_in": TOKEN_TTL,
                              "id_token": id_token, "scope": self.console.scope}, headers={"Cache-Control": "no-store"})
