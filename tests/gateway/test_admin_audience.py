@@ -46,7 +46,8 @@ def test_rfc8725_3_9_a_token_for_the_admin_audience_is_never_a_subject_token(gat
     token = gateway.user_token("bob", audience=[a.format(issuer=gateway.issuer) for a in audiences],
                                groups=["deputy-admins"])
     response = gateway.exchange(subject_token=token)
-    assert response.status_code == 400 and response.json()["error"] == "invalid_request", response.text  # RFC 8693 section 2.2.2
-    expected = (f"aud does not include {gateway.issuer}" if len(audiences) == 1 else "the audience of the admin API: such a token is "
-                "an admin credential, never a subject_token (RFC 8725 section 3.9)")
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "invalid_request"  # RFC 8693 section 2.2.2: an invalid subject_token
+    expected = (f"aud does not include {gateway.issuer}" if len(audiences) == 1 else "the audience of the admin API: "
+                "such a token is an admin credential, never a subject_token (RFC 8725 section 3.9)")
     assert expected in response.json()["error_description"], response.text
