@@ -2,8 +2,9 @@
 one path for all of them, so the same checks hold at every door, admin cutoffs included.
 
 Agents and resource servers authenticate with their workload identity token as a Bearer token; admins
-with theirs, or with a user token that holds the admin group. A task token never authenticates anyone
-(transaction tokens §13.12): it fails workload verification.
+with theirs, or with a user token for the admin API's own audience that holds the admin group (`users`
+verifies for that audience only: an agent's `subject_token` never opens /admin, RFC 8725 §3.9). A task
+token never authenticates anyone (transaction tokens §13.12): it fails workload verification.
 """
 
 from __future__ import annotations

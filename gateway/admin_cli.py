@@ -36,6 +36,8 @@ def add_commands(commands: Any) -> None:
     login.add_argument("--issuer", required=True, help="the identity provider, e.g. https://login.example.com")
     login.add_argument("--client-id", required=True, help="the CLI's public client at the identity provider")
     login.add_argument("--scope", help="scopes to ask for (default: the identity provider's)")
+    login.add_argument("--audience", help="the gateway's [admin] audience, asked for as the RFC 8707 resource "
+                                          "(default: ADDR/admin, the gateway's default; not read from the gateway)")
     add_address(login)
     login.set_defaults(run=run.login)
 

@@ -272,7 +272,8 @@ def login(args: argparse.Namespace) -> int:
         raise ConfigError("login: give the gateway the token is for, with --addr or DEPUTY_ADDR")
     addr = checked_url(args.addr, key="--addr (or DEPUTY_ADDR)").rstrip("/")
     with httpx2.Client(timeout=15.0) as client:
-        device = DeviceLogin(client, checked_url(args.issuer, key="--issuer"), args.client_id)
+        audience = args.audience or f"{addr}/admin"
+        device = DeviceLogin(client, checked_url(args.issuer, key="--issuer"), args.client_id, audience)
         device_endpoint, token_endpoint = device.endpoints()
         started = device.start(device_endpoint, args.scope)
         where = started.get("verification_uri_complete") or started["verification_uri"]

@@ -61,11 +61,13 @@ def _stored() -> dict[str, Any]:
 
 
 class DeviceLogin:
-    """RFC 8628 against the identity provider `issuer`, as the public client `client_id`."""
+    """RFC 8628 against the identity provider `issuer`, as the public client `client_id`, for a token whose
+    audience is `resource` (RFC 8707: the gateway's `[admin] audience`)."""
 
-    def __init__(self, client: httpx2.Client, issuer: str, client_id: str, *,
+    def __init__(self, client: httpx2.Client, issuer: str, client_id: str, resource: str, *,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.client, self.issuer, self.client_id, self.sleep = client, issuer.rstrip("/"), client_id, sleep
+        self.resource = resource
 
     def endpoints(self) -> tuple[str, str]:
         """The device authorization and token endpoints from the IdP's metadata (OpenID Connect Discovery,
@@ -85,7 +87,7 @@ class DeviceLogin:
 
     def start(self, device_endpoint: str, scope: str | None) -> dict[str, Any]:
         """§3.1-3.2: the device code, user code and where the admin goes to approve."""
-        form = {"client_id": self.client_id, **({"scope": scope} if scope else {})}
+        form = {"client_id": self.client_id, "resource": self.resource, **({"scope": scope} if scope else {})}
         started = self._json("POST", device_endpoint, form)
         if started is None or not all(isinstance(started.get(k), str) for k in
                                       ("device_code", "user_code", "verification_uri")):
@@ -96,7 +98,8 @@ class DeviceLogin:
         """§3.4-3.5: ask for the token every `interval` seconds until approved, refused or expired."""
         interval = int(started.get("interval") or 5)
         deadline = time.monotonic() + int(started.get("expires_in") or 600)
-        form = {"grant_type": DEVICE_CODE, "device_code": started["device_code"], "client_id": self.client_id}
+        form = {"grant_type": DEVICE_CODE, "device_code": started["device_code"], "client_id": self.client_id,
+                "resource": self.resource}
         while time.monotonic() < deadline:
             self.sleep(interval)
             response = self.client.post(token_endpoint, data=form)

@@ -36,7 +36,7 @@ async def resource_client(request: Request) -> VerifiedActor:
 
 
 async def admin(request: Request) -> str:
-    """An admin: a workload in `[admin] spiffe_ids`, or a user token whose `[admin] claim` holds `value`;
+    """An admin: a workload in `[admin] spiffe_ids`, or a user token for `[admin] audience` whose `claim` holds `value`;
     that token sent as a Bearer token, or held by the console session the request's cookie names."""
     now = int(time.time())
     return await deputy(request).callers.admin(_admin_token(request, now), now=now)

@@ -366,7 +366,8 @@ def form(model: type[BaseModel]) -> dict[str, Any]:
 BEARER_SCHEME = {
     "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
     "description": "The caller's workload identity token (a JWT-SVID, or a Kubernetes or OIDC workload token; "
-                   "audience: this gateway); for /admin also a user token holding the admin group. A task token "
+                   "audience: this gateway); for /admin also a user token for the admin audience ([admin] audience, "
+                   "default <issuer>/admin) holding the admin group. A task token "
                    "never authenticates (transaction tokens section 13.12).",
 }
 

@@ -53,11 +53,13 @@ class AuditSettings:
 
 @dataclass(frozen=True, slots=True)
 class AdminSettings:
-    """Who may use /admin: users whose token's `claim` holds `value`, or these SPIFFE IDs."""
+    """Who may use /admin: users whose token for `audience` has a `claim` holding `value`, or these SPIFFE
+    IDs. `audience` is the admin API's alone ("" until loaded: `<issuer>/admin`)."""
 
     claim: str = "groups"
     value: str | None = None
     spiffe_ids: tuple[str, ...] = ()
+    audience: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +238,7 @@ def parse_settings(document: dict[str, Any], *, base: Path) -> Settings:
     domains = tuple(_trust_domain(s) for s in t.tables("trust_domains"))
     resources = tuple(_resource(s, tokens) for s in t.tables("resources"))
     tasks = _tasks(t.table("tasks"))
-    admin = _admin(t.table("admin"))
+    admin = _admin(t.table("admin"), issuer, issuers)
     audit = _audit(t.table("audit"), state_dir)
     attesters = tuple(_attester(s) for s in t.tables("attesters"))
     workloads = tuple(_workload_issuer(s, issuer) for s in t.tables("workload_issuers"))
@@ -277,7 +279,7 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
     "resources": frozenset({"audience", "scopes", "max_ttl", "clients", "require_dpop"}),
     "dpop": frozenset({"nonces"}),
     "tasks": frozenset({"default_ttl", "max_ttl", "retention", "sweep_every"}),
-    "admin": frozenset({"claim", "value", "spiffe_ids"}),
+    "admin": frozenset({"claim", "value", "spiffe_ids", "audience"}),
     "console": frozenset({"issuer", "client_id", "discovery_url", "redirect_uri", "scope", "session_ttl",
                           "demo_idp"}),
 }
@@ -556,12 +558,18 @@ def _keys(t: _Table, store_url: str) -> KeySettings:
     return KeySettings(path)
 
 
-def _admin(t: _Table) -> AdminSettings:
+def _admin(t: _Table, gateway_issuer: str, users: tuple[SubjectIssuerSettings, ...]) -> AdminSettings:
+    """`audience` is no other audience a user token is taken for (RFC 8725 §3.9): an agent's subject token
+    never opens /admin."""
     claim = t.take("claim", str, "groups")
     value = t.take("value", str) if "value" in t.data else None
     spiffe_ids = _spiffe_ids(t, "spiffe_ids")
+    audience = t.take("audience", str, f"{gateway_issuer}/admin")
     t.done()
-    return AdminSettings(claim, value, spiffe_ids)
+    if audience == gateway_issuer or audience in {u.audience for u in users}:
+        raise ConfigError(f"{t.key('audience')}: {audience!r} is the gateway issuer or a subject_issuers audience: "
+                          "admin tokens need an audience of their own")
+    return AdminSettings(claim, value, spiffe_ids, audience)
 
 
 def _console(root: _Table, gateway_issuer: str, users: tuple[SubjectIssuerSettings, ...]) -> ConsoleSettings | None:

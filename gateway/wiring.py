@@ -164,9 +164,10 @@ class KeySources:
                               parse=lambda document: parse_key_set(document, allowed=allowed))
 
 
-def verifiers(settings: Settings, sources: KeySources) -> tuple[WorkloadVerifiers, UserTokenVerifier]:
-    """The agents' verifier (SPIFFE trust domains, and workload issuers by `iss`) and the users' (the
-    subject issuers)."""
+def verifiers(settings: Settings, sources: KeySources
+              ) -> tuple[WorkloadVerifiers, UserTokenVerifier, UserTokenVerifier]:
+    """The agents' verifier (SPIFFE trust domains, and workload issuers by `iss`), the users' (the subject
+    issuers; never a token for the admin API) and the admin users' (the same issuers, for the admin API)."""
     bundles = {d.name: sources(d.bundle, f"trust_domains[{i}].bundle_file", SVID_ALGORITHMS, SVID_KEY_USE)
                for i, d in enumerate(settings.trust_domains)}
     issuers = {s.issuer: SubjectIssuer(s.issuer, s.audience, sources(s.jwks, f"subject_issuers[{i}].jwks_file",
@@ -174,7 +175,8 @@ def verifiers(settings: Settings, sources: KeySources) -> tuple[WorkloadVerifier
                for i, s in enumerate(settings.subject_issuers)}
     actors = WorkloadVerifiers(spiffe=JwtSvidVerifier(bundles, audience=settings.issuer),
                                by_issuer=workload_verifiers(settings, sources))
-    return actors, UserTokenVerifier(issuers)
+    admin = settings.admin.audience
+    return actors, UserTokenVerifier(issuers, reserved=admin), UserTokenVerifier(issuers, audience=admin)
 
 
 def workload_verifiers(settings: Settings, sources: KeySources) -> dict[str, WorkloadTokenVerifier]:
@@ -223,7 +225,7 @@ def assemble(prepared: Prepared, keys: LiveKeys, store: Store, sources: KeySourc
     what happens (the metrics)."""
     observer = observer or NoObserver()
     settings = prepared.settings
-    actors, users = verifiers(settings, sources)
+    actors, users, admin_users = verifiers(settings, sources)
     resources = Resources(Resource(r.audience, Scope(frozenset(r.scopes)), r.max_ttl, frozenset(r.clients),
                                    r.require_dpop) for r in settings.resources)
     own_tokens = OwnTokenVerifier(keys.own_keys, issuer=settings.issuer, allowed=frozenset(SIGNING_ALGORITHMS))
@@ -234,7 +236,7 @@ def assemble(prepared: Prepared, keys: LiveKeys, store: Store, sources: KeySourc
                           observer, attestation(settings, sources, store), proofs)
     endpoint = TokenEndpoint([token_exchange_grant(steps)], audit=store, policy=prepared.policy, observer=observer)
     admins = AdminRule(settings.admin.claim, settings.admin.value, frozenset(settings.admin.spiffe_ids))
-    callers = Callers(actors=actors, users=users, credentials=store, resources=resources, admins=admins)
+    callers = Callers(actors=actors, users=admin_users, credentials=store, resources=resources, admins=admins)
     document = discovery(settings, resources, endpoint)
     lifecycle = TaskLifecycle(store=store, own_tokens=own_tokens, resources=resources, observer=observer)
     return Deputy(settings, endpoint, lifecycle, callers, keys, document, store, prepared.policy, observer,

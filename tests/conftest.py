@@ -223,6 +223,10 @@ class Deployment:
         kw.setdefault("audience", self.issuer)
         return self.idp.token(sub, **kw)
 
+    def admin_user_token(self, sub: str = "carol", **kw: Any) -> str:
+        """A user token for the admin API (`[admin] audience`, by default `<issuer>/admin`)."""
+        return self.user_token(sub, audience=f"{self.issuer}/admin", **kw)
+
     def svid(self, path: str = "/agents/mail", **kw: Any) -> str:
         kw.setdefault("audience", self.issuer)
         return self.domain.svid(path, **kw)

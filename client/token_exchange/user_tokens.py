@@ -2,6 +2,8 @@
 
 The issuer is chosen by the token's `iss`, then its keys verify the signature (RFC 8725 §3.8: the keys
 must belong to that issuer); `aud` must include the configured audience (§3.9); `exp` is required.
+One verifier takes the issuer's audience (`subject_token`s) and refuses a reserved one (the admin API's);
+another takes that reserved audience only (admin credentials), so neither token passes for the other (§3.9).
 """
 
 from __future__ import annotations
@@ -61,16 +63,22 @@ def user_scope(claims: Mapping[str, Any]) -> Scope:
 
 
 class UserTokenVerifier:
-    """Verifies user tokens from the configured subject issuers."""
+    """Verifies user tokens from the configured subject issuers: for `audience` if given (instead of the
+    issuer's), and never one whose `aud` includes `reserved` (an audience kept for another API)."""
 
-    def __init__(self, issuers: Mapping[str, SubjectIssuer]) -> None:
+    def __init__(self, issuers: Mapping[str, SubjectIssuer], *, audience: str | None = None,
+                 reserved: str | None = None) -> None:
         self._issuers = dict(issuers)
+        self._audience, self._reserved = audience, reserved
         self._cache = SignatureCache()
 
     async def verify(self, token: str, *, now: int) -> VerifiedSubject:
         claims = (await self._cache.verified(token, now=now, choose=self._keys_for)).claims
         issuer = self._issuers[claims["iss"]]  # the issuer whose keys verified it (RFC 8725 §3.8)
-        check_audience(claims, issuer.audience)
+        check_audience(claims, self._audience or issuer.audience)
+        if self._reserved is not None and _holds(claims, self._reserved):
+            raise TokenError(f"aud includes {self._reserved}, the audience of the admin API: such a token is an "
+                             "admin credential, never a subject_token (RFC 8725 section 3.9)")
         expires_at = check_time_claims(claims, now=now)
         return VerifiedSubject(
             issuer=issuer.issuer,
@@ -89,3 +97,9 @@ class UserTokenVerifier:
         if issuer is None:
             raise TokenError("issuer is not a configured subject issuer")
         return issuer.keys, ASYMMETRIC_ALGORITHMS
+
+
+def _holds(claims: Mapping[str, Any], audience: str) -> bool:
+    """Whether `aud` (checked already by `check_audience`) includes `audience`."""
+    aud = claims["aud"]
+    return audience == aud if isinstance(aud, str) else audience in aud

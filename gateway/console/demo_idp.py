@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from token_exchange.dpop import b64url
-from token_exchange.errors import InvalidGrant, InvalidRequest, UnsupportedGrantType
+from token_exchange.errors import InvalidGrant, InvalidRequest, InvalidTarget, UnsupportedGrantType
 
 from ..dev import ADMIN_GROUP, LABEL, DemoIdentities
 from ..http_forms import read_form
@@ -37,9 +37,9 @@ class _Code:
     deadline: int
 
 
-def router(console: ConsoleSettings, gateway: str) -> APIRouter:
+def router(console: ConsoleSettings, gateway: str, admin_audience: str) -> APIRouter:
     routes = APIRouter(prefix=PREFIX, include_in_schema=False)
-    idp = _DemoIdp(console, gateway)
+    idp = _DemoIdp(console, gateway, admin_audience)
     routes.add_api_route("/.well-known/openid-configuration", idp.discovery, methods=["GET"])
     routes.add_api_route("/authorize", idp.login_page, methods=["GET"])
     routes.add_api_route("/authorize", idp.approve, methods=["POST"])
@@ -48,10 +48,10 @@ def router(console: ConsoleSettings, gateway: str) -> APIRouter:
 
 
 class _DemoIdp:
-    def __init__(self, console: ConsoleSettings, gateway: str) -> None:
+    def __init__(self, console: ConsoleSettings, gateway: str, admin_audience: str) -> None:
         assert console.demo_idp is not None
         self.console = console
-        self.gateway = gateway
+        self.gateway, self.admin_audience = gateway, admin_audience
         self.identities = DemoIdentities(console.demo_idp)
         self.codes: dict[str, _Code] = {}
 
@@ -65,7 +65,7 @@ class _DemoIdp:
             "id_token_signing_alg_values_supported": ["ES256"]})
 
     async def login_page(self, request: Request) -> Response:
-        params = _checked(dict(request.query_params), self.console)
+        params = _checked(dict(request.query_params), self.console, self.admin_audience)
         hidden = "".join(f'<input type="hidden" name="{k}" value="{html.escape(v)}">' for k, v in params.items())
         buttons = "".join(f'<button name="user" value="{u}">Sign in as {u}{" (admin)" if g else ""}</button>'
                           for u, g in USERS.items())
@@ -76,7 +76,7 @@ class _DemoIdp:
     async def approve(self, request: Request) -> Response:
         form = dict(await read_form(request))
         user = form.pop("user", "")
-        params = _checked(form, self.console)
+        params = _checked(form, self.console, self.admin_audience)
         if user not in USERS:
             raise InvalidRequest("pick one of the demo users")
         code = secrets.token_urlsafe(32)
@@ -96,16 +96,20 @@ class _DemoIdp:
         if not hmac.compare_digest(b64url(hashlib.sha256(verifier.encode()).digest()), granted.challenge):
             raise InvalidGrant("code_verifier does not match the code_challenge (RFC 7636 section 4.6)")
         groups = USERS[granted.user]
-        access = self.identities.user_token(granted.user, ttl=TOKEN_TTL, groups=groups)
+        access = self.identities.user_token(granted.user, ttl=TOKEN_TTL, aud=self.admin_audience, groups=groups)
         id_token = self.identities.user_token(granted.user, ttl=TOKEN_TTL, aud=self.console.client_id, groups=groups)
         return JSONResponse({"access_token": access, "token_type": "Bearer", "expires_in": TOKEN_TTL,
                              "id_token": id_token, "scope": self.console.scope}, headers={"Cache-Control": "no-store"})
 
 
-def _checked(params: dict[str, str], console: ConsoleSettings) -> dict[str, str]:
-    """An authorization request of the console's own client, with a PKCE S256 challenge."""
+def _checked(params: dict[str, str], console: ConsoleSettings, admin_audience: str) -> dict[str, str]:
+    """An authorization request of the console's own client, with a PKCE S256 challenge, for the admin API
+    (RFC 8707 `resource`: the only audience the demo IdP issues the console's access token for)."""
     if params.get("client_id") != console.client_id or params.get("redirect_uri") != console.redirect_uri:
         raise InvalidRequest("unknown client_id or redirect_uri for the demo identity provider")
+    if params.get("resource") != admin_audience:
+        raise InvalidTarget(f"the console's token is for the admin API only: resource must be {admin_audience} "
+                            "(RFC 8707 section 2)")
     if params.get("response_type") != "code":
         raise InvalidRequest("response_type must be code")
     if params.get("code_challenge_method") != "S256" or len(params.get("code_challenge", "")) != 43:

@@ -31,9 +31,9 @@ class SignIn:
     """Sign-ins keep nothing here: anyone may start one, so its `state` and PKCE verifier go to the browser
     (an HttpOnly cookie, routes.py), and no number of them started can stop an admin's."""
 
-    def __init__(self, settings: ConsoleSettings, gateway: str) -> None:
+    def __init__(self, settings: ConsoleSettings, audience: str) -> None:
         self.settings = settings
-        self.gateway = gateway
+        self.audience = audience  # `[admin] audience`: the access token is for the admin API
         self._metadata: dict[str, Any] | None = None
 
     async def begin(self) -> tuple[str, str, str]:
@@ -42,7 +42,7 @@ class SignIn:
         verifier = generate_token(64)
         async with self._client() as client:
             url, state = client.create_authorization_url(metadata["authorization_endpoint"], code_verifier=verifier,
-                                                         resource=self.gateway)
+                                                         resource=self.audience)
         return state, verifier, url
 
     async def finish(self, code: str, verifier: str) -> SignedIn:
@@ -51,7 +51,7 @@ class SignIn:
         try:
             async with self._client() as client:
                 token = await client.fetch_token(metadata["token_endpoint"], grant_type="authorization_code",
-                                                 code=code, code_verifier=verifier, resource=self.gateway)
+                                                 code=code, code_verifier=verifier, resource=self.audience)
         except AuthlibError as exc:
             raise AccessDenied(f"the identity provider refused the sign-in: {exc.error}") from exc
         except httpx2.HTTPError as exc:

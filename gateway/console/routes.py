@@ -32,9 +32,9 @@ def install(app: FastAPI, settings: Settings) -> None:
         return
     secure = not is_loopback(urlsplit(settings.issuer).hostname or "")
     sessions = app.state.console_sessions = Sessions(secure=secure, ttl=console.session_ttl)
-    app.include_router(_router(SignIn(console, settings.issuer), sessions))
+    app.include_router(_router(SignIn(console, settings.admin.audience), sessions))
     if console.demo_idp is not None:
-        app.include_router(demo_idp.router(console, settings.issuer))
+        app.include_router(demo_idp.router(console, settings.issuer, settings.admin.audience))
 
 
 def _router(sign_in: SignIn, sessions: Sessions) -> APIRouter:

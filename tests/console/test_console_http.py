@@ -81,6 +81,14 @@ def test_rfc7636_4_6_a_code_is_refused_with_another_verifier_and_then_cannot_be_
         assert COOKIE not in browser.cookies
 
 
+def test_rfc8707_the_console_asks_for_a_token_for_the_admin_audience_only(dev: Dev) -> None:
+    with httpx2.Client(base_url=dev.url, timeout=10) as browser:
+        query, _ = authorize(dev, browser)
+        assert query["resource"] == f"{dev.url}/admin"  # `[admin] audience`, by default <issuer>/admin
+        refused = browser.get("/console/demo-idp/authorize", params={**query, "resource": dev.url})
+        assert (refused.status_code, refused.json()["error"]) == (400, "invalid_target"), refused.text
+
+
 def test_console_authorization_request_without_pkce_is_refused_by_the_demo_idp(dev: Dev) -> None:
     with httpx2.Client(base_url=dev.url, timeout=10) as browser:
         query, _ = authorize(dev, browser)

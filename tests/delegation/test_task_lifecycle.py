@@ -286,8 +286,8 @@ def test_cli_revokes_a_user_and_shows_the_audit_trail(env: Env) -> None:
 
 def test_admins_are_a_user_group_or_listed_spiffe_ids_never_a_task_token(env: Env) -> None:
     task = _ok(env.open_task())
-    admin_user = env.ids.user_token("carol", groups=["staff", "deputy-admins"])
-    plain_user = env.ids.user_token("dave", groups=["staff"])
+    admin_user = env.ids.user_token("carol", aud=f"{env.ids.issuer}/admin", groups=["staff", "deputy-admins"])
+    plain_user = env.ids.user_token("dave", aud=f"{env.ids.issuer}/admin", groups=["staff"])
     assert env.client.get("/admin/tasks", headers={"Authorization": f"Bearer {admin_user}"}).status_code == 200
     assert env.client.get("/admin/tasks", headers={"Authorization": f"Bearer {plain_user}"}).status_code == 403
     response = env.client.get("/admin/tasks", headers={"Authorization": f"Bearer {task['access_token']}"})

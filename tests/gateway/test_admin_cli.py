@@ -199,12 +199,12 @@ def test_issue11_2_audit_follow_streams_new_events_and_ctrl_c_exits_0(gateway: D
 def test_issue11_1_a_user_token_of_an_admin_group_in_a_token_file_is_an_admin(gateway: Deployment, cli: Cli,
                                                                               tmp_path: Path) -> None:
     path = tmp_path / "token"
-    path.write_text(gateway.user_token("carol", groups=["deputy-admins"]) + "\n")
+    path.write_text(gateway.admin_user_token("carol", groups=["deputy-admins"]) + "\n")
     assert cli("tasks", "list", "--token-file", str(path), DEPUTY_TOKEN="").returncode == 0
 
 
 def test_issue11_1_a_refusal_is_one_line_and_exits_1(gateway: Deployment, cli: Cli) -> None:
-    done = cli("tasks", "list", DEPUTY_TOKEN=gateway.user_token("dave", groups=["staff"]))
+    done = cli("tasks", "list", DEPUTY_TOKEN=gateway.admin_user_token("dave", groups=["staff"]))
     assert done.returncode == 1 and done.stdout == "", done.stdout
     assert re.fullmatch(r"error: access_denied: .+\n", done.stderr), done.stderr
     missing = cli("tasks", "show", "no-such-task")
@@ -330,7 +330,7 @@ class DeviceIdp(BaseHTTPRequestHandler):
 
 def test_issue11_1_deputy_login_uses_the_device_grant_and_keeps_the_token_0600(gateway: Deployment,
                                                                                tmp_path: Path) -> None:
-    DeviceIdp.issue = lambda: gateway.user_token("carol", groups=["deputy-admins"])
+    DeviceIdp.issue = lambda: gateway.admin_user_token("carol", groups=["deputy-admins"])
     server = ThreadingHTTPServer(("127.0.0.1", 0), DeviceIdp)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     idp, cli = f"http://127.0.0.1:{server.server_address[1]}", Cli(tmp_path, DEPUTY_ADDR=gateway.url)
@@ -342,6 +342,7 @@ def test_issue11_1_deputy_login_uses_the_device_grant_and_keeps_the_token_0600(g
     assert done.returncode == 0, done.stderr
     assert "open http://127.0.0.1/device and enter the code WDJB-MJHT" in done.stderr
     assert DeviceIdp.polls[-1]["grant_type"] == ["urn:ietf:params:oauth:grant-type:device_code"]
+    assert DeviceIdp.polls[-1]["resource"] == [f"{gateway.url}/admin"]  # RFC 8707: `[admin] audience`
     stored = tmp_path / "config" / "deputy" / "tokens.json"
     assert stored.stat().st_mode & 0o777 == 0o600 and gateway.url in json.loads(stored.read_text())
     assert cli("tasks", "list").returncode == 0  # as carol, with the token `deputy login` kept

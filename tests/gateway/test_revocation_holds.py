@@ -69,7 +69,7 @@ class Env:
 
     def admin_user(self, sub: str, *, at_remote: bool = False, **claims: Any) -> str:
         idp = self.deployment.remote_idp if at_remote else self.deployment.idp
-        return idp.token(sub, audience=self.deployment.issuer, groups=[ADMIN_GROUP], **claims)
+        return idp.token(sub, audience=f"{self.deployment.issuer}/admin", groups=[ADMIN_GROUP], **claims)
 
     def credential(self, endpoint: str, kind: str, **claims: Any) -> str:
         return self.admin_user("root", **claims) if kind == "user" else self.svid(holder_id(endpoint, kind), **claims)

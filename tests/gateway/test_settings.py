@@ -140,3 +140,21 @@ def test_console_demo_idp_a_passwordless_admin_login_is_refused_outside_a_loopba
     loopback = parse_settings({"issuer": "http://127.0.0.1:8600", "subject_issuers": [ISSUER], "console": console},
                               base=tmp_path)
     assert loopback.console is not None and loopback.console.demo_idp == tmp_path
+
+
+@pytest.mark.parametrize("audience", ["https://deputy.example.com", "https://deputy.example.com/users"])
+def test_rfc8725_3_9_an_admin_audience_that_subject_tokens_have_is_refused(audience: str, tmp_path: Path) -> None:
+    issuers = [ISSUER, {**ISSUER, "issuer": "https://idp2.example.com", "audience": "https://deputy.example.com/users"}]
+    with pytest.raises(ConfigError) as caught:
+        parse_settings({"issuer": "https://deputy.example.com", "subject_issuers": issuers,
+                        "admin": {"audience": audience}}, base=tmp_path)
+    assert str(caught.value).startswith(f"admin.audience: {audience!r} is the gateway issuer or a subject_issuers "
+                                        "audience"), caught.value
+
+
+def test_rfc8707_the_admin_audience_defaults_to_the_issuer_admin(tmp_path: Path) -> None:
+    settings = parse_settings({"issuer": "https://deputy.example.com", "subject_issuers": [ISSUER]}, base=tmp_path)
+    assert settings.admin.audience == "https://deputy.example.com/admin"
+    chosen = parse_settings({"issuer": "https://deputy.example.com", "admin": {"audience": "urn:deputy:admin"}},
+                            base=tmp_path)
+    assert chosen.admin.audience == "urn:deputy:admin"
