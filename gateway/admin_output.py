@@ -95,7 +95,7 @@ def paint(value: str, *, on: bool) -> str:
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, colour: bool = False,
           cut_first: Sequence[str] = (), widths: Sequence[int] | None = None, empty: str | None = "(none)") -> str:
     """Aligned columns within WIDTH; `empty` without rows (None: the header alone). Too wide, the columns
-    named in `cut_first` are cut (`…`) first, widest first, then any but the first (the id). `widths`
+    named in `cut_first` are cut (`...`) first, widest first, then any but the first (the id). `widths`
     fixes the columns instead (a stream of rows printed as they come)."""
     if not rows and empty is not None:
         return empty
@@ -127,8 +127,8 @@ def _fit(widths: list[int], first: list[int]) -> list[int]:
 
 
 def cut(value: str, width: int) -> str:
-    """`value` in at most `width` characters, its end replaced by `…` when cut."""
-    return value if len(value) <= width else value[: width - 1] + "…"
+    """`value` in at most `width` characters, its end replaced by `...` when cut (ASCII, as all Deputy says)."""
+    return value if len(value) <= width else value[: max(width - 3, 0)] + "..."[: width]
 
 
 def fields(pairs: Sequence[tuple[str, object]]) -> str:

@@ -374,7 +374,7 @@ def test_issue11_2_a_table_too_wide_cuts_the_columns_named_first_and_keeps_the_i
     row = ("a" * 12, "spiffe://example.org/agents/" + "x" * 40, "scope " * 20)
     lines = table(("ID", "AGENT", "SCOPE"), [row], cut_first=("SCOPE",)).splitlines()
     assert all(len(line) <= 100 for line in lines) and lines[1].startswith("a" * 12 + "  " + row[1])
-    assert lines[1].endswith("…")
+    assert lines[1].endswith("...")
 
 
 class Terminal(io.StringIO):
