@@ -56,6 +56,19 @@ def _matched(body: dict[str, Any], tasks: list[Any]) -> bool:
 # --- tasks -------------------------------------------------------------------------------------------------
 
 
+def _said(args: argparse.Namespace, body: dict[str, Any], acted_on: list[Any], *, nothing: Callable[[], str],
+          done: Callable[[], str]) -> int:
+    """A revocation's answer: the JSON as it came, or its warnings and one line saying what it did; exit 3
+    when it matched nothing."""
+    matched = _matched(body, acted_on)
+    if args.json:
+        emit(body)
+    else:
+        _warn(body)
+        print(done() if matched else nothing())
+    return 0 if matched else MATCHED_NOTHING
+
+
 def list_tasks(args: argparse.Namespace) -> int:
     with _api(args) as api:
         body = api.get("/admin/tasks", agent=args.agent, user=args.user, state=args.state, limit=args.limit)
@@ -101,16 +114,10 @@ def _end_task(args: argparse.Namespace, action: str) -> int:
     with _api(args) as api:
         body = api.request("POST", f"/admin/tasks/{args.task_id}/{action}", body=_reason(args))
     ended = list(body.get("ended_tasks") or [])
-    if args.json:
-        emit(body)
-        return 0 if _matched(body, ended) else MATCHED_NOTHING
-    _warn(body)
-    if not _matched(body, ended):
-        print(f"task {body['task_id']} was already {body['state']}: nothing changed")
-        return MATCHED_NOTHING
-    print(f"task {body['task_id']} {body['state']}: {len(ended)} task(s) ended "
-          f"({', '.join(_short(t) for t in ended)}), {body['revoked_tokens']} token(s) revoked")
-    return 0
+    return _said(args, body, ended,
+                 nothing=lambda: f"task {body['task_id']} was already {body['state']}: nothing changed",
+                 done=lambda: f"task {body['task_id']} {body['state']}: {len(ended)} task(s) ended "
+                              f"({', '.join(_short(t) for t in ended)}), {body['revoked_tokens']} token(s) revoked")
 
 
 # --- revoke, block -----------------------------------------------------------------------------------------
@@ -132,16 +139,10 @@ def revoke_party(args: argparse.Namespace) -> int:
     with _api(args) as api:
         body = api.request("POST", "/admin/revoke", params=query, body=_reason(args))
     tasks = list(body.get("revoked_tasks") or [])
-    if args.json:
-        emit(body)
-        return 0 if _matched(body, tasks) else MATCHED_NOTHING
-    _warn(body)
-    if not _matched(body, tasks):
-        print(f"nothing matched: {described} holds no open task or live token "
-              "(the credentials it was issued until now are barred all the same)")
-        return MATCHED_NOTHING
-    print(f"revoked {len(tasks)} task(s) and {body['revoked_tokens']} token(s) of {described}")
-    return 0
+    return _said(args, body, tasks,
+                 nothing=lambda: f"nothing matched: {described} holds no open task or live token "
+                                 "(the credentials it was issued until now are barred all the same)",
+                 done=lambda: f"revoked {len(tasks)} task(s) and {body['revoked_tokens']} token(s) of {described}")
 
 
 def add_block(args: argparse.Namespace) -> int:

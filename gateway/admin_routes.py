@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 from delegation.admin import NotFound, block_view
 from delegation.store import AuditQuery, TaskQuery
-from delegation.tasks import COMPLETED
+from delegation.tasks import COMPLETED, REVOKED
 from delegation.times import instant, span
 from token_exchange.errors import InvalidRequest
 
@@ -60,18 +60,19 @@ async def show_task(task_id: str, request: Request, _: Admin) -> JSONResponse:
 @router.post("/tasks/{task_id}/revoke", **documented(
     TaskEndedBody, json=ReasonBody, summary="Revoke a task, its descendants and their tokens"))
 async def revoke_task(task_id: str, request: Request, who: Admin) -> JSONResponse:
-    reason = _reason(await _optional_json(request))
-    result = await deputy(request).lifecycle.admin.revoke_task(task_id, admin=who, now=int(time.time()),
-                                                               reason=reason)
-    return JSONResponse(result, headers=NO_STORE)
+    return await _end_task(task_id, request, who, state=REVOKED)
 
 
 @router.post("/tasks/{task_id}/complete", **documented(
     TaskEndedBody, json=ReasonBody, summary="Complete a task on its agent's behalf, with its descendants and tokens"))
 async def complete_task(task_id: str, request: Request, who: Admin) -> JSONResponse:
+    return await _end_task(task_id, request, who, state=COMPLETED)
+
+
+async def _end_task(task_id: str, request: Request, who: str, *, state: str) -> JSONResponse:
     reason = _reason(await _optional_json(request))
     result = await deputy(request).lifecycle.admin.revoke_task(task_id, admin=who, now=int(time.time()),
-                                                               state=COMPLETED, reason=reason)
+                                                               state=state, reason=reason)
     return JSONResponse(result, headers=NO_STORE)
 
 
