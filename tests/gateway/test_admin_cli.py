@@ -18,7 +18,6 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import parse_qs
@@ -35,7 +34,7 @@ from gateway.dev import DemoIdentities
 from gateway.process import serving
 from tests.client.workload_api import WorkloadApi
 from tests.conftest import Deployment, deployed
-from tests.support import ACCESS_TOKEN, GRANT, JWT, free_port
+from tests.support import ACCESS_TOKEN, GRANT, JWT, LoopbackServer, QuietHandler, free_port
 
 ADMIN_PATH = "/ops/admin"
 ADMINS = f"""
@@ -253,41 +252,31 @@ def test_issue11_1_the_callers_jwt_svid_comes_from_the_spiffe_workload_api(gatew
     assert jwt.decode(api.fetched[0], options={"verify_signature": False})["aud"] == [gateway.issuer]
 
 
-class ImpostorGateway(BaseHTTPRequestHandler):
+class ImpostorGateway(QuietHandler):
     """A server on loopback whose RFC 8414 metadata names another gateway's issuer (`issuer`)."""
 
     issuer: ClassVar[str] = ""
 
     def do_GET(self) -> None:
-        data = json.dumps({"issuer": ImpostorGateway.issuer}).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        self.send_json(200, {"issuer": ImpostorGateway.issuer})
 
 
 def test_rfc8414_3_3_no_jwt_svid_is_fetched_for_an_issuer_other_than_the_address(gateway: Deployment,
                                                                                 tmp_path: Path) -> None:
     """A server at DEPUTY_ADDR naming the real gateway as its issuer must not get an admin SVID for it."""
     ImpostorGateway.issuer = gateway.issuer
-    server = ThreadingHTTPServer(("127.0.0.1", 0), ImpostorGateway)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = LoopbackServer(ImpostorGateway)
     api = WorkloadApi(tmp_path, gateway.domain, ADMIN_PATH)
     try:
-        done = Cli(tmp_path, DEPUTY_ADDR=f"http://127.0.0.1:{server.server_address[1]}",
-                   SPIFFE_ENDPOINT_SOCKET=api.endpoint)("tasks", "list")
+        done = Cli(tmp_path, DEPUTY_ADDR=server.url, SPIFFE_ENDPOINT_SOCKET=api.endpoint)("tasks", "list")
     finally:
         api.close()
-        server.shutdown()
+        server.close()
     assert done.returncode != 0 and "names another issuer" in done.stderr, done.stderr
     assert api.fetched == []
 
 
-class DeviceIdp(BaseHTTPRequestHandler):
+class DeviceIdp(QuietHandler):
     """RFC 8628 at an identity provider on loopback: approves the device code at the second poll. Under
     /plain it offers no device grant."""
 
@@ -297,48 +286,37 @@ class DeviceIdp(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         base = f"http://127.0.0.1:{self.server.server_address[1]}"
         if self.path == "/.well-known/openid-configuration":
-            self._send(200, {"issuer": base, "token_endpoint": f"{base}/token",
+            self.send_json(200, {"issuer": base, "token_endpoint": f"{base}/token",
                              "device_authorization_endpoint": f"{base}/device"})
         elif self.path == "/plain/.well-known/openid-configuration":
-            self._send(200, {"issuer": f"{base}/plain", "token_endpoint": f"{base}/token"})
+            self.send_json(200, {"issuer": f"{base}/plain", "token_endpoint": f"{base}/token"})
         else:
-            self._send(404, {"error": "not_found"})
+            self.send_json(404, {"error": "not_found"})
 
     def do_POST(self) -> None:
         form = parse_qs(self.rfile.read(int(self.headers["content-length"])).decode())
         if self.path == "/device":
-            self._send(200, {"device_code": "dc-1", "user_code": "WDJB-MJHT", "expires_in": 60, "interval": 1,
+            self.send_json(200, {"device_code": "dc-1", "user_code": "WDJB-MJHT", "expires_in": 60, "interval": 1,
                              "verification_uri": "http://127.0.0.1/device"})
             return
         DeviceIdp.polls.append(form)
         if len(DeviceIdp.polls) < 2:
-            self._send(400, {"error": "authorization_pending"})
+            self.send_json(400, {"error": "authorization_pending"})
         else:
-            self._send(200, {"access_token": DeviceIdp.issue(), "token_type": "Bearer", "expires_in": 600})
+            self.send_json(200, {"access_token": DeviceIdp.issue(), "token_type": "Bearer", "expires_in": 600})
 
-    def _send(self, status: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: Any) -> None:
-        pass
 
 
 def test_issue11_1_deputy_login_uses_the_device_grant_and_keeps_the_token_0600(gateway: Deployment,
                                                                                tmp_path: Path) -> None:
     DeviceIdp.issue = lambda: gateway.admin_user_token("carol", groups=["deputy-admins"])
-    server = ThreadingHTTPServer(("127.0.0.1", 0), DeviceIdp)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    idp, cli = f"http://127.0.0.1:{server.server_address[1]}", Cli(tmp_path, DEPUTY_ADDR=gateway.url)
+    server = LoopbackServer(DeviceIdp)
+    idp, cli = server.url, Cli(tmp_path, DEPUTY_ADDR=gateway.url)
     try:
         done = cli("login", "--issuer", idp, "--client-id", "deputy-cli")
         plain = cli("login", "--issuer", f"{idp}/plain", "--client-id", "deputy-cli")
     finally:
-        server.shutdown()
+        server.close()
     assert done.returncode == 0, done.stderr
     assert "open http://127.0.0.1/device and enter the code WDJB-MJHT" in done.stderr
     assert DeviceIdp.polls[-1]["grant_type"] == ["urn:ietf:params:oauth:grant-type:device_code"]
