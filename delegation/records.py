@@ -3,8 +3,9 @@ credentials a write relies on, and how the store fails."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from token_exchange.actors import ActorRef
 
@@ -125,6 +126,20 @@ def barred(presented: Presented, cutoffs: tuple[int | None, int | None]) -> Cred
     if presented.user is not None and _before(presented.user_issued_at, user_cutoff):
         return _refusal("user", user_cutoff)
     return None
+
+
+def cutoffs_of(rows: Iterable[Sequence[Any]], actor: ActorRef | None, user: tuple[str, str] | None
+               ) -> tuple[int | None, int | None]:
+    """`barred`'s cutoffs from the (kind, issuer, cutoff) rows recorded for the agent, its domain and the user:
+    the latest of the agent (at its domain or any) or of its domain, and the latest of the user (at its
+    issuer or any). A cutoff recorded without a domain or issuer ('') holds at every one."""
+    agent, of_user = None, None
+    for kind, issuer, at in rows:
+        if kind == "domain" or (kind == "agent" and actor is not None and issuer in (actor.domain, "")):
+            agent = at if agent is None else max(agent, at)
+        elif kind == "user" and user is not None and issuer in (user[0], ""):
+            of_user = at if of_user is None else max(of_user, at)
+    return agent, of_user
 
 
 def _refusal(which: Literal["actor", "user"], cutoff: int | None) -> CredentialRevoked:

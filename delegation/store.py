@@ -110,6 +110,12 @@ class TaskRecords(Credentials, RevocationSync, Protocol):
 
     async def task(self, task_id: str) -> Task | None: ...
 
+    async def cached_cutoffs(self, actor: ActorRef | None, *, user: tuple[str, str] | None, now: int
+                             ) -> tuple[int | None, int | None]:
+        """`cutoffs` as this process holds them, for the token endpoint's check before the policy. It may be
+        a moment behind a revocation committed by another replica; the write's own check refuses that."""
+        ...
+
     async def record_grant(self, token: IssuedTokenRecord, event: AuditEvent, *, presented: Presented,
                            task: Task | None = None) -> None: ...
 

@@ -37,9 +37,9 @@ from token_exchange.user_tokens import SubjectVerifier, VerifiedSubject
 from ..audit import AuditEvent
 from ..observe import NoObserver, Observer
 from ..policy import Decision, PolicyEngine, PolicyInput, PolicyUnavailable
-from ..records import CredentialRevoked, IssuedTokenRecord, Presented, StoreError, TaskEnded
+from ..records import CredentialRevoked, IssuedTokenRecord, Presented, StoreError, TaskEnded, barred
 from ..resources import Resource, Resources
-from ..store import TaskRecords, check_credentials
+from ..store import TaskRecords
 from ..tasks import Task
 from ..token_endpoint import FlowContext
 
@@ -143,11 +143,13 @@ class ExchangeSteps:
     async def credentials(self, ctx: FlowContext, actor: VerifiedActor,
                           subject: VerifiedSubject | None = None) -> Presented:
         """Credentials issued before an admin revoked their agent, domain or user are refused, and any while
-        an admin block of one of them holds, before the policy is asked; the same check runs again inside
-        the write's transaction (`Presented`)."""
+        an admin block of one of them holds, before the policy is asked (`cached_cutoffs`); the same check
+        runs again inside the write's transaction (`Presented`), on what committed."""
         user = (subject.issuer, subject.subject) if subject is not None else None
         presented = Presented(actor.ref, actor.issued_at, user, subject.issued_at if subject else None)
-        await self.store(check_credentials(self.records, presented, now=ctx.now), "cutoffs")
+        cutoffs = await self.store(self.records.cached_cutoffs(actor.ref, user=user, now=ctx.now), "cutoffs")
+        if refusal := barred(presented, cutoffs):
+            raise refused(refusal)
         return presented
 
     def resource(self, target: Target, actor: VerifiedActor) -> Resource:

@@ -2,12 +2,12 @@
 gateway replicas at once. The semantics are SQLite's (`stores/sqlite.py`), the contract suite's cases.
 
 Driver: psycopg 3 with psycopg_pool (`postgres_db.py`). libpq itself reads the URL, so every libpq option
-works (Unix sockets with peer authentication, TLS client certificates, service and password files). The
-hot path (a grant, a task, the task lookup, the cutoffs) is one server-side prepared statement each, one
-round trip. Measured against asyncpg on this machine (bench/postgres_driver.py, bench/README.md): asyncpg
-takes about 35-70 µs less client CPU per statement (one-shot grant 232 against 301 µs with 8 callers),
-rates and latency alike; psycopg is kept for libpq's connection handling, which passwordless deployments
-rely on.
+works (Unix sockets with peer authentication, TLS client certificates, service and password files). The hot
+path (a grant, a task, the task lookup) is one server-side prepared statement each, one round trip; the
+check of the cutoffs before the policy reads a copy held in memory (`postgres_cutoffs.py`). Measured against
+asyncpg on this machine (bench/postgres_driver.py, bench/README.md): asyncpg takes about 35-70 µs less
+client CPU per statement (one-shot grant 232 against 301 µs with 8 callers), rates and latency alike;
+psycopg is kept for libpq's connection handling, which passwordless deployments rely on.
 
 Concurrency (`postgres_writes.py`): READ COMMITTED and transaction-level advisory locks on task trees and
 on parties, taken in a statement before the checks, so a check-and-write and a revocation are ordered one
@@ -34,6 +34,7 @@ from ..store import AuditQuery, AuditRecord, FeedPage, TaskDetail, TaskQuery, To
 from ..tasks import REVOKED, SYSTEM, EndedTask, Revocation, Task
 from . import postgres_writes as writes
 from .feed_events import Ending
+from .postgres_cutoffs import CutoffCopy
 from .postgres_db import CHECKOUT_TIMEOUT_S, Connection, PostgresDatabase
 from .postgres_listen import Listener, Wakeup
 from .postgres_rows import audit_event, audit_params, task, task_params, token_params, token_record
@@ -61,7 +62,8 @@ class PostgresStore(PostgresEventStreams):
     def __init__(self, db: PostgresDatabase) -> None:
         self._db = db
         self._wakeup = Wakeup()
-        self._listener = Listener(db.conninfo, self._wakeup, db.check)
+        self._cutoff_copy = CutoffCopy(db)
+        self._listener = Listener(db.conninfo, self._wakeup, db.check, self._cutoff_copy.changed)
         self._seen = weakref.WeakKeyDictionary()
 
     @classmethod
@@ -113,6 +115,13 @@ class PostgresStore(PostgresEventStreams):
         row = await self._db.fetchone(writes.CUTOFFS, params, prepare=True)
         return (row["agent"], row["usr"]) if row else (None, None)
 
+    async def cached_cutoffs(self, actor: ActorRef | None, *, user: tuple[str, str] | None, now: int
+                             ) -> tuple[int | None, int | None]:
+        """From the copy in memory, kept by notifications; read from the tables while the listener is down."""
+        if self._listener.problem is not None:
+            return await self.cutoffs(actor, user=user, now=now)
+        return await self._cutoff_copy.cutoffs(actor, user=user, now=now)
+
     # Tasks and tokens
     async def task(self, task_id: str) -> Task | None:
         row = await self._db.fetchone("SELECT * FROM tasks WHERE id = %s", (task_id,), prepare=True)
@@ -134,8 +143,9 @@ class PostgresStore(PostgresEventStreams):
                            event: AuditEvent | None = None) -> Revocation | None:
         """Revoke every open task of the party (with descendants and tokens), and refuse from now on the
         credentials (workload tokens, user tokens) of that party issued until now."""
-        return self._announce(await self._db.transaction(
-            lambda c: writes.end_matching(c, party, reason, now, event)))
+        revocation = await self._db.transaction(lambda c: writes.end_matching(c, party, reason, now, event))
+        self._cutoff_copy.changed()  # this process's at once; other replicas' when the NOTIFY reaches them
+        return self._announce(revocation)
 
     async def revoke_token(self, jti: str, *, reason: str, now: int, event: AuditEvent | None = None,
                            initiator: str = SYSTEM) -> Revocation | None:
@@ -257,6 +267,7 @@ class PostgresStore(PostgresEventStreams):
     # Blocks
     async def add_block(self, block: Block, event: AuditEvent) -> None:
         await self._db.transaction(lambda c: writes.add_block(c, block, event))
+        self._cutoff_copy.changed()
 
     async def blocks(self, *, now: int, include_inactive: bool = False) -> list[Block]:
         where = "" if include_inactive else "WHERE lifted_at IS NULL AND expires_at > %s"
@@ -275,11 +286,15 @@ class PostgresStore(PostgresEventStreams):
             row = await (await connection.execute(
                 "UPDATE blocks SET lifted_at = %s, lifted_by = %s, lift_reason = %s WHERE id = %s"
                 " AND lifted_at IS NULL AND expires_at > %s RETURNING *", (now, by, reason, block_id, now))).fetchone()
-            if row is not None:
-                await connection.execute(writes.INSERT_AUDIT, audit_params(event))
-            return writes.block(row) if row is not None else None
+            if row is None:
+                return None
+            await connection.execute(writes.INSERT_AUDIT, audit_params(event))
+            await connection.execute(writes.NOTIFY_CUTOFFS)
+            return writes.block(row)
 
-        return await self._db.transaction(work)
+        lifted = await self._db.transaction(work)
+        self._cutoff_copy.changed()
+        return lifted
 
     async def audit_events(self, query: AuditQuery) -> list[AuditRecord]:
         clauses, params = _filters(task_id=query.task, agent=query.agent, user_subject=query.user)

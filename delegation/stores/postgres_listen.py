@@ -3,10 +3,12 @@ sweeper's lead.
 
 Every transaction that writes a revocation or queues an SSF SET also does `NOTIFY deputy_events`, which
 PostgreSQL delivers once it has committed; the listener then wakes this process's feed readers and long
-polls at once. While the connection is down they fall back on polling, and `problem` says why the process
-cannot be sure to see every revocation at once. On reconnecting it LISTENs again before anything else:
-whatever committed before that is in the revocations table, where every reader, woken, reads it by its
-cursor; whatever commits after is notified. Only then is `problem` cleared.
+polls at once. One that records a cutoff or adds or lifts a block notifies with the payload `cutoffs`: the
+listener tells the store's copy of them (postgres_cutoffs.py). While the connection is down the readers fall
+back on polling, and `problem` says why the process cannot be sure to see every revocation at once. On
+reconnecting it LISTENs again before anything else: whatever committed before that is in the revocations
+table, where every reader, woken, reads it by its cursor; whatever commits after is notified. Only then is
+`problem` cleared.
 
 The lead of the sweeps is a session advisory lock (`pg_try_advisory_lock`) held on the same connection, so
 it lasts as long as the connection: losing the connection loses the lead, and another replica takes it at
@@ -29,6 +31,7 @@ from .postgres_db import first_line
 log = logging.getLogger(__name__)
 
 CHANNEL = "deputy_events"
+CUTOFFS_CHANGED = "cutoffs"  # the payload of a notification that the cutoffs or blocks changed
 SWEEP_LOCK = "deputy:sweeper"
 TRY_EVERY_S = 1.0  # how often the lead is tried for (and the connection checked)
 RETRY_MIN_S, RETRY_MAX_S = 0.2, 5.0  # reconnection backoff
@@ -60,11 +63,13 @@ class Wakeup:
 class Listener:
     """Keeps the session connection up: LISTEN, wake on notifications, hold or try the sweep lock."""
 
-    def __init__(self, conninfo: str, wakeup: Wakeup, on_reconnect: Callable[[], Awaitable[None]]) -> None:
+    def __init__(self, conninfo: str, wakeup: Wakeup, on_reconnect: Callable[[], Awaitable[None]],
+                 on_cutoffs: Callable[[], None]) -> None:
         name = conninfo_to_dict(conninfo).get("application_name") or "deputy"
         self._conninfo = make_conninfo(conninfo, application_name=f"{name} {LISTENER_NAME}")
         self._wakeup = wakeup
         self._on_reconnect = on_reconnect
+        self._on_cutoffs = on_cutoffs
         self.problem: str | None = NOT_YET
         self.leading = False
         self._listening = asyncio.Event()
@@ -98,7 +103,9 @@ class Listener:
             delay = min(delay * 2, RETRY_MAX_S)
 
     async def _caught_up(self) -> None:
-        """LISTEN is (again) in place: readers look at the table once more, and sync is restored."""
+        """LISTEN is (again) in place: readers look at the table once more, the cutoffs are loaded again, and
+        sync is restored."""
+        self._on_cutoffs()
         await self._on_reconnect()
         self._wakeup.fire()
         if self._listening.is_set():
@@ -115,11 +122,14 @@ class Listener:
         self._wakeup.fire()  # readers poll while it is down
 
     async def _serve(self, connection: psycopg.AsyncConnection[tuple[Any, ...]]) -> None:
-        """Wake on every notification; once a second, try for the lead (or check the connection). Returns
-        only by raising, when the connection is lost."""
+        """Wake on every notification (or tell of changed cutoffs); once a second, try for the lead (or check
+        the connection). Returns only by raising, when the connection is lost."""
         while True:
-            async for _ in connection.notifies(timeout=TRY_EVERY_S):
-                self._wakeup.fire()
+            async for notice in connection.notifies(timeout=TRY_EVERY_S):
+                if notice.payload == CUTOFFS_CHANGED:
+                    self._on_cutoffs()
+                else:
+                    self._wakeup.fire()
             await self._lead(connection)
 
     async def _lead(self, connection: psycopg.AsyncConnection[tuple[Any, ...]]) -> None:

@@ -22,7 +22,7 @@ from token_exchange.scope import Scope
 from token_exchange.txn_tokens import TaskContext
 
 from ..audit import AuditEvent
-from ..records import BLOCKED, Block, IssuedTokenRecord, Party, Presented, TaskEnded, barred
+from ..records import BLOCKED, Block, IssuedTokenRecord, Party, Presented, TaskEnded, barred, cutoffs_of
 from ..store import AuditQuery, AuditRecord, FeedPage, TaskDetail, TaskQuery, TokenState, TokenView
 from ..tasks import ADMIN, EXPIRED, OPEN, POLICY, REVOKED, SYSTEM, EndedTask, Revocation, Task
 from .feed_events import Ending, told_per_audience
@@ -44,7 +44,7 @@ _TASK_COLUMNS = ("id", "parent_id", "root_id", "chain", "agent", "agent_domain",
                  "scope", "audiences", "purpose", "context", "created_at", "deadline", "implicit", "state", "ended_at")
 _INSERT_TASK = f"INSERT INTO tasks ({', '.join(_TASK_COLUMNS)}) VALUES ({', '.join('?' * len(_TASK_COLUMNS))})"
 _CUTOFFS = (  # the cutoffs that may bear on an agent (by id, by domain) and a user, active blocks as cutoffs
-    # of BLOCKED + their expiry (records.py); `_cutoffs_of` picks
+    # of BLOCKED + their expiry (records.py); `cutoffs_of` (records.py) picks
     "WITH party (kind, subject) AS (VALUES ('agent', ?), ('domain', ?), ('user', ?))"
     " SELECT kind, issuer, issued_before FROM credential_cutoffs WHERE (kind, subject) IN party"
     f" UNION ALL SELECT target, issuer, {BLOCKED} + expires_at FROM blocks"
@@ -128,7 +128,9 @@ class SqliteStore(SqliteEventStreams):
 
     async def cutoffs(self, actor: ActorRef | None, *, user: tuple[str, str] | None, now: int
                       ) -> tuple[int | None, int | None]:
-        return _cutoffs_of(self._db.lookup(_CUTOFFS, _cutoff_params(actor, user, now)), actor, user)
+        return cutoffs_of(self._db.lookup(_CUTOFFS, _cutoff_params(actor, user, now)), actor, user)
+
+    cached_cutoffs = cutoffs  # a local read costs no round trip: no copy to keep
 
     # Tasks and tokens
     async def task(self, task_id: str) -> Task | None:
@@ -346,20 +348,10 @@ def _cutoff_params(actor: ActorRef | None, user: tuple[str, str] | None, now: in
     return agent, domain, user[1] if user is not None else "\0", now
 
 
-def _cutoffs_of(rows: Sequence[Sequence[Any]], actor: ActorRef | None, user: tuple[str, str] | None
-                ) -> tuple[int | None, int | None]:
-    """(the latest cutoff of the agent, at its domain or any, or of its domain; the latest of the user, at
-    its issuer or any): a cutoff recorded without a domain or issuer ('') holds at every one."""
-    agent = [at for kind, issuer, at in rows
-             if kind == "domain" or (kind == "agent" and actor is not None and issuer in (actor.domain, ""))]
-    of_user = [at for kind, issuer, at in rows if kind == "user" and user is not None and issuer in (user[0], "")]
-    return max(agent, default=None), max(of_user, default=None)
-
-
 def _require_credentials(connection: sqlite3.Connection, presented: Presented, now: int) -> None:
     """Inside the writing transaction: a revocation or block of the agent or user that committed first bars it."""
     rows = connection.execute(_CUTOFFS, _cutoff_params(presented.actor, presented.user, now)).fetchall()
-    if refusal := barred(presented, _cutoffs_of(rows, presented.actor, presented.user)):
+    if refusal := barred(presented, cutoffs_of(rows, presented.actor, presented.user)):
         raise refusal
 
 

@@ -98,6 +98,8 @@ class FakeStore:
         self.cutoff_queries.append((actor, user))
         return self.agent_cutoff, self.user_cutoff
 
+    cached_cutoffs = cutoffs
+
     async def task(self, task_id: str) -> Task | None:
         self._enter("task")
         return self.tasks.get(task_id)

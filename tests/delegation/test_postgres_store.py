@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from psycopg.rows import dict_row
 
-from delegation.records import CredentialRevoked, Party, StoreError, TaskEnded
+from delegation.records import BLOCKED, Block, CredentialRevoked, Party, StoreError, TaskEnded
 from delegation.store import PendingSet, Store
 from delegation.stores import open_store, upgrade_store
 from delegation.stores import postgres_writes as writes
@@ -262,6 +262,7 @@ async def test_a_replica_that_loses_its_listen_connection_says_so_until_it_has_c
     async with replicas(postgresql_url) as (a, b):
         await opened(b, "t", MAIL_AUD)
         assert a.revocation_sync_problem() is None
+        assert await a.cached_cutoffs(None, user=MALLORY, now=NOW) == (None, None)  # its copy, loaded
         followed = a.follow(0, audiences=ONLY_MAIL)
         pending = asyncio.ensure_future(anext(followed))
         with admin(postgresql_server.url) as db:
@@ -273,18 +274,49 @@ async def test_a_replica_that_loses_its_listen_connection_says_so_until_it_has_c
                 assert problem is not None and problem.startswith("lost its PostgreSQL LISTEN connection: ")
                 assert "\n" not in problem and not a.lead_sweeps() and not b.lead_sweeps()
                 await b.end_tasks(["t"], state="revoked", reason="while a was deaf", now=NOW + 1)
+                await b.end_matching(Party("user", "mallory"), reason="while a was deaf", now=NOW + 1)
+                # deaf, a reads the cutoffs from the tables rather than from its copy (loaded before the cut)
+                assert await a.cached_cutoffs(None, user=MALLORY, now=NOW + 2) == (None, NOW + 1)
                 await asyncio.sleep(0.5)
                 assert a.revocation_sync_problem() is not None
             finally:
                 db.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
         assert await eventually(lambda: a.revocation_sync_problem() is None, timeout=15)
         assert (await asyncio.wait_for(pending, 5)).reason == "while a was deaf"  # caught up by its cursor
+        # and its copy was loaded again on reconnecting: the cutoff's notification was missed
+        assert await a.cached_cutoffs(None, user=MALLORY, now=NOW + 2) == (None, NOW + 1)
         assert await eventually(lambda: a.lead_sweeps() != b.lead_sweeps())  # one of them leads again
         await followed.aclose()  # type: ignore[attr-defined]
 
 
+MALLORY = ("https://idp", "mallory")
+
+
+async def copied(store: Store, user: tuple[str, str], expected: int | None, timeout: float = 5.0) -> bool:
+    """Whether `store`'s copy of the cutoffs (`cached_cutoffs`) holds `expected` for `user` within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while (await store.cached_cutoffs(None, user=user, now=NOW))[1] != expected:
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+async def test_a_cutoff_or_block_recorded_on_one_replica_reaches_the_others_copy_by_its_notification(
+        postgresql_url: str) -> None:
+    async with replicas(postgresql_url) as (a, b):
+        assert await b.cached_cutoffs(None, user=MALLORY, now=NOW) == (None, None)  # b's copy, loaded
+        await a.end_matching(Party("user", "mallory"), reason="incident", now=NOW)
+        assert await copied(b, MALLORY, NOW)
+        await a.add_block(Block("b-1", "user", "eve", None, "incident", NOW, NOW + 60, "admin"), event("block"))
+        assert await copied(b, ("https://idp", "eve"), BLOCKED + NOW + 60)
+        await a.lift_block("b-1", by="admin", reason=None, now=NOW, event=event("unblock"))
+        assert await copied(b, ("https://idp", "eve"), None)
+
+
 async def test_a_store_that_never_listened_says_it_is_not_yet_listening() -> None:
-    listener = Listener("postgresql://deputy@127.0.0.1:1/deputy?connect_timeout=2", Wakeup(), asyncio.sleep)
+    listener = Listener("postgresql://deputy@127.0.0.1:1/deputy?connect_timeout=2", Wakeup(), asyncio.sleep,
+                        lambda: None)
     await listener.start(wait=0.2)
     try:
         assert listener.problem is not None and listener.problem.startswith(NOT_YET)

@@ -111,6 +111,15 @@ async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> boo
     return True
 
 
+async def cutoffs(store: Store, actor: ActorRef | None, *, user: tuple[str, str] | None, now: int
+                  ) -> tuple[int | None, int | None]:
+    """The cutoffs as the store reads them, checked against what its `cached_cutoffs` (the token endpoint's
+    check before the policy) holds: in one process, the same after every write."""
+    read = await store.cutoffs(actor, user=user, now=now)
+    assert await store.cached_cutoffs(actor, user=user, now=now) == read
+    return read
+
+
 async def record_task(store: Store, t: Task, e: AuditEvent) -> None:
     await store.record_task(t, e, presented=PRESENTED)
 
@@ -254,14 +263,14 @@ async def test_tokens_of_an_ended_task_stay_revoked_after_the_task_is_purged(sto
 
 async def test_revoking_a_party_records_a_cutoff_for_its_credentials(store: Store) -> None:
     agent, domain = A.id, A.domain
-    assert await store.cutoffs(A, user=("https://idp", "alice"), now=NOW) == (None, None)
+    assert await cutoffs(store, A, user=("https://idp", "alice"), now=NOW) == (None, None)
     await store.end_matching(Party("domain", domain), reason="incident", now=NOW)
     await store.end_matching(Party("agent", agent), reason="incident", now=NOW + 5)
     await store.end_matching(Party("user", "alice"), reason="incident", now=NOW + 7)  # every issuer
-    assert await store.cutoffs(A, user=("https://idp", "alice"), now=NOW) == (NOW + 5, NOW + 7)
-    assert await store.cutoffs(agent_ref("spiffe://other.org/b"), user=("https://idp", "bob"), now=NOW) == (None, None)
+    assert await cutoffs(store, A, user=("https://idp", "alice"), now=NOW) == (NOW + 5, NOW + 7)
+    assert await cutoffs(store, agent_ref("spiffe://other.org/b"), user=("https://idp", "bob"), now=NOW) == (None, None)
     await store.end_matching(Party("agent", agent), reason="older", now=NOW + 1)  # a cutoff never moves back
-    assert (await store.cutoffs(A, user=None, now=NOW))[0] == NOW + 5
+    assert (await cutoffs(store, A, user=None, now=NOW))[0] == NOW + 5
 
 
 async def test_a_grant_relying_on_an_agent_revoked_meanwhile_is_refused_inside_its_transaction(store: Store) -> None:
@@ -317,11 +326,11 @@ def block(block_id: str, kind: str, party: str, issuer: str | None = None, *, un
 
 async def test_an_active_block_bars_every_credential_of_its_party_until_it_expires(store: Store) -> None:
     await store.add_block(block("b-agent", "agent", A.id), event("block"))
-    agent, _ = await store.cutoffs(A, user=None, now=NOW)
+    agent, _ = await cutoffs(store, A, user=None, now=NOW)
     assert agent == BLOCKED + NOW + 60  # a cutoff no credential passes, that says until when
     refusal = barred(Presented(A, NOW + 30), (agent, None))
     assert refusal is not None and refusal.which == "actor" and refusal.blocked_until == NOW + 60
-    assert await store.cutoffs(A, user=None, now=NOW + 60) == (None, None)  # expired by itself
+    assert await cutoffs(store, A, user=None, now=NOW + 60) == (None, None)  # expired by itself
     with pytest.raises(CredentialRevoked) as caught:  # checked again inside the write's transaction
         await record_task(store, task("while-blocked"), event("open_task", "while-blocked"))
     assert caught.value.blocked_until == NOW + 60 and await store.task("while-blocked") is None
@@ -332,10 +341,10 @@ async def test_blocks_of_a_domain_an_issuer_and_a_user_bar_their_parties_only(st
     await store.add_block(block("b-domain", "trust_domain", "other.org"), event("block"))
     await store.add_block(block("b-issuer", "workload_issuer", pod.domain), event("block"))
     await store.add_block(block("b-user", "user", "alice", "https://idp"), event("block"))
-    assert (await store.cutoffs(agent_ref("spiffe://other.org/b"), user=None, now=NOW))[0] == BLOCKED + NOW + 60
-    assert (await store.cutoffs(pod, user=None, now=NOW))[0] == BLOCKED + NOW + 60
-    assert await store.cutoffs(A, user=("https://idp", "alice"), now=NOW) == (None, BLOCKED + NOW + 60)
-    assert await store.cutoffs(A, user=("https://other-idp", "alice"), now=NOW) == (None, None)
+    assert (await cutoffs(store, agent_ref("spiffe://other.org/b"), user=None, now=NOW))[0] == BLOCKED + NOW + 60
+    assert (await cutoffs(store, pod, user=None, now=NOW))[0] == BLOCKED + NOW + 60
+    assert await cutoffs(store, A, user=("https://idp", "alice"), now=NOW) == (None, BLOCKED + NOW + 60)
+    assert await cutoffs(store, A, user=("https://other-idp", "alice"), now=NOW) == (None, None)
 
 
 async def test_blocks_are_listed_found_by_prefix_and_lifted_once(store: Store) -> None:
@@ -349,7 +358,7 @@ async def test_blocks_are_listed_found_by_prefix_and_lifted_once(store: Store) -
     assert lifted is not None and (lifted.lifted_at, lifted.lifted_by, lifted.lift_reason) == (
         NOW + 1, "admin", "false alarm")
     assert await store.lift_block("block-one", by="admin", reason=None, now=NOW + 2, event=event("unblock")) is None
-    assert await store.cutoffs(A, user=None, now=NOW + 2) == (None, None)
+    assert await cutoffs(store, A, user=None, now=NOW + 2) == (None, None)
     assert [e.event.action for e in await store.audit_events(AuditQuery())] == ["unblock", "block", "block"]
 
 
@@ -375,7 +384,7 @@ async def test_schema_1_tasks_are_migrated_to_actor_chains_and_domains(tmp_path:
     try:
         migrated = await store.task("old")
         assert migrated is not None and migrated.chain == (A, agent_ref("spiffe://example.org/b"))
-        assert await store.cutoffs(A, user=None, now=NOW) == (NOW, None)
+        assert await cutoffs(store, A, user=None, now=NOW) == (NOW, None)
         revocation = await store.end_matching(Party("domain", "example.org"), reason="x", now=NOW + 1)
         assert revocation is not None and revocation.task_ids == ("old",)
     finally:
