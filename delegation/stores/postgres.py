@@ -34,7 +34,7 @@ from ..store import AuditQuery, AuditRecord, FeedPage, TaskDetail, TaskQuery, To
 from ..tasks import REVOKED, SYSTEM, EndedTask, Revocation, Task
 from . import postgres_writes as writes
 from .feed_events import Ending
-from .postgres_cutoffs import CutoffCopy
+from .postgres_cutoffs import CutoffCopy, notice
 from .postgres_db import CHECKOUT_TIMEOUT_S, Connection, PostgresDatabase
 from .postgres_listen import Listener, Wakeup
 from .postgres_rows import audit_event, audit_params, task, task_params, token_params, token_record
@@ -63,7 +63,7 @@ class PostgresStore(PostgresEventStreams):
         self._db = db
         self._wakeup = Wakeup()
         self._cutoff_copy = CutoffCopy(db)
-        self._listener = Listener(db.conninfo, self._wakeup, db.check, self._cutoff_copy.changed)
+        self._listener = Listener(db.conninfo, self._wakeup, db.check, self._cutoff_copy.notified)
         self._seen = weakref.WeakKeyDictionary()
 
     @classmethod
@@ -117,7 +117,7 @@ class PostgresStore(PostgresEventStreams):
 
     async def cached_cutoffs(self, actor: ActorRef | None, *, user: tuple[str, str] | None, now: int
                              ) -> tuple[int | None, int | None]:
-        """From the copy in memory, kept by notifications; read from the tables while the listener is down."""
+        """From the copy in memory (postgres_cutoffs.py); from the tables while the listener is down."""
         if self._listener.problem is not None:
             return await self.cutoffs(actor, user=user, now=now)
         return await self._cutoff_copy.cutoffs(actor, user=user, now=now)
@@ -144,7 +144,7 @@ class PostgresStore(PostgresEventStreams):
         """Revoke every open task of the party (with descendants and tokens), and refuse from now on the
         credentials (workload tokens, user tokens) of that party issued until now."""
         revocation = await self._db.transaction(lambda c: writes.end_matching(c, party, reason, now, event))
-        self._cutoff_copy.changed()  # this process's at once; other replicas' when the NOTIFY reaches them
+        self._cutoff_copy.notified(notice(party.kind, party.id))  # this process's at once; others' by the NOTIFY
         return self._announce(revocation)
 
     async def revoke_token(self, jti: str, *, reason: str, now: int, event: AuditEvent | None = None,
@@ -267,7 +267,7 @@ class PostgresStore(PostgresEventStreams):
     # Blocks
     async def add_block(self, block: Block, event: AuditEvent) -> None:
         await self._db.transaction(lambda c: writes.add_block(c, block, event))
-        self._cutoff_copy.changed()
+        self._cutoff_copy.notified(notice(block.target.kind, block.target.id))
 
     async def blocks(self, *, now: int, include_inactive: bool = False) -> list[Block]:
         where = "" if include_inactive else "WHERE lifted_at IS NULL AND expires_at > %s"
@@ -289,11 +289,12 @@ class PostgresStore(PostgresEventStreams):
             if row is None:
                 return None
             await connection.execute(writes.INSERT_AUDIT, audit_params(event))
-            await connection.execute(writes.NOTIFY_CUTOFFS)
+            await connection.execute(writes.NOTIFY_CUTOFFS, (notice(row["target"], row["party"]),))
             return writes.block(row)
 
         lifted = await self._db.transaction(work)
-        self._cutoff_copy.changed()
+        if lifted is not None:
+            self._cutoff_copy.notified(notice(lifted.target.kind, lifted.target.id))
         return lifted
 
     async def audit_events(self, query: AuditQuery) -> list[AuditRecord]:

@@ -1,68 +1,104 @@
-"""A PostgreSQL store instance's copy of the admin cutoffs and active blocks, for the token endpoint's check
-before the policy (`TaskRecords.cached_cutoffs`): it saves every exchange a round trip to the database.
+"""A PostgreSQL store instance's copy of the admin cutoffs and blocks of the parties it has seen, for the
+token endpoint's check before the policy (`TaskRecords.cached_cutoffs`): it saves most exchanges a round
+trip to the database.
 
 The copy is never the last word. Every write checks the cutoffs again under its locks, in its own
 transaction (postgres_writes.py), so a copy a moment behind another replica's revocation only moves the
-refusal after the policy. It is kept current by notifications: each transaction that records a cutoff or
-adds or lifts a block NOTIFYs `deputy_events` with the payload `cutoffs`; the listener then marks the copy
-stale, as it does each time it (re)connects, and the next check loads it again in one query. While the
-listener is down the store reads the tables instead (postgres.py).
+refusal after the policy. It is kept current three ways:
+- each transaction that records a cutoff or adds or lifts a block NOTIFYs `deputy_events` with the payload
+  `cutoffs:<kind>:<subject>` (`notice`); the listener drops that party's entry (bare `cutoffs`: every
+  entry), as it drops them all each time it (re)connects;
+- an entry is read again once it is `MAX_AGE_S` old, whatever the notifications said;
+- while the listener is down the store reads the tables instead (postgres.py).
+A party not held (or held too long) is read with the others of its request in one query.
 """
 
 from __future__ import annotations
 
-import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 
 from token_exchange.actors import ActorRef
 
 from ..records import BLOCKED, cutoffs_of
 from .postgres_db import PostgresDatabase
 
-# Every cutoff, and each block not lifted nor expired as a cutoff of BLOCKED + its expiry (records.py).
-_LOAD = ("SELECT kind, subject, issuer, issued_before, NULL::bigint AS expires_at FROM credential_cutoffs"
-         f" UNION ALL SELECT target, party, issuer, {BLOCKED} + expires_at, expires_at FROM blocks"
-         " WHERE lifted_at IS NULL AND expires_at > %s")
+CHANGED = "cutoffs"  # the payload's prefix
+MAX_PAYLOAD = 7900  # bytes; PostgreSQL refuses a NOTIFY payload of 8,000 or more (then: CHANGED alone)
+MAX_AGE_S = 5.0  # an entry is read again after this long (a listener stuck unnoticed, a notification lost)
+CACHED_PARTIES = 65_536  # entries kept, least recently used dropped first; most are empty (never revoked)
 
-Row = tuple[str, int, int | None]  # (issuer, cutoff, when a block's cutoff expires: None for a revocation)
+# The cutoffs of the parties, and their blocks not lifted as cutoffs of BLOCKED + their expiry (records.py):
+# `blocks_party` and the key of `credential_cutoffs` serve it.
+_READ = (
+    "WITH p (kind, subject) AS (SELECT * FROM unnest(%(kinds)s::text[], %(subjects)s::text[]))"
+    " SELECT c.kind, c.subject, c.issuer, c.issued_before, NULL::bigint AS expires_at"
+    " FROM credential_cutoffs c JOIN p ON c.kind = p.kind AND c.subject = p.subject"
+    f" UNION ALL SELECT b.target, b.party, b.issuer, {BLOCKED} + b.expires_at, b.expires_at"
+    " FROM blocks b JOIN p ON b.target = p.kind AND b.party = p.subject WHERE b.lifted_at IS NULL"
+)
+
+Party = tuple[str, str]  # (kind, subject), as cutoffs and blocks name them
+Row = tuple[str, str, int, int | None]  # (kind, issuer, cutoff, when a block's cutoff expires: None otherwise)
+
+
+def notice(kind: str, subject: str) -> str:
+    """The NOTIFY payload saying that this party's cutoffs or blocks changed."""
+    payload = f"{CHANGED}:{kind}:{subject}"
+    return payload if len(payload.encode()) <= MAX_PAYLOAD else CHANGED
 
 
 class CutoffCopy:
-    """The cutoffs by (kind, subject), loaded again after each change it is told of (`changed`)."""
+    """The cutoffs by party, each entry read when first needed and dropped when told it changed."""
 
-    def __init__(self, db: PostgresDatabase) -> None:
+    def __init__(self, db: PostgresDatabase, clock: Callable[[], float] = time.monotonic) -> None:
         self._db = db
-        self._rows: dict[tuple[str, str], list[Row]] = {}
-        self._changes = 0  # changes told of
-        self._loaded_after = -1  # how many had been told of when the copy was last loaded
-        self._loaded_at = 0  # the `now` it was loaded for: blocks that had expired by then are left out
-        self._loading = asyncio.Lock()
+        self._clock = clock
+        self._entries: OrderedDict[Party, tuple[float, list[Row]]] = OrderedDict()
+        self._changes = 0  # changes told of: a read that overlapped one keeps nothing
 
-    def changed(self) -> None:
-        """A cutoff or block may have changed (a notification, or the listener reconnected): load again."""
+    def notified(self, payload: str) -> None:
+        """A `notice` (or bare `cutoffs`: anything may have changed) came."""
+        _, _, party = payload.partition(":")
+        kind, _, subject = party.partition(":")
         self._changes += 1
+        if party:
+            self._entries.pop((kind, subject), None)
+        else:
+            self._entries.clear()
 
     async def cutoffs(self, actor: ActorRef | None, *, user: tuple[str, str] | None, now: int
                       ) -> tuple[int | None, int | None]:
-        if not self._current(now):
-            await self._load(now)
         parties = [("agent", actor.id), ("domain", actor.domain)] if actor is not None else []
         if user is not None:
             parties.append(("user", user[1]))
-        return cutoffs_of(((kind, issuer, at) for kind, subject in parties
-                           for issuer, at, expires_at in self._rows.get((kind, subject), ())
+        rows: list[Row] = []
+        missing = []
+        fresh_after = self._clock() - MAX_AGE_S
+        for party in parties:
+            entry = self._entries.get(party)
+            if entry is None or entry[0] < fresh_after:
+                missing.append(party)
+            else:
+                self._entries.move_to_end(party)
+                rows.extend(entry[1])
+        if missing:
+            rows.extend(await self._read(missing))
+        return cutoffs_of(((kind, issuer, at) for kind, issuer, at, expires_at in rows
                            if expires_at is None or expires_at > now), actor, user)
 
-    async def _load(self, now: int) -> None:
-        async with self._loading:  # one load at a time; whoever waited finds it done
-            told = self._changes
-            if self._current(now):
-                return
-            rows: dict[tuple[str, str], list[Row]] = {}
-            for row in await self._db.fetch(_LOAD, (now,), prepare=True):
-                rows.setdefault((row["kind"], row["subject"]), []).append(
-                    (row["issuer"], row["issued_before"], row["expires_at"]))
-            # A change told of during the load may have committed after it read: then it loads again.
-            self._rows, self._loaded_after, self._loaded_at = rows, told, now
-
-    def _current(self, now: int) -> bool:
-        return self._loaded_after == self._changes and now >= self._loaded_at
+    async def _read(self, parties: list[Party]) -> list[Row]:
+        changes, read_at = self._changes, self._clock()
+        found: dict[Party, list[Row]] = {party: [] for party in parties}
+        for row in await self._db.fetch(_READ, {"kinds": [k for k, _ in parties], "subjects": [s for _, s in parties]},
+                                        prepare=True):
+            found[(row["kind"], row["subject"])].append(
+                (row["kind"], row["issuer"], row["issued_before"], row["expires_at"]))
+        if self._changes == changes:  # else a change told of meanwhile may have committed after the read
+            for party, held in found.items():
+                self._entries[party] = (read_at, held)
+                self._entries.move_to_end(party)
+            while len(self._entries) > CACHED_PARTIES:
+                self._entries.popitem(last=False)
+        return [row for held in found.values() for row in held]

@@ -26,14 +26,15 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from .postgres_cutoffs import CHANGED as CUTOFFS_CHANGED
 from .postgres_db import first_line
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "deputy_events"
-CUTOFFS_CHANGED = "cutoffs"  # the payload of a notification that the cutoffs or blocks changed
 SWEEP_LOCK = "deputy:sweeper"
 TRY_EVERY_S = 1.0  # how often the lead is tried for (and the connection checked)
+CHECK_TIMEOUT_S = 5.0  # a check unanswered this long: the connection is taken for lost (a half-open TCP one)
 RETRY_MIN_S, RETRY_MAX_S = 0.2, 5.0  # reconnection backoff
 NOT_YET = "not yet listening for revocations on PostgreSQL (LISTEN)"
 LISTENER_NAME = "listener"  # its application_name: the pool's, then this (pg_stat_activity tells them apart)
@@ -64,7 +65,7 @@ class Listener:
     """Keeps the session connection up: LISTEN, wake on notifications, hold or try the sweep lock."""
 
     def __init__(self, conninfo: str, wakeup: Wakeup, on_reconnect: Callable[[], Awaitable[None]],
-                 on_cutoffs: Callable[[], None]) -> None:
+                 on_cutoffs: Callable[[str], None]) -> None:
         name = conninfo_to_dict(conninfo).get("application_name") or "deputy"
         self._conninfo = make_conninfo(conninfo, application_name=f"{name} {LISTENER_NAME}")
         self._wakeup = wakeup
@@ -105,7 +106,7 @@ class Listener:
     async def _caught_up(self) -> None:
         """LISTEN is (again) in place: readers look at the table once more, the cutoffs are loaded again, and
         sync is restored."""
-        self._on_cutoffs()
+        self._on_cutoffs(CUTOFFS_CHANGED)  # any of them may have changed while it was not listening
         await self._on_reconnect()
         self._wakeup.fire()
         if self._listening.is_set():
@@ -123,14 +124,18 @@ class Listener:
 
     async def _serve(self, connection: psycopg.AsyncConnection[tuple[Any, ...]]) -> None:
         """Wake on every notification (or tell of changed cutoffs); once a second, try for the lead (or check
-        the connection). Returns only by raising, when the connection is lost."""
+        the connection, which must answer within CHECK_TIMEOUT_S). Returns only by raising, when the
+        connection is lost."""
         while True:
             async for notice in connection.notifies(timeout=TRY_EVERY_S):
-                if notice.payload == CUTOFFS_CHANGED:
-                    self._on_cutoffs()
+                if notice.payload.startswith(CUTOFFS_CHANGED):
+                    self._on_cutoffs(notice.payload)
                 else:
                     self._wakeup.fire()
-            await self._lead(connection)
+            try:
+                await asyncio.wait_for(self._lead(connection), CHECK_TIMEOUT_S)
+            except TimeoutError as exc:
+                raise TimeoutError(f"the connection did not answer a check within {CHECK_TIMEOUT_S:g} s") from exc
 
     async def _lead(self, connection: psycopg.AsyncConnection[tuple[Any, ...]]) -> None:
         if self.leading:

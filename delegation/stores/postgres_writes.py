@@ -37,8 +37,9 @@ from ..audit import AuditEvent
 from ..records import BLOCKED, Block, Party, Presented, TaskEnded, barred
 from ..tasks import ADMIN, EXPIRED, POLICY, REVOKED, EndedTask, Revocation
 from .feed_events import Ending, told_per_audience
+from .postgres_cutoffs import notice
 from .postgres_db import Connection
-from .postgres_listen import CHANNEL, CUTOFFS_CHANGED
+from .postgres_listen import CHANNEL
 from .postgres_rows import AUDIT_COLUMNS, TASK_COLUMNS, TOKEN_COLUMNS, audit_params, row_insert
 
 FEED_LOCK = "deputy:feed"
@@ -48,7 +49,7 @@ LOCK_TREES = (
     ' WHERE id = ANY(%s::text[]) GROUP BY root_id ORDER BY root_id COLLATE "C") AS roots'
 )
 LOCK_ONE = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
-NOTIFY_CUTOFFS = f"SELECT pg_notify('{CHANNEL}', '{CUTOFFS_CHANGED}')"  # every replica loads its copy again
+NOTIFY_CUTOFFS = f"SELECT pg_notify('{CHANNEL}', %s)"  # a party's cutoffs changed (postgres_cutoffs.py)
 CHECKS = ("deputy_checks(%(keys)s, %(under)s, %(agent)s, %(domain)s, %(user_issuer)s, %(user_subject)s,"
           " %(now)s) AS checks")  # (postgres_schema.py) its locks, then a fresh look at the cutoffs and the task
 CUTOFFS = (  # what deputy_checks reads of the cutoffs (postgres_schema.py), for the check before a write
@@ -184,7 +185,7 @@ async def end_matching(connection: Connection, party: Party, reason: str, now: i
     """Under the party's exclusive lock: its cutoff, then its open tasks ended (under their trees' locks)."""
     await connection.execute(LOCK_ONE, (f"{party.kind}:{party.id}",))
     await connection.execute(_CUTOFF, (party.kind, party.id, party.domain or "", now))
-    await connection.execute(NOTIFY_CUTOFFS)
+    await connection.execute(NOTIFY_CUTOFFS, (notice(party.kind, party.id),))
     rows = await (await connection.execute(OPEN_TASKS_OF[party.kind], {"id": party.id, "domain": party.domain})
                   ).fetchall()
     return await end_tasks(connection, [r["id"] for r in rows], Ending(REVOKED, reason, now, ADMIN, party), event)
@@ -201,7 +202,7 @@ async def add_block(connection: Connection, block: Block, event: AuditEvent) -> 
     target = block.target
     await connection.execute(LOCK_ONE, (f"{target.kind}:{target.id}",))
     await connection.execute(_INSERT_BLOCK, block_params(block))
-    await connection.execute(NOTIFY_CUTOFFS)
+    await connection.execute(NOTIFY_CUTOFFS, (notice(target.kind, target.id),))
     await connection.execute(INSERT_AUDIT, audit_params(event))
 
 

@@ -30,7 +30,7 @@ from psycopg.rows import dict_row
 
 from delegation.records import BLOCKED, Block, CredentialRevoked, Party, StoreError, TaskEnded
 from delegation.store import PendingSet, Store
-from delegation.stores import open_store, upgrade_store
+from delegation.stores import open_store, postgres_cutoffs, postgres_listen, upgrade_store
 from delegation.stores import postgres_writes as writes
 from delegation.stores.postgres_listen import NOT_YET, Listener, Wakeup
 from delegation.stores.postgres_schema import SCHEMA_VERSION, upgrade
@@ -40,6 +40,7 @@ from tests.delegation.test_store_contract import (
     NOW,
     ONLY_MAIL,
     PRESENTED,
+    A,
     event,
     eventually,
     opened,
@@ -257,7 +258,8 @@ def terminate_listeners(db: psycopg.Connection[tuple[object, ...]], dbname: str)
 
 
 async def test_a_replica_that_loses_its_listen_connection_says_so_until_it_has_caught_up(
-        postgresql_server: Server, postgresql_url: str) -> None:
+        postgresql_server: Server, postgresql_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(postgres_cutoffs, "MAX_AGE_S", 3600.0)  # only the reconnection refreshes a's copy
     dbname = postgresql_url.rsplit("/", 1)[1]
     async with replicas(postgresql_url) as (a, b):
         await opened(b, "t", MAIL_AUD)
@@ -292,7 +294,7 @@ async def test_a_replica_that_loses_its_listen_connection_says_so_until_it_has_c
 MALLORY = ("https://idp", "mallory")
 
 
-async def copied(store: Store, user: tuple[str, str], expected: int | None, timeout: float = 5.0) -> bool:
+async def copied(store: Store, user: tuple[str, str], expected: int | None, timeout: float = 2.0) -> bool:
     """Whether `store`'s copy of the cutoffs (`cached_cutoffs`) holds `expected` for `user` within `timeout`."""
     deadline = time.monotonic() + timeout
     while (await store.cached_cutoffs(None, user=user, now=NOW))[1] != expected:
@@ -312,6 +314,146 @@ async def test_a_cutoff_or_block_recorded_on_one_replica_reaches_the_others_copy
         assert await copied(b, ("https://idp", "eve"), BLOCKED + NOW + 60)
         await a.lift_block("b-1", by="admin", reason=None, now=NOW, event=event("unblock"))
         assert await copied(b, ("https://idp", "eve"), None)
+
+
+def deaf(store: Store) -> None:
+    """`store` no longer hears of changed cutoffs (a notification not yet arrived, or lost)."""
+    store._listener._on_cutoffs = lambda payload: None  # type: ignore[attr-defined]
+
+
+async def test_a_process_s_own_cutoffs_and_blocks_reach_its_copy_without_waiting_for_the_notification(
+        postgresql_url: str) -> None:
+    async with replicas(postgresql_url, 1) as (a,):
+        assert await a.cached_cutoffs(A, user=MALLORY, now=NOW) == (None, None)
+        deaf(a)
+        await a.end_matching(Party("user", "mallory"), reason="incident", now=NOW)
+        assert await a.cached_cutoffs(A, user=MALLORY, now=NOW) == (None, NOW)
+        await a.add_block(Block("b-1", "agent", A.id, None, "incident", NOW, NOW + 60, "admin"), event("block"))
+        assert await a.cached_cutoffs(A, user=MALLORY, now=NOW) == (BLOCKED + NOW + 60, NOW)
+        await a.lift_block("b-1", by="admin", reason=None, now=NOW, event=event("unblock"))
+        assert await a.cached_cutoffs(A, user=MALLORY, now=NOW) == (None, NOW)
+
+
+async def test_a_copy_that_missed_a_change_reads_the_party_again_once_its_entry_is_old(
+        postgresql_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(postgres_cutoffs, "MAX_AGE_S", 0.3)
+    async with replicas(postgresql_url) as (a, b):
+        assert await b.cached_cutoffs(None, user=MALLORY, now=NOW) == (None, None)
+        deaf(b)
+        await a.end_matching(Party("user", "mallory"), reason="incident", now=NOW)
+        assert await b.cached_cutoffs(None, user=MALLORY, now=NOW) == (None, None)  # a moment behind
+        await asyncio.sleep(0.4)
+        assert await b.cached_cutoffs(None, user=MALLORY, now=NOW) == (None, NOW)
+
+
+async def test_a_copy_behind_another_replica_s_revocation_only_moves_the_refusal_to_the_write(
+        postgresql_url: str) -> None:
+    async with replicas(postgresql_url) as (a, b):
+        assert await b.cached_cutoffs(A, user=None, now=NOW) == (None, None)
+        deaf(b)
+        await a.end_matching(Party("agent", A.id), reason="incident", now=NOW + 1)
+        assert await b.cached_cutoffs(A, user=None, now=NOW + 1) == (None, None)  # behind: the policy is asked
+        with pytest.raises(CredentialRevoked):
+            await b.record_task(task("t-behind"), event("open_task", "t-behind"), presented=PRESENTED)
+        with pytest.raises(CredentialRevoked):
+            await b.record_grant(token("j-behind", "t-implicit"), event(), presented=PRESENTED, task=task("t-implicit"))
+        assert await b.task("t-behind") is None and await b.task("t-implicit") is None
+        assert await b.token("j-behind") is None
+
+
+async def test_a_read_of_the_cutoffs_overlapping_a_change_is_used_once_and_not_kept(postgresql_url: str) -> None:
+    async with replicas(postgresql_url) as (a, b):
+        copy = a._cutoff_copy  # type: ignore[attr-defined]
+        read, reads = copy._db.fetch, []
+
+        async def fetch_then_change(*args: object, **kwargs: object) -> object:
+            rows = await read(*args, **kwargs)
+            reads.append(rows)
+            if len(reads) == 1:  # b revokes after a's read, and a hears of it before the read is kept
+                await b.end_matching(Party("user", "mallory"), reason="incident", now=NOW)
+                copy.notified(postgres_cutoffs.notice("user", "mallory"))
+            return rows
+
+        copy._db.fetch = fetch_then_change
+        assert await a.cached_cutoffs(None, user=MALLORY, now=NOW) == (None, None)  # what the read saw
+        assert await a.cached_cutoffs(None, user=MALLORY, now=NOW) == (None, NOW)  # read again, not kept
+        assert len(reads) == 2
+
+
+async def test_a_read_of_the_cutoffs_that_fails_fails_the_check_and_the_next_check_reads_again(
+        postgresql_url: str) -> None:
+    async with replicas(postgresql_url, 1) as (a,):
+        copy = a._cutoff_copy  # type: ignore[attr-defined]
+        read = copy._db.fetch
+
+        async def failing(*args: object, **kwargs: object) -> object:
+            raise StoreError("postgresql: connection refused")
+
+        copy._db.fetch = failing
+        with pytest.raises(StoreError):
+            await a.cached_cutoffs(None, user=MALLORY, now=NOW)
+        copy._db.fetch = read
+        await a.end_matching(Party("user", "mallory"), reason="incident", now=NOW)
+        assert await a.cached_cutoffs(None, user=MALLORY, now=NOW) == (None, NOW)
+
+
+def test_a_notice_names_its_party_unless_too_long_for_postgresql_then_it_says_every_party() -> None:
+    assert postgres_cutoffs.notice("agent", "spiffe://example.org/a:b") == "cutoffs:agent:spiffe://example.org/a:b"
+    assert postgres_cutoffs.notice("user", "x" * 8000) == "cutoffs"
+
+
+class FreezableProxy:
+    """TCP on a loopback port to `target`; `frozen` stops forwarding both ways while every socket stays
+    open, as a network that drops packets does (a half-open connection)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._target = (host, port)
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+        self._server: asyncio.Server | None = None
+        self._pipes: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> int:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for pipe in self._pipes:
+            pipe.cancel()
+        await asyncio.gather(*self._pipes, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._pipes.add(task)
+        up_reader, up_writer = await asyncio.open_connection(*self._target)
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            while data := await source.read(65536):
+                await self.flowing.wait()
+                sink.write(data)
+                await sink.drain()
+            sink.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True)
+
+
+async def test_a_listen_connection_that_stops_answering_is_taken_for_lost_and_opened_again(
+        postgresql_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(postgres_listen, "CHECK_TIMEOUT_S", 0.5)
+    port = int(postgresql_url.split("@127.0.0.1:", 1)[1].split("/", 1)[0])
+    proxy = FreezableProxy("127.0.0.1", port)
+    async with proxy as proxied, replicas(postgresql_url.replace(f":{port}/", f":{proxied}/"), 1) as (a,):
+        assert a.revocation_sync_problem() is None
+        proxy.flowing.clear()
+        # 0.5 s, then psycopg's own attempt to cancel the check (about 10 s, measured 11.5 s in all)
+        assert await eventually(lambda: a.revocation_sync_problem() is not None, timeout=30)
+        assert a.revocation_sync_problem() == ("lost its PostgreSQL LISTEN connection: the connection did not"
+                                               " answer a check within 0.5 s")
+        proxy.flowing.set()
+        assert await eventually(lambda: a.revocation_sync_problem() is None, timeout=15)
 
 
 async def test_a_store_that_never_listened_says_it_is_not_yet_listening() -> None:
