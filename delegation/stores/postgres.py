@@ -111,15 +111,13 @@ class PostgresStore(PostgresEventStreams):
     async def cutoffs(self, actor: ActorRef | None, *, user: tuple[str, str] | None, now: int
                       ) -> tuple[int | None, int | None]:
         """A plain read of the cutoffs, without the locks: the write's own transaction checks again under them."""
-        params = writes.check_params(Presented(actor, None, user), under=None, now=now)
-        row = await self._db.fetchone(writes.CUTOFFS, params, prepare=True)
-        return (row["agent"], row["usr"]) if row else (None, None)
+        return await self._cutoff_copy.read(actor, user=user, now=now)
 
     async def cached_cutoffs(self, actor: ActorRef | None, *, user: tuple[str, str] | None, now: int
                              ) -> tuple[int | None, int | None]:
         """From the copy in memory (postgres_cutoffs.py); from the tables while the listener is down."""
         if self._listener.problem is not None:
-            return await self.cutoffs(actor, user=user, now=now)
+            return await self._cutoff_copy.read(actor, user=user, now=now)
         return await self._cutoff_copy.cutoffs(actor, user=user, now=now)
 
     # Tasks and tokens

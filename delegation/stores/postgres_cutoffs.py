@@ -10,7 +10,8 @@ refusal after the policy. It is kept current three ways:
   entry), as it drops them all each time it (re)connects;
 - an entry is read again once it is `MAX_AGE_S` old, whatever the notifications said;
 - while the listener is down the store reads the tables instead (postgres.py).
-A party not held (or held too long) is read with the others of its request in one query.
+A party not held (or held too long) is read with the others of its request in one query, the same query
+that answers `Credentials.cutoffs` from the tables (`read`).
 """
 
 from __future__ import annotations
@@ -68,15 +69,18 @@ class CutoffCopy:
         else:
             self._entries.clear()
 
+    async def read(self, actor: ActorRef | None, *, user: tuple[str, str] | None, now: int
+                   ) -> tuple[int | None, int | None]:
+        """The cutoffs from the tables, now (`Credentials.cutoffs`); what is read is kept as well."""
+        return _picked(await self._read(_parties(actor, user)), actor, user, now)
+
     async def cutoffs(self, actor: ActorRef | None, *, user: tuple[str, str] | None, now: int
                       ) -> tuple[int | None, int | None]:
-        parties = [("agent", actor.id), ("domain", actor.domain)] if actor is not None else []
-        if user is not None:
-            parties.append(("user", user[1]))
+        """The cutoffs from the copy, the parties it does not hold (or holds too long) read from the tables."""
         rows: list[Row] = []
         missing = []
         fresh_after = self._clock() - MAX_AGE_S
-        for party in parties:
+        for party in _parties(actor, user):
             entry = self._entries.get(party)
             if entry is None or entry[0] < fresh_after:
                 missing.append(party)
@@ -85,8 +89,7 @@ class CutoffCopy:
                 rows.extend(entry[1])
         if missing:
             rows.extend(await self._read(missing))
-        return cutoffs_of(((kind, issuer, at) for kind, issuer, at, expires_at in rows
-                           if expires_at is None or expires_at > now), actor, user)
+        return _picked(rows, actor, user, now)
 
     async def _read(self, parties: list[Party]) -> list[Row]:
         changes, read_at = self._changes, self._clock()
@@ -102,3 +105,16 @@ class CutoffCopy:
             while len(self._entries) > CACHED_PARTIES:
                 self._entries.popitem(last=False)
         return [row for held in found.values() for row in held]
+
+
+def _parties(actor: ActorRef | None, user: tuple[str, str] | None) -> list[Party]:
+    """The parties whose cutoffs bear on these credentials: the agent, its domain, the user."""
+    parties = [("agent", actor.id), ("domain", actor.domain)] if actor is not None else []
+    return parties + ([("user", user[1])] if user is not None else [])
+
+
+def _picked(rows: list[Row], actor: ActorRef | None, user: tuple[str, str] | None, now: int
+            ) -> tuple[int | None, int | None]:
+    """`cutoffs_of` the rows, without the blocks expired by `now`."""
+    return cutoffs_of(((kind, issuer, at) for kind, issuer, at, expires_at in rows
+                       if expires_at is None or expires_at > now), actor, user)

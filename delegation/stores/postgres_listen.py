@@ -3,8 +3,8 @@ sweeper's lead.
 
 Every transaction that writes a revocation or queues an SSF SET also does `NOTIFY deputy_events`, which
 PostgreSQL delivers once it has committed; the listener then wakes this process's feed readers and long
-polls at once. One that records a cutoff or adds or lifts a block notifies with the payload `cutoffs`: the
-listener tells the store's copy of them (postgres_cutoffs.py). While the connection is down the readers fall
+polls at once. One that records a cutoff or adds or lifts a block notifies with the payload
+`cutoffs:<kind>:<subject>`: the listener tells the store's copy of them (postgres_cutoffs.py). While the connection is down the readers fall
 back on polling, and `problem` says why the process cannot be sure to see every revocation at once. On
 reconnecting it LISTENs again before anything else: whatever committed before that is in the revocations
 table, where every reader, woken, reads it by its cursor; whatever commits after is notified. Only then is
@@ -104,8 +104,8 @@ class Listener:
             delay = min(delay * 2, RETRY_MAX_S)
 
     async def _caught_up(self) -> None:
-        """LISTEN is (again) in place: readers look at the table once more, the cutoffs are loaded again, and
-        sync is restored."""
+        """LISTEN is (again) in place: readers look at the table once more, the copy of the cutoffs is dropped,
+        and sync is restored."""
         self._on_cutoffs(CUTOFFS_CHANGED)  # any of them may have changed while it was not listening
         await self._on_reconnect()
         self._wakeup.fire()

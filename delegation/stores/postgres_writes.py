@@ -34,7 +34,7 @@ from psycopg.types.json import Jsonb
 from token_exchange.rfc9068 import new_id
 
 from ..audit import AuditEvent
-from ..records import BLOCKED, Block, Party, Presented, TaskEnded, barred
+from ..records import Block, Party, Presented, TaskEnded, barred
 from ..tasks import ADMIN, EXPIRED, POLICY, REVOKED, EndedTask, Revocation
 from .feed_events import Ending, told_per_audience
 from .postgres_cutoffs import notice
@@ -52,14 +52,6 @@ LOCK_ONE = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
 NOTIFY_CUTOFFS = f"SELECT pg_notify('{CHANNEL}', %s)"  # a party's cutoffs changed (postgres_cutoffs.py)
 CHECKS = ("deputy_checks(%(keys)s, %(under)s, %(agent)s, %(domain)s, %(user_issuer)s, %(user_subject)s,"
           " %(now)s) AS checks")  # (postgres_schema.py) its locks, then a fresh look at the cutoffs and the task
-CUTOFFS = (  # what deputy_checks reads of the cutoffs (postgres_schema.py), for the check before a write
-    "SELECT max(issued_before) FILTER (WHERE kind = 'domain' OR kind = 'agent' AND issuer IN (%(domain)s, ''))"
-    " AS agent, max(issued_before) FILTER (WHERE kind = 'user' AND issuer IN (%(user_issuer)s, '')) AS usr"
-    " FROM (SELECT kind, subject, issuer, issued_before FROM credential_cutoffs UNION ALL"
-    f" SELECT target, party, issuer, {BLOCKED} + expires_at FROM blocks"
-    " WHERE lifted_at IS NULL AND expires_at > %(now)s) AS c WHERE (kind = 'agent' AND subject = %(agent)s)"
-    " OR (kind = 'domain' AND subject = %(domain)s) OR (kind = 'user' AND subject = %(user_subject)s)"
-)
 _CHECKED = (  # the checks of `barred` and of an open task, then the inserts if they pass
     "WITH ok AS (SELECT agent_cutoff AS agent, user_cutoff AS usr, state, deadline,"
     " (agent_cutoff IS NULL OR %(actor_iat)s > agent_cutoff) AND (user_cutoff IS NULL OR %(user_iat)s > user_cutoff)"
