@@ -4,11 +4,11 @@ sweeper's lead.
 Every transaction that writes a revocation or queues an SSF SET also does `NOTIFY deputy_events`, which
 PostgreSQL delivers once it has committed; the listener then wakes this process's feed readers and long
 polls at once. One that records a cutoff or adds or lifts a block notifies with the payload
-`cutoffs:<kind>:<subject>`: the listener tells the store's copy of them (postgres_cutoffs.py). While the connection is down the readers fall
-back on polling, and `problem` says why the process cannot be sure to see every revocation at once. On
-reconnecting it LISTENs again before anything else: whatever committed before that is in the revocations
-table, where every reader, woken, reads it by its cursor; whatever commits after is notified. Only then is
-`problem` cleared.
+`cutoffs:<kind>:<subject>`: the listener tells the store's copy of them (postgres_cutoffs.py). While the
+connection is down the readers fall back on polling, and `problem` says why the process cannot be sure to
+see every revocation at once. On reconnecting it LISTENs again before anything else: whatever committed
+before that is in the revocations table, where every reader, woken, reads it by its cursor; whatever commits
+after is notified. Only then is `problem` cleared.
 
 The lead of the sweeps is a session advisory lock (`pg_try_advisory_lock`) held on the same connection, so
 it lasts as long as the connection: losing the connection loses the lead, and another replica takes it at
