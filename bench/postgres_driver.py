@@ -1,16 +1,19 @@
 """psycopg 3 against asyncpg on the PostgreSQL store's hot path, on this machine.
 
-Three operations, each with the store's own SQL on a throwaway database with the store's schema:
-- grant: record_grant under an existing task, one statement in its own transaction (`deputy_checks`' shared
-  advisory locks of the parties and the task's tree, then its fresh look at the cutoffs and the task, then
-  the INSERTs of the token and the audit event if the checks pass);
-- one-shot: record_grant of a one-shot exchange (the same, with its implicit task inserted too);
+Four operations, each with the store's own SQL on a throwaway database with the store's schema:
+- grant: record_grant under an existing task, as a lone request sends it: a batch of one checked write
+  (postgres_batch.py), one statement in its own transaction (`deputy_checks`' shared advisory locks of the
+  parties and the task's tree, then its fresh look at the cutoffs and the task, then the INSERTs of the
+  token and the audit event if the checks pass);
+- one_shot: record_grant of a one-shot exchange (the same, with its implicit task inserted too);
+- one_shot_x8: eight of those in one statement, as concurrent requests' writes go (figures per write);
 - lookup: the task lookup (`SELECT * FROM tasks WHERE id = ...`).
 
 Both drivers send each as one prepared statement, one round trip: psycopg as the store does
 (`prepare=True`), asyncpg with its own statement cache. Both pools hold 2 to 10 connections. Each row runs
-`--seconds` with N concurrent callers, drivers alternating, `--rounds` times; CPU is this process's (the
-client's) per operation, since the gateway's two cores are what the driver competes for.
+`--seconds` with N concurrent callers, drivers alternating, `--rounds` times. CPU is per write (per
+operation for the lookup): this process's (the client's), since the gateway's two cores are what the
+driver competes for, and the PostgreSQL server's (its processes on this machine, `/proc`).
 
     pip install -e '.[bench]'                          # asyncpg
     python bench/postgres_driver.py                    # a private cluster (Debian's binaries)
@@ -43,7 +46,7 @@ from delegation.records import IssuedTokenRecord, Presented
 from delegation.stores import postgres_writes as writes
 from delegation.stores.postgres import PostgresStore
 from delegation.stores.postgres_db import PostgresDatabase
-from delegation.stores.postgres_rows import audit_params, task_params, token_params
+from delegation.stores.postgres_rows import audit_row, task_row, token_row
 from delegation.stores.postgres_schema import upgrade
 from delegation.tasks import Task
 from token_exchange.actors import ActorRef
@@ -58,8 +61,12 @@ TASK = Task(id="bench-task", parent_id=None, root_id="bench-task", chain=(AGENT,
 Op = Callable[[int], Awaitable[None]]
 
 
-def grant_params(i: int, *, implicit: bool = False) -> dict[str, Any]:
-    """What record_grant sends: under TASK, or (`implicit`) with a new implicit task of its own."""
+def grant_params(i: int, *, implicit: bool = False, rows: int = 1) -> dict[str, Any]:
+    """What record_grant sends: `rows` checked writes under TASK, or (`implicit`) each with a new implicit task."""
+    return {"rows": Jsonb([grant_row(f"{i}-{n}", implicit=implicit) for n in range(rows)])}
+
+
+def grant_row(i: str, *, implicit: bool) -> dict[str, Any]:
     unique = f"{os.getpid()}-{i}-{time.monotonic_ns()}"
     task = replace(TASK, id=f"task-{unique}", root_id=f"task-{unique}", implicit=True) if implicit else TASK
     token = IssuedTokenRecord(f"jti-{unique}", "https://idp.example", "alice", AGENT.id, "https://mail", "mail.read",
@@ -67,8 +74,8 @@ def grant_params(i: int, *, implicit: bool = False) -> dict[str, Any]:
     event = AuditEvent(decision_id=token.jti, at=NOW, action="exchange", outcome="granted", agent=AGENT.id,
                        audience="https://mail", granted_scope="mail.read", jti=token.jti, task_id=task.id,
                        reasons=("granted",))
-    checks = writes.check_params(PRESENTED, under=None if implicit else TASK.id, now=NOW)
-    return {**checks, **token_params(token), **audit_params(event), **(task_params(task) if implicit else {})}
+    records = {"token": token_row(token), "audit": audit_row(event)} | ({"task": task_row(task)} if implicit else {})
+    return writes.checked_row(PRESENTED, under=None if implicit else TASK.id, now=NOW, **records)
 
 
 def positional(sql: str) -> tuple[str, list[str]]:
@@ -96,12 +103,17 @@ class Psycopg:
         await self.db.close()
 
     async def grant(self, i: int) -> None:
-        row = await self.db.fetchone(writes.GRANT, grant_params(i), prepare=True)
-        assert row is not None and row["fine"]
+        await self._write(grant_params(i))
 
     async def one_shot(self, i: int) -> None:
-        row = await self.db.fetchone(writes.GRANT_WITH_TASK, grant_params(i, implicit=True), prepare=True)
-        assert row is not None and row["fine"]
+        await self._write(grant_params(i, implicit=True))
+
+    async def one_shot_x8(self, i: int) -> None:
+        await self._write(grant_params(i, implicit=True, rows=8))
+
+    async def _write(self, params: dict[str, Any]) -> None:
+        rows = await self.db.fetch(writes.WRITES, params, prepare=True)
+        assert rows and all(row["fine"] for row in rows)
 
     async def lookup(self, i: int) -> None:
         assert await self.db.fetchone("SELECT * FROM tasks WHERE id = %s", (TASK.id,), prepare=True) is not None
@@ -110,7 +122,7 @@ class Psycopg:
 class Asyncpg:
     def __init__(self, url: str) -> None:
         self.url = url
-        self.statements = {"grant": positional(writes.GRANT), "one_shot": positional(writes.GRANT_WITH_TASK)}
+        self.statement = positional(writes.WRITES)
 
     async def __aenter__(self) -> Asyncpg:
         self.pool = await asyncpg.create_pool(self.url, min_size=2, max_size=10)
@@ -120,24 +132,28 @@ class Asyncpg:
         await self.pool.close()
 
     async def grant(self, i: int) -> None:
-        await self._write("grant", grant_params(i))
+        await self._write(grant_params(i))
 
     async def one_shot(self, i: int) -> None:
-        await self._write("one_shot", grant_params(i, implicit=True))
+        await self._write(grant_params(i, implicit=True))
 
-    async def _write(self, operation: str, given: dict[str, Any]) -> None:
-        sql, names = self.statements[operation]
+    async def one_shot_x8(self, i: int) -> None:
+        await self._write(grant_params(i, implicit=True, rows=8))
+
+    async def _write(self, given: dict[str, Any]) -> None:
+        sql, names = self.statement
         params = {name: json.dumps(v.obj) if isinstance(v, Jsonb) else v for name, v in given.items()}
         async with self.pool.acquire() as connection:
-            row = await connection.fetchrow(sql, *(params[n] for n in names))
-        assert row is not None and row["fine"]
+            rows = await connection.fetch(sql, *(params[n] for n in names))
+        assert rows and all(row["fine"] for row in rows)
 
     async def lookup(self, i: int) -> None:
         async with self.pool.acquire() as connection:
             assert await connection.fetchrow("SELECT * FROM tasks WHERE id = $1", TASK.id) is not None
 
 
-async def run(op: Op, callers: int, seconds: float) -> dict[str, float]:
+async def run(op: Op, callers: int, seconds: float, writes_per_op: int = 1) -> dict[str, float]:
+    """`callers` calling `op` in a loop for `seconds`: rate and CPU per write, latency per call."""
     latencies: list[float] = []
     stop = time.monotonic() + seconds
     counter = iter(range(10**9))
@@ -148,15 +164,31 @@ async def run(op: Op, callers: int, seconds: float) -> dict[str, float]:
             await op(next(counter))
             latencies.append(time.perf_counter() - started)
 
-    cpu = resource.getrusage(resource.RUSAGE_SELF)
+    cpu, server = resource.getrusage(resource.RUSAGE_SELF), server_cpu_s()
     began = time.monotonic()
     await asyncio.gather(*(caller() for _ in range(callers)))
     elapsed = time.monotonic() - began
-    after = resource.getrusage(resource.RUSAGE_SELF)
+    after, server_after = resource.getrusage(resource.RUSAGE_SELF), server_cpu_s()
     used = (after.ru_utime + after.ru_stime) - (cpu.ru_utime + cpu.ru_stime)
     latencies.sort()
-    return {"ops": len(latencies) / elapsed, "p50": statistics.median(latencies) * 1000,
-            "p99": latencies[int(len(latencies) * 0.99)] * 1000, "cpu_us": used / len(latencies) * 1e6}
+    done = len(latencies) * writes_per_op
+    return {"ops": done / elapsed, "p50": statistics.median(latencies) * 1000,
+            "p99": latencies[int(len(latencies) * 0.99)] * 1000, "cpu_us": used / done * 1e6,
+            "server_us": (server_after - server) / done * 1e6}
+
+
+def server_cpu_s() -> float:
+    """CPU seconds used so far by this machine's PostgreSQL processes (the server under test is local)."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # a process that ended
+        name, fields = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:].split()
+        if name.startswith("postgres"):
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 async def bench(url: str, seconds: float, callers: list[int], rounds: int) -> None:
@@ -166,18 +198,20 @@ async def bench(url: str, seconds: float, callers: list[int], rounds: int) -> No
     await store.close()
     results: dict[tuple[str, int, str], list[dict[str, float]]] = {}
     for _ in range(rounds):
-        for operation in ("grant", "one_shot", "lookup"):
+        for operation, per_op in (("grant", 1), ("one_shot", 1), ("one_shot_x8", 8), ("lookup", 1)):
             for n in callers:
                 for name, driver in (("psycopg", Psycopg(url)), ("asyncpg", Asyncpg(url))):
                     async with driver:
                         op = getattr(driver, operation)
                         await run(op, n, min(1.0, seconds))  # warm-up: connections, prepared statements
-                        results.setdefault((operation, n, name), []).append(await run(op, n, seconds))
-    print(f"medians of {rounds} rounds of {seconds:g} s\n")
-    print(f"{'operation':9} {'callers':>7} {'driver':8} {'ops/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'client µs/op':>13}")
+                        results.setdefault((operation, n, name), []).append(await run(op, n, seconds, per_op))
+    print(f"medians of {rounds} rounds of {seconds:g} s; rates and CPU per write (per lookup)\n")
+    print(f"{'operation':11} {'callers':>7} {'driver':8} {'ops/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'client µs/op':>13}"
+          f" {'server µs/op':>13}")
     for (operation, n, name), rows in results.items():
         m = {key: statistics.median(r[key] for r in rows) for key in rows[0]}
-        print(f"{operation:9} {n:>7} {name:8} {m['ops']:>7.0f} {m['p50']:>7.2f} {m['p99']:>7.2f} {m['cpu_us']:>13.0f}")
+        print(f"{operation:11} {n:>7} {name:8} {m['ops']:>7.0f} {m['p50']:>7.2f} {m['p99']:>7.2f} {m['cpu_us']:>13.0f}"
+              f" {m['server_us']:>13.0f}")
 
 
 @contextmanager

@@ -3,15 +3,17 @@ gateway replicas at once. The semantics are SQLite's (`stores/sqlite.py`), the c
 
 Driver: psycopg 3 with psycopg_pool (`postgres_db.py`). libpq itself reads the URL, so every libpq option
 works (Unix sockets with peer authentication, TLS client certificates, service and password files). The hot
-path (a grant, a task, the task lookup) is one server-side prepared statement each, one round trip; the
-check of the cutoffs before the policy reads a copy held in memory (`postgres_cutoffs.py`). Measured against
+path is server-side prepared statements, one round trip each: the task lookup, and the checked writes (a
+grant, a task), those of concurrent requests sent as one (`postgres_batch.py`); the check of the cutoffs
+before the policy reads a copy held in memory (`postgres_cutoffs.py`). Measured against
 asyncpg on this machine (bench/postgres_driver.py, bench/README.md): asyncpg takes about 35-70 µs less
 client CPU per statement (one-shot grant 232 against 301 µs with 8 callers), rates and latency alike;
 psycopg is kept for libpq's connection handling, which passwordless deployments rely on.
 
 Concurrency (`postgres_writes.py`): READ COMMITTED and transaction-level advisory locks on task trees and
 on parties, taken in a statement before the checks, so a check-and-write and a revocation are ordered one
-way or the other; feed events are inserted under one lock held to commit, so feed cursors never pass an
+way or the other (a batch of writes only tries them, and a row that would wait goes alone:
+`postgres_batch.py`); feed events are inserted under one lock held to commit, so feed cursors never pass an
 event that commits later. LISTEN/NOTIFY wakes every replica's feed readers (`postgres_listen.py`), and
 `revocation_sync_problem` says when this process may not hear of a revocation at once.
 
@@ -34,10 +36,11 @@ from ..store import AuditQuery, AuditRecord, FeedPage, TaskDetail, TaskQuery, To
 from ..tasks import REVOKED, SYSTEM, EndedTask, Revocation, Task
 from . import postgres_writes as writes
 from .feed_events import Ending
+from .postgres_batch import WriteBatches
 from .postgres_cutoffs import CutoffCopy, notice
 from .postgres_db import CHECKOUT_TIMEOUT_S, Connection, PostgresDatabase
 from .postgres_listen import Listener, Wakeup
-from .postgres_rows import audit_event, audit_params, task, task_params, token_params, token_record
+from .postgres_rows import audit_event, audit_params, audit_row, task, task_row, token_record, token_row
 from .postgres_schema import check_version, version_of
 from .postgres_streams import PostgresEventStreams
 
@@ -63,6 +66,7 @@ class PostgresStore(PostgresEventStreams):
         self._db = db
         self._wakeup = Wakeup()
         self._cutoff_copy = CutoffCopy(db)
+        self._writes = WriteBatches(db)
         self._listener = Listener(db.conninfo, self._wakeup, db.check, self._cutoff_copy.notified)
         self._seen = weakref.WeakKeyDictionary()
 
@@ -82,27 +86,27 @@ class PostgresStore(PostgresEventStreams):
         return store
 
     async def close(self) -> None:
+        await self._writes.close()
         await self._listener.close()
         await self._db.close()
 
-    # The token endpoint's writes: one statement each, locks and checks included (postgres_writes.py)
+    # The token endpoint's writes: one statement per batch of them, locks and checks included
+    # (postgres_batch.py, postgres_writes.py)
     async def record_grant(self, token: IssuedTokenRecord, event: AuditEvent, *, presented: Presented,
                            task: Task | None = None) -> None:
         """A minted token, its task when the exchange created one, and the audit event: all or nothing.
 
         A token under an existing task is only recorded while that task is still open (TaskEnded)."""
         under = token.task_id if task is None else None
-        params = {**writes.check_params(presented, under=under, now=token.issued_at), **token_params(token),
-                  **audit_params(event), **(task_params(task) if task is not None else {})}
-        statement = writes.GRANT if task is None else writes.GRANT_WITH_TASK
-        writes.raise_unless_written(await self._db.fetchone(statement, params, prepare=True), presented, under)
+        records = {"token": token_row(token), "audit": audit_row(event)} | ({"task": task_row(task)} if task else {})
+        row = writes.checked_row(presented, under=under, now=token.issued_at, **records)
+        writes.raise_unless_written(await self._writes.write(row), presented, under)
 
     async def record_task(self, task: Task, event: AuditEvent, *, presented: Presented) -> None:
         """A task and its audit event; a delegated task only while its parent is still open (TaskEnded)."""
-        params = {**writes.check_params(presented, under=task.parent_id, now=task.created_at),
-                  **task_params(task), **audit_params(event)}
-        row = await self._db.fetchone(writes.TASK, params, prepare=True)
-        writes.raise_unless_written(row, presented, task.parent_id)
+        row = writes.checked_row(presented, under=task.parent_id, now=task.created_at, task=task_row(task),
+                                 audit=audit_row(event))
+        writes.raise_unless_written(await self._writes.write(row), presented, task.parent_id)
 
     async def append_audit(self, event: AuditEvent) -> None:
         async with self._db.connection() as connection:

@@ -22,24 +22,29 @@ TASK_COLUMNS = ("id", "parent_id", "root_id", "chain", "agent", "agent_domain", 
                 "scope", "audiences", "purpose", "context", "created_at", "deadline", "implicit", "state", "ended_at")
 
 
-def row_insert(table: str, name: str, columns: tuple[str, ...], source: str = "") -> str:
-    """INSERT of one row passed as one JSONB parameter `name` (psycopg caches the parsing of statements of
-    at most 50 parameters, and dumps one JSON document faster than a parameter per column)."""
-    return (f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join(f'r.{c}' for c in columns)}"
-            f" FROM {source}jsonb_populate_record(NULL::{table}, %({name})s) AS r")
+def row_insert(table: str, columns: tuple[str, ...], document: str, source: str = "") -> str:
+    """INSERT of a row given as one JSON object, `document` (a parameter, or a member of a batch's row): psycopg
+    caches the parsing of statements of at most 50 parameters, and dumps one JSON document faster than a
+    parameter per column."""
+    return (f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join(f'x.{c}' for c in columns)}"
+            f" FROM {source}jsonb_populate_record(NULL::{table}, {document}) AS x")
 
 
 def audit_params(event: AuditEvent) -> dict[str, Any]:
-    return {"audit": Jsonb({c: list(event.reasons) if c == "reasons" else getattr(event, c) for c in AUDIT_COLUMNS})}
+    return {"audit": Jsonb(audit_row(event))}
 
 
-def token_params(token: IssuedTokenRecord) -> dict[str, Any]:
-    return {"token": Jsonb({c: getattr(token, c) for c in TOKEN_COLUMNS})}
+def audit_row(event: AuditEvent) -> dict[str, Any]:
+    return {c: list(event.reasons) if c == "reasons" else getattr(event, c) for c in AUDIT_COLUMNS}
 
 
-def task_params(task: Task) -> dict[str, Any]:
+def token_row(token: IssuedTokenRecord) -> dict[str, Any]:
+    return {c: getattr(token, c) for c in TOKEN_COLUMNS}
+
+
+def task_row(task: Task) -> dict[str, Any]:
     context = task.context
-    return {"task": Jsonb({
+    return {
         "id": task.id, "parent_id": task.parent_id, "root_id": task.root_id,
         "chain": [{"id": a.id, "kind": a.kind, "domain": a.domain} for a in task.chain],
         "agent": task.agent.id, "agent_domain": task.agent.domain, "user_issuer": task.user_issuer,
@@ -49,7 +54,7 @@ def task_params(task: Task) -> dict[str, Any]:
         if context.details or context.environment else None,
         "created_at": task.created_at, "deadline": task.deadline, "implicit": task.implicit, "state": task.state,
         "ended_at": task.ended_at,
-    })}
+    }
 
 
 def audit_event(row: Mapping[str, Any]) -> AuditEvent:

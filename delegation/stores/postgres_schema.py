@@ -18,9 +18,10 @@ from .postgres_db import conninfo, store_error
 # The tables and meaning of SQLite's schema (sqlite_schema.py), in PostgreSQL's types: times are BIGINT
 # seconds, lists TEXT[], structured values JSONB. Every query the store runs has its index; the hot path's
 # inserts (an implicit task, a token, an audit event per exchange) keep to the indexes those queries need.
-# `deputy_checks` is what a checked write relies on (postgres_writes.py): it takes the shared advisory locks
-# of the parties and of the tree written under, then reads their cutoffs and the task in a statement of
-# its own, so with a fresh snapshot (a VOLATILE function's statements each take one in READ COMMITTED). It
+# `deputy_checks` is what a batch of checked writes relies on (postgres_writes.py): it takes the shared
+# advisory locks of the rows' parties and of the trees written under, then reads their cutoffs and tasks in a
+# statement of its own, so with a fresh snapshot (a VOLATILE function's statements each take one in READ
+# COMMITTED). It
 # is PL/pgSQL, whose statement plans are kept per session: a multi-statement SQL function is planned again on
 # every call (about 250 us of the server's CPU per exchange, measured with pg_stat_statements).
 # Feed events carry what SSF SETs are made of (SQLite's schema 5): the initiator, an admin revocation's
@@ -226,7 +227,57 @@ MIGRATIONS: tuple[str, ...] = (
         END
         $checks$;
     """,
+    # 7: the checked writes of concurrent requests go as one statement (postgres_batch.py): deputy_checks takes
+    # the rows as one JSONB array, locks every party (sorted), then every tree (sorted), then checks each row.
+    # Without p_wait it only tries each lock: a row that needs one held by a revocation comes back busy,
+    # unwritten, so that a revocation in progress holds up its own rows, not the whole batch. Tasks are
+    # looked up row by row (LATERAL ... LIMIT 1): a plan cached while the table was small would scan it.
+    f"""
+    DROP FUNCTION deputy_checks(TEXT[], TEXT, TEXT, TEXT, TEXT, TEXT, BIGINT);
+    CREATE FUNCTION deputy_checks(p_rows JSONB, p_wait BOOLEAN)
+        RETURNS TABLE (ord BIGINT, busy BOOLEAN, agent_cutoff BIGINT, user_cutoff BIGINT, state TEXT,
+                       deadline BIGINT)
+        LANGUAGE plpgsql VOLATILE AS $checks$
+        #variable_conflict use_column
+        DECLARE
+            v_busy TEXT[];
+        BEGIN
+            IF p_wait THEN
+                PERFORM pg_advisory_xact_lock_shared(hashtextextended(key, 0)) FROM (SELECT DISTINCT key
+                    COLLATE "C" AS key FROM jsonb_array_elements(p_rows) AS r, jsonb_array_elements_text(r->'keys')
+                    AS key ORDER BY 1) AS parties;
+                PERFORM pg_advisory_xact_lock_shared(hashtextextended('tree:' || root_id, 0)) FROM (SELECT
+                    DISTINCT t.root_id COLLATE "C" AS root_id FROM jsonb_array_elements(p_rows) AS r CROSS JOIN
+                    LATERAL (SELECT root_id FROM tasks WHERE id = r->>'under' LIMIT 1) AS t ORDER BY 1) AS trees;
+                v_busy := '{{}}';
+            ELSE
+                SELECT coalesce(array_agg(key), '{{}}') INTO v_busy FROM (SELECT DISTINCT key FROM
+                    jsonb_array_elements(p_rows) AS r, jsonb_array_elements_text(r->'keys') AS key) AS parties
+                    WHERE NOT pg_try_advisory_xact_lock_shared(hashtextextended(key, 0));
+                SELECT v_busy || coalesce(array_agg('tree:' || root_id), '{{}}') INTO v_busy FROM (SELECT DISTINCT
+                    t.root_id FROM jsonb_array_elements(p_rows) AS r CROSS JOIN LATERAL (SELECT root_id FROM tasks
+                    WHERE id = r->>'under' LIMIT 1) AS t) AS trees
+                    WHERE NOT pg_try_advisory_xact_lock_shared(hashtextextended('tree:' || root_id, 0));
+            END IF;
+            RETURN QUERY SELECT e.ord, coalesce('tree:' || t.root_id = ANY(v_busy), FALSE) OR EXISTS (SELECT FROM
+                jsonb_array_elements_text(e.r->'keys') AS key WHERE key = ANY(v_busy)), cut.agent, cut.usr,
+                t.state, t.deadline
+                FROM jsonb_array_elements(p_rows) WITH ORDINALITY AS e(r, ord) CROSS JOIN LATERAL (SELECT
+                max(issued_before) FILTER (WHERE kind = 'domain' OR kind = 'agent' AND issuer IN (e.r->>'domain', ''))
+                    AS agent,
+                max(issued_before) FILTER (WHERE kind = 'user' AND issuer IN (e.r->>'user_issuer', '')) AS usr
+                FROM (SELECT kind, subject, issuer, issued_before FROM credential_cutoffs
+                      UNION ALL SELECT target, party, issuer, {BLOCKED} + expires_at FROM blocks
+                      WHERE lifted_at IS NULL AND expires_at > (e.r->>'now')::BIGINT) AS c
+                WHERE (kind = 'agent' AND subject = e.r->>'agent') OR (kind = 'domain' AND subject = e.r->>'domain')
+                OR (kind = 'user' AND subject = e.r->>'user_subject')) AS cut
+                LEFT JOIN LATERAL (SELECT root_id, state, deadline FROM tasks WHERE id = e.r->>'under' LIMIT 1) AS t
+                ON TRUE;
+        END
+        $checks$;
+    """,
 )
+
 SCHEMA_VERSION = len(MIGRATIONS)
 UPGRADE_LOCK = "deputy:schema"  # advisory lock keys are hashtextextended(name, 0)
 UPGRADE_COMMAND = "deputy db upgrade"

@@ -3,24 +3,26 @@ replicas write at once (READ COMMITTED, transaction-level advisory locks, keys `
 
 - A write under a task tree (a grant under a task, a delegation) takes the shared lock of the tree's root,
   and every write takes the shared locks of the parties it relies on (the agent, its domain, the user), in a
-  statement of its own BEFORE its checks: in READ COMMITTED each statement sees what committed before it
-  started, so checks made after the lock see every revocation that held it first (and a revocation that
-  takes the lock after the write's finds what the write committed).
+  statement of its own BEFORE its checks (a batch: every row's, before any row's checks): in READ COMMITTED
+  each statement sees what committed before it started, so checks made after the lock see every revocation
+  that held it first (and a revocation that takes the lock after the write's finds what the write committed).
 - Ending tasks takes the exclusive locks of their trees' roots before reading the subtree; an admin
   revocation takes its party's exclusive lock before recording the cutoff and reading the party's tasks.
   So an exchange racing a revocation either commits first, and its task and token are in the cascade, or
   waits and then sees the ended task or the cutoff.
-- Locks are taken in one order, parties before trees and trees sorted, so writers never deadlock.
+- Locks are taken in one order, parties before trees, each set sorted, so writers never deadlock.
 - Revocation feed cursors: readers read up to the head, so a sequence number must never commit after a
   higher one. Every feed event is inserted under one exclusive lock taken last in its transaction and held
   until it commits: sequence numbers are drawn and committed in one order, and once a reader sees seq N,
   every lower seq that will ever commit already has.
 - Each such transaction also NOTIFYs `deputy_events` (delivered at commit) to wake every replica's readers.
 
-The hot path (a grant, a task) is ONE statement, one round trip, prepared, in its own (implicit)
-transaction: `deputy_checks` (a SQL function, postgres_schema.py) takes the shared locks, then reads the
-cutoffs and the task in a statement of its own, so with a fresh snapshot; the INSERTs happen only if the
-checks pass, and the statement returns what they found, so the caller raises the error that fits.
+The hot path (a grant, a task) is ONE statement for a batch of concurrent requests' writes (`WRITES`,
+postgres_batch.py), one round trip, prepared, in its own (implicit) transaction: `deputy_checks` (a
+PL/pgSQL function, postgres_schema.py) takes the shared locks of every row (all parties, sorted, then all
+trees, sorted), then reads each row's cutoffs and task in a statement of its own, so with a fresh snapshot;
+a row's INSERTs happen only if its checks pass, and the statement returns what they found, row by row, so
+each caller raises the error that fits.
 """
 
 from __future__ import annotations
@@ -50,24 +52,26 @@ LOCK_TREES = (
 )
 LOCK_ONE = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
 NOTIFY_CUTOFFS = f"SELECT pg_notify('{CHANNEL}', %s)"  # a party's cutoffs changed (postgres_cutoffs.py)
-CHECKS = ("deputy_checks(%(keys)s, %(under)s, %(agent)s, %(domain)s, %(user_issuer)s, %(user_subject)s,"
-          " %(now)s) AS checks")  # (postgres_schema.py) its locks, then a fresh look at the cutoffs and the task
-_CHECKED = (  # the checks of `barred` and of an open task, then the inserts if they pass
-    "WITH ok AS (SELECT agent_cutoff AS agent, user_cutoff AS usr, state, deadline,"
-    " (agent_cutoff IS NULL OR %(actor_iat)s > agent_cutoff) AND (user_cutoff IS NULL OR %(user_iat)s > user_cutoff)"
-    " AND (%(under)s::text IS NULL OR (state = 'open' AND deadline > %(now)s)) AS fine"
-    f" FROM {CHECKS})"
+_CHECKED = (  # per row: busy (a lock it needs was held, without `wait`), and the checks of `barred` and of an open task
+    "WITH ok AS (SELECT ord, r, busy, agent_cutoff AS agent, user_cutoff AS usr, state, deadline, NOT busy"
+    " AND (agent_cutoff IS NULL OR (r->>'actor_iat')::BIGINT > agent_cutoff)"
+    " AND (user_cutoff IS NULL OR (r->>'user_iat')::BIGINT > user_cutoff)"
+    " AND (r->>'under' IS NULL OR (state = 'open' AND deadline > (r->>'now')::BIGINT)) AS fine"
+    " FROM deputy_checks(%(rows)s, %(wait)s)"
+    " JOIN jsonb_array_elements(%(rows)s) WITH ORDINALITY AS e(r, ord) USING (ord))"
 )
-_INSERTS = {
-    table: f", {table} AS ({row_insert(table, name, columns, 'ok, ')} WHERE ok.fine)"
-    for table, name, columns in (("tasks", "task", TASK_COLUMNS), ("issued_tokens", "token", TOKEN_COLUMNS),
-                                 ("audit_events", "audit", AUDIT_COLUMNS))
-}
-_RESULT = " SELECT agent, usr, state, deadline, fine FROM ok"
-GRANT = _CHECKED + _INSERTS["issued_tokens"] + _INSERTS["audit_events"] + _RESULT
-GRANT_WITH_TASK = _CHECKED + _INSERTS["tasks"] + _INSERTS["issued_tokens"] + _INSERTS["audit_events"] + _RESULT
-TASK = _CHECKED + _INSERTS["tasks"] + _INSERTS["audit_events"] + _RESULT
-INSERT_AUDIT = row_insert("audit_events", "audit", AUDIT_COLUMNS)
+
+
+def _insert(table: str, name: str, columns: tuple[str, ...]) -> str:
+    """The rows' `name` member into `table`, for the rows that passed their checks and carry one."""
+    return (f", {table} AS ({row_insert(table, columns, f'ok.r->{name!r}', 'ok, ')}"
+            f" WHERE ok.fine AND ok.r ? {name!r})")
+
+
+WRITES = (_CHECKED + _insert("tasks", "task", TASK_COLUMNS) + _insert("issued_tokens", "token", TOKEN_COLUMNS)
+          + _insert("audit_events", "audit", AUDIT_COLUMNS)
+          + " SELECT busy, agent, usr, state, deadline, fine FROM ok ORDER BY ord")
+INSERT_AUDIT = row_insert("audit_events", AUDIT_COLUMNS, "%(audit)s")
 
 
 def party_keys(presented: Presented) -> list[str]:
@@ -76,12 +80,14 @@ def party_keys(presented: Presented) -> list[str]:
     return keys + ([f"user:{presented.user[1]}"] if presented.user else [])
 
 
-def check_params(presented: Presented, *, under: str | None, now: int) -> dict[str, Any]:
+def checked_row(presented: Presented, *, under: str | None, now: int, **records: dict[str, Any]) -> dict[str, Any]:
+    """One row of a batch of checked writes (`WRITES`): what to check, and the `records` (`task`, `token`,
+    `audit`: postgres_rows.py) to insert if the checks pass."""
     actor, user = presented.actor, presented.user
     return {"keys": party_keys(presented), "under": under, "now": now,
             "agent": actor.id if actor else None, "domain": actor.domain if actor else None,
             "actor_iat": presented.actor_issued_at, "user_issuer": user[0] if user else None,
-            "user_subject": user[1] if user else None, "user_iat": presented.user_issued_at}
+            "user_subject": user[1] if user else None, "user_iat": presented.user_issued_at, **records}
 
 
 def raise_unless_written(row: DictRow | None, presented: Presented, under: str | None) -> None:

@@ -28,10 +28,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from psycopg.rows import dict_row
 
-from delegation.records import BLOCKED, Block, CredentialRevoked, Party, StoreError, TaskEnded
+from delegation.records import BLOCKED, Block, CredentialRevoked, Party, Presented, StoreError, TaskEnded
 from delegation.store import PendingSet, Store
 from delegation.stores import open_store, postgres_cutoffs, postgres_listen, upgrade_store
 from delegation.stores import postgres_writes as writes
+from delegation.stores.postgres_batch import FLUSHES
 from delegation.stores.postgres_listen import NOT_YET, Listener, Wakeup
 from delegation.stores.postgres_schema import SCHEMA_VERSION, upgrade
 from delegation.tasks import SYSTEM, EndedTask, Revocation, Task
@@ -41,6 +42,7 @@ from tests.delegation.test_store_contract import (
     ONLY_MAIL,
     PRESENTED,
     A,
+    agent_ref,
     event,
     eventually,
     opened,
@@ -154,6 +156,125 @@ async def test_a_grant_racing_an_admin_revocation_of_its_agent_is_in_the_cascade
         assert all(isinstance(e, CredentialRevoked) and e.which == "actor" for e in errors)
         assert set(revocation.task_ids) == {f"i{n}" for n in done}  # every task it let through, it ended
         assert set(revocation.jtis) == {f"j{n}" for n in done}
+
+
+async def test_grants_racing_a_revocation_of_two_trees_at_once_are_in_the_cascade_or_refused_never_deadlocked(
+        postgresql_url: str) -> None:
+    """Batches hold the shared locks of several trees, the revocation the exclusive locks of both: both take
+    them sorted, so neither waits for the other in a cycle (PostgreSQL would abort one: a StoreError)."""
+    async with replicas(postgresql_url) as (a, b):
+        await opened(a, "root-1", MAIL_AUD)
+        await opened(a, "root-2", MAIL_AUD)
+
+        async def grant(n: int) -> None:
+            under = ("root-2", "root-1")[n % 2]
+            await a.record_grant(token(f"j{n}", under), event("x", f"j{n}"), presented=PRESENTED)
+
+        done, errors, revocation = await hammer(
+            grant, revoke=lambda: b.end_tasks(["root-2", "root-1"], state="revoked", reason="race", now=NOW + 1))
+        assert revocation is not None and errors and all(isinstance(e, TaskEnded) for e in errors)
+        assert {f"j{n}" for n in done} == set(revocation.jtis)
+
+
+def count_batches(store: Store) -> list[int]:
+    """The sizes of the batches of checked writes `store` sends from now on (its real statements)."""
+    batches = store._writes  # type: ignore[attr-defined]
+    sizes: list[int] = []
+    send = batches._send
+
+    async def counted(rows: list[dict[str, object]], *, wait: bool) -> object:
+        sizes.append(len(rows))
+        return await send(rows, wait=wait)
+
+    batches._send = counted
+    return sizes
+
+
+async def test_concurrent_checked_writes_go_as_few_statements_and_each_request_gets_its_own_outcome(
+        postgresql_url: str) -> None:
+    async with replicas(postgresql_url, 1) as (store,):
+        await opened(store, "open", MAIL_AUD)
+        await opened(store, "ended", MAIL_AUD)
+        await store.end_tasks(["ended"], state="completed", reason="done", now=NOW)
+        cut_off = Presented(agent_ref("spiffe://example.org/cut"), NOW - 10)
+        await store.end_matching(Party("agent", cut_off.actor.id), reason="incident", now=NOW)  # type: ignore[union-attr]
+        sizes = count_batches(store)
+        writes_ = [store.record_grant(token(f"ok-{n}", "open"), event("x", f"ok-{n}"), presented=PRESENTED)
+                   for n in range(30)]
+        writes_.insert(7, store.record_grant(token("under-ended", "ended"), event("x", "under-ended"),
+                                             presented=PRESENTED))
+        implicit = replace(task("cut-task"), implicit=True)
+        writes_.insert(19, store.record_grant(token("cut", implicit.id), event("x", "cut"), presented=cut_off,
+                                              task=implicit))
+        outcomes = await asyncio.gather(*writes_, return_exceptions=True)
+        assert isinstance(outcomes[7], TaskEnded) and isinstance(outcomes[19], CredentialRevoked)
+        assert sum(o is None for o in outcomes) == 30
+        assert sum(sizes) == 32 and max(sizes) > 1 and len(sizes) < 32  # batched, every write sent once
+        for n in range(30):
+            assert await store.token(f"ok-{n}") is not None
+        assert await store.token("under-ended") is None and await store.token("cut") is None
+        assert await store.task("cut-task") is None
+        with admin(postgresql_url) as db:
+            audited = {row[0] for row in db.execute("SELECT task_id FROM audit_events WHERE action = 'x'")}
+        assert audited == {f"ok-{n}" for n in range(30)}  # a refused row's audit event is not written either
+
+
+async def test_a_batch_that_fails_as_a_whole_is_retried_row_by_row_so_a_bad_row_fails_only_its_own_request(
+        postgresql_url: str) -> None:
+    """PostgreSQL refuses a JSON string holding U+0000 (whatever let one through): the batch holding it
+    writes nothing, then each row goes alone, and only the request that brought it fails (503)."""
+    async with replicas(postgresql_url, 1) as (store,):
+        await opened(store, "root", MAIL_AUD)
+        sizes = count_batches(store)
+        good = [store.record_grant(token(f"j{n}", "root"), event("x", f"j{n}"), presented=PRESENTED)
+                for n in range(10)]
+        bad = store.record_grant(token("bad", "root"), replace(event("x", "bad"), reasons=("nul \0 here",)),
+                                 presented=PRESENTED)
+        outcomes = await asyncio.gather(*good[:5], bad, *good[5:], return_exceptions=True)
+        assert isinstance(outcomes[5], StoreError) and "postgresql" in str(outcomes[5])
+        assert all(o is None for i, o in enumerate(outcomes) if i != 5)
+        alone, batched = FLUSHES, 11 - FLUSHES  # the first go alone; the rest, the bad row among them, together
+        assert sizes == [1] * alone + [batched] + [1] * batched  # the batch failed: each of its rows alone
+        assert await store.token("bad") is None
+        for n in range(10):
+            assert await store.token(f"j{n}") is not None
+
+
+async def test_a_revocation_holding_a_tree_holds_up_only_that_tree_s_writes_in_a_batch(postgresql_url: str) -> None:
+    """A batch only tries its locks: the row under the locked tree comes back busy and waits alone, and the
+    batch's other rows are written without waiting for the revocation."""
+    async with replicas(postgresql_url, 1) as (store,):
+        await opened(store, "held", MAIL_AUD)
+        await opened(store, "free", MAIL_AUD)
+        sizes = count_batches(store)
+        with admin(postgresql_url) as stuck:
+            stuck.execute("BEGIN")
+            stuck.execute("SELECT pg_advisory_xact_lock(hashtextextended('tree:held', 0))")
+            free = [asyncio.create_task(store.record_grant(token(f"j{n}", "free"), event("x", f"j{n}"),
+                                                           presented=PRESENTED)) for n in range(10)]
+            held = asyncio.create_task(store.record_grant(token("h", "held"), event("x", "h"), presented=PRESENTED))
+            await asyncio.wait_for(asyncio.gather(*free), 2)  # long before the lock timeout (5 s)
+            await asyncio.sleep(0.2)
+            assert not held.done()
+            assert sizes == [1] * FLUSHES + [11 - FLUSHES, 1]  # some alone, a batch, then its busy row alone
+            stuck.execute("COMMIT")
+            await asyncio.wait_for(held, 2)
+        for jti in ("h", *(f"j{n}" for n in range(10))):
+            assert await store.token(jti) is not None
+
+
+async def test_a_checked_write_whose_request_is_cancelled_is_still_written_once_queued(postgresql_url: str) -> None:
+    async with replicas(postgresql_url, 1) as (store,):
+        await opened(store, "root", MAIL_AUD)
+        sizes = count_batches(store)
+        writes_ = [asyncio.create_task(store.record_grant(token(f"j{n}", "root"), event("x", f"j{n}"),
+                                                          presented=PRESENTED)) for n in range(FLUSHES + 2)]
+        await asyncio.sleep(0)  # every write on its way or queued
+        writes_[-1].cancel()  # a queued one
+        outcomes = await asyncio.gather(*writes_, return_exceptions=True)
+        assert isinstance(outcomes[-1], asyncio.CancelledError) and sizes == [1] * FLUSHES + [2]
+        for n in range(FLUSHES + 2):
+            assert await store.token(f"j{n}") is not None  # recorded, as a moment later it would have been
 
 
 async def test_a_write_behind_a_stuck_revocation_fails_closed_after_the_lock_timeout(postgresql_url: str) -> None:
