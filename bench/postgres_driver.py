@@ -62,8 +62,9 @@ Op = Callable[[int], Awaitable[None]]
 
 
 def grant_params(i: int, *, implicit: bool = False, rows: int = 1) -> dict[str, Any]:
-    """What record_grant sends: `rows` checked writes under TASK, or (`implicit`) each with a new implicit task."""
-    return {"rows": Jsonb([grant_row(f"{i}-{n}", implicit=implicit) for n in range(rows)])}
+    """What record_grant sends: `rows` checked writes under TASK, or (`implicit`) each with a new implicit task;
+    alone, waiting for its locks, or as a batch, trying them (postgres_batch.py)."""
+    return {"rows": Jsonb([grant_row(f"{i}-{n}", implicit=implicit) for n in range(rows)]), "wait": rows == 1}
 
 
 def grant_row(i: str, *, implicit: bool) -> dict[str, Any]:
