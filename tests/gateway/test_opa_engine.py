@@ -205,7 +205,8 @@ def test_the_gateway_recovers_without_a_restart_once_opa_answers(faulty: tuple[D
 def test_policy_push_then_policy_test_pass_the_decision_table_on_the_opa_engine(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with running_opa() as opa:
-        (tmp_path / "deputy.toml").write_text(f'[policy]\nengine = "opa"\nopa_url = "{opa.url}"\n')
+        # a generous timeout: what is tested is the table's outcome, not the in-process test OPA's speed
+        (tmp_path / "deputy.toml").write_text(f'[policy]\nengine = "opa"\nopa_url = "{opa.url}"\ntimeout_ms = 5000\n')
         config = ["--config", str(tmp_path / "deputy.toml")]
         assert main(["policy", "test", str(CASES), *config]) == 1  # nothing loaded yet: undefined
         assert "is undefined" in capsys.readouterr().out
