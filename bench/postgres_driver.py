@@ -46,7 +46,7 @@ from delegation.records import IssuedTokenRecord, Presented
 from delegation.stores import postgres_writes as writes
 from delegation.stores.postgres import PostgresStore
 from delegation.stores.postgres_db import PostgresDatabase
-from delegation.stores.postgres_rows import audit_row, task_row, token_row
+from delegation.stores.postgres_rows import written_records
 from delegation.stores.postgres_schema import upgrade
 from delegation.tasks import Task
 from token_exchange.actors import ActorRef
@@ -75,8 +75,8 @@ def grant_row(i: str, *, implicit: bool) -> dict[str, Any]:
     event = AuditEvent(decision_id=token.jti, at=NOW, action="exchange", outcome="granted", agent=AGENT.id,
                        audience="https://mail", granted_scope="mail.read", jti=token.jti, task_id=task.id,
                        reasons=("granted",))
-    records = {"token": token_row(token), "audit": audit_row(event)} | ({"task": task_row(task)} if implicit else {})
-    return writes.checked_row(PRESENTED, under=None if implicit else TASK.id, now=NOW, **records)
+    return writes.checked_row(PRESENTED, under=None if implicit else TASK.id, now=NOW,
+                              **written_records(event, token=token, task=task if implicit else None))
 
 
 def positional(sql: str) -> tuple[str, list[str]]:

@@ -5,10 +5,10 @@ Driver: psycopg 3 with psycopg_pool (`postgres_db.py`). libpq itself reads the U
 works (Unix sockets with peer authentication, TLS client certificates, service and password files). The hot
 path is server-side prepared statements, one round trip each: the task lookup, and the checked writes (a
 grant, a task), those of concurrent requests sent as one (`postgres_batch.py`); the check of the cutoffs
-before the policy reads a copy held in memory (`postgres_cutoffs.py`). Measured against
-asyncpg on this machine (bench/postgres_driver.py, bench/README.md): asyncpg takes about 35-70 µs less
-client CPU per statement (one-shot grant 232 against 301 µs with 8 callers), rates and latency alike;
-psycopg is kept for libpq's connection handling, which passwordless deployments rely on.
+before the policy reads a copy held in memory (`postgres_cutoffs.py`). Measured against asyncpg on this
+machine (bench/postgres_driver.py, bench/README.md): the client's CPU per write alike (one-shot write with 8
+callers: 183 µs psycopg, 180 µs asyncpg; an earlier, noisier run had asyncpg 35-70 µs cheaper); psycopg is
+kept for libpq's connection handling, which passwordless deployments rely on.
 
 Concurrency (`postgres_writes.py`): READ COMMITTED and transaction-level advisory locks on task trees and
 on parties, taken in a statement before the checks, so a check-and-write and a revocation are ordered one
@@ -40,7 +40,7 @@ from .postgres_batch import WriteBatches
 from .postgres_cutoffs import CutoffCopy, notice
 from .postgres_db import CHECKOUT_TIMEOUT_S, Connection, PostgresDatabase
 from .postgres_listen import Listener, Wakeup
-from .postgres_rows import audit_event, audit_params, audit_row, task, task_row, token_record, token_row
+from .postgres_rows import audit_event, audit_params, task, token_record, written_records
 from .postgres_schema import check_version, version_of
 from .postgres_streams import PostgresEventStreams
 
@@ -98,14 +98,14 @@ class PostgresStore(PostgresEventStreams):
 
         A token under an existing task is only recorded while that task is still open (TaskEnded)."""
         under = token.task_id if task is None else None
-        records = {"token": token_row(token), "audit": audit_row(event)} | ({"task": task_row(task)} if task else {})
-        row = writes.checked_row(presented, under=under, now=token.issued_at, **records)
+        row = writes.checked_row(presented, under=under, now=token.issued_at,
+                                 **written_records(event, token=token, task=task))
         writes.raise_unless_written(await self._writes.write(row), presented, under)
 
     async def record_task(self, task: Task, event: AuditEvent, *, presented: Presented) -> None:
         """A task and its audit event; a delegated task only while its parent is still open (TaskEnded)."""
-        row = writes.checked_row(presented, under=task.parent_id, now=task.created_at, task=task_row(task),
-                                 audit=audit_row(event))
+        row = writes.checked_row(presented, under=task.parent_id, now=task.created_at,
+                                 **written_records(event, task=task))
         writes.raise_unless_written(await self._writes.write(row), presented, task.parent_id)
 
     async def append_audit(self, event: AuditEvent) -> None:

@@ -32,7 +32,7 @@ from ..records import StoreError
 from .postgres_db import PostgresDatabase
 from .postgres_writes import WRITES
 
-FLUSHES = 4  # batches on their way at once, per store: a lone request never waits for another's statement
+FLUSHES = 4  # statements on their way at once, per store; a write that finds them all taken joins the next batch
 LARGEST = 64  # rows in one batch (some 2 KB of JSON each)
 
 

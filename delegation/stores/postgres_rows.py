@@ -30,6 +30,14 @@ def row_insert(table: str, columns: tuple[str, ...], document: str, source: str 
             f" FROM {source}jsonb_populate_record(NULL::{table}, {document}) AS x")
 
 
+def written_records(event: AuditEvent, *, token: IssuedTokenRecord | None = None, task: Task | None = None
+                    ) -> dict[str, dict[str, Any]]:
+    """What a checked write inserts (`postgres_writes.checked_row`): the audit event, and the token and the
+    task it brings, if any."""
+    return {"audit": audit_row(event), **({"token": token_row(token)} if token is not None else {}),
+            **({"task": task_row(task)} if task is not None else {})}
+
+
 def audit_params(event: AuditEvent) -> dict[str, Any]:
     return {"audit": Jsonb(audit_row(event))}
 

@@ -18,12 +18,12 @@ from .postgres_db import conninfo, store_error
 # The tables and meaning of SQLite's schema (sqlite_schema.py), in PostgreSQL's types: times are BIGINT
 # seconds, lists TEXT[], structured values JSONB. Every query the store runs has its index; the hot path's
 # inserts (an implicit task, a token, an audit event per exchange) keep to the indexes those queries need.
-# `deputy_checks` is what a batch of checked writes relies on (postgres_writes.py): it takes the shared
-# advisory locks of the rows' parties and of the trees written under, then reads their cutoffs and tasks in a
-# statement of its own, so with a fresh snapshot (a VOLATILE function's statements each take one in READ
-# COMMITTED). It
-# is PL/pgSQL, whose statement plans are kept per session: a multi-statement SQL function is planned again on
-# every call (about 250 us of the server's CPU per exchange, measured with pg_stat_statements).
+# `deputy_checks` is what a batch of checked writes relies on (postgres_writes.py): it takes (or, for a
+# batch, tries) the shared advisory locks of the rows' parties and of the trees written under, then reads
+# their cutoffs and tasks in a statement of its own, so with a fresh snapshot (a VOLATILE function's
+# statements each take one in READ COMMITTED). It is PL/pgSQL, whose statement plans are kept per session: a
+# multi-statement SQL function is planned again on every call (about 250 us of the server's CPU per
+# exchange, measured with pg_stat_statements).
 # Feed events carry what SSF SETs are made of (SQLite's schema 5): the initiator, an admin revocation's
 # party, and per task its user and cause (`tasks`: {id: [user_issuer, user_subject, cause]}).
 MIGRATIONS: tuple[str, ...] = (

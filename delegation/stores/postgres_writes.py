@@ -19,10 +19,11 @@ replicas write at once (READ COMMITTED, transaction-level advisory locks, keys `
 
 The hot path (a grant, a task) is ONE statement for a batch of concurrent requests' writes (`WRITES`,
 postgres_batch.py), one round trip, prepared, in its own (implicit) transaction: `deputy_checks` (a
-PL/pgSQL function, postgres_schema.py) takes the shared locks of every row (all parties, sorted, then all
-trees, sorted), then reads each row's cutoffs and task in a statement of its own, so with a fresh snapshot;
-a row's INSERTs happen only if its checks pass, and the statement returns what they found, row by row, so
-each caller raises the error that fits.
+PL/pgSQL function, postgres_schema.py) takes the shared locks of a lone row (its parties, sorted, then its
+tree), or only tries those of a batch's rows (a row whose lock is held comes back busy, unwritten, and goes
+again alone), then reads each row's cutoffs and task in a statement of its own, so with a fresh snapshot; a
+row's INSERTs happen only if it is not busy and its checks pass, and the statement returns what they found,
+row by row, so each caller raises the error that fits.
 """
 
 from __future__ import annotations
