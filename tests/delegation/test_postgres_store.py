@@ -176,6 +176,35 @@ async def test_grants_racing_a_revocation_of_two_trees_at_once_are_in_the_cascad
         assert {f"j{n}" for n in done} == set(revocation.jtis)
 
 
+TREE_LOCK = ("SELECT pid, granted FROM pg_locks WHERE locktype = 'advisory'"
+             " AND ((classid::bigint << 32) | objid::bigint) = hashtextextended(%s, 0)")
+
+
+async def test_a_revocation_of_two_trees_takes_their_locks_in_sorted_order(postgresql_url: str) -> None:
+    """The ordering the race above relies on, seen directly: with the later tree's lock held elsewhere, the
+    revocation already holds the earlier tree's lock while it waits (taken the other way round, it would hold
+    nothing)."""
+    async with replicas(postgresql_url, 1) as (store,):
+        await opened(store, "root-1", MAIL_AUD)
+        await opened(store, "root-2", MAIL_AUD)
+        with admin(postgresql_url) as stuck, admin(postgresql_url) as observer:
+            stuck.execute("BEGIN")
+            stuck.execute("SELECT pg_advisory_xact_lock(hashtextextended('tree:root-2', 0))")
+            revocation = asyncio.create_task(
+                store.end_tasks(["root-2", "root-1"], state="revoked", reason="order", now=NOW + 1))
+            for _ in range(200):
+                if (False,) in [row[1:] for row in observer.execute(TREE_LOCK, ("tree:root-2",))]:
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                pytest.fail("the revocation never waited for the held tree's lock")
+            waiting = {pid for pid, granted in observer.execute(TREE_LOCK, ("tree:root-2",)) if not granted}
+            assert observer.execute(TREE_LOCK, ("tree:root-1",)).fetchall() == [(waiting.pop(), True)]
+            stuck.execute("COMMIT")
+            ended = await asyncio.wait_for(revocation, 5)
+        assert ended is not None and set(ended.task_ids) == {"root-1", "root-2"}
+
+
 def count_batches(store: Store) -> list[int]:
     """The sizes of the batches of checked writes `store` sends from now on (its real statements)."""
     batches = store._writes  # type: ignore[attr-defined]
