@@ -176,7 +176,7 @@ async def test_grants_racing_a_revocation_of_two_trees_at_once_are_in_the_cascad
         assert {f"j{n}" for n in done} == set(revocation.jtis)
 
 
-TREE_LOCK = ("SELECT pid, granted FROM pg_locks WHERE locktype = 'advisory'"
+TREE_LOCK = ("SELECT pid, granted FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1"
              " AND ((classid::bigint << 32) | objid::bigint) = hashtextextended(%s, 0)")
 
 
@@ -188,18 +188,17 @@ async def test_a_revocation_of_two_trees_takes_their_locks_in_sorted_order(postg
         await opened(store, "root-1", MAIL_AUD)
         await opened(store, "root-2", MAIL_AUD)
         with admin(postgresql_url) as stuck, admin(postgresql_url) as observer:
+
+            def waiting_for(lock: str) -> list[int]:
+                return [pid for pid, granted in observer.execute(TREE_LOCK, (lock,)) if not granted]
+
             stuck.execute("BEGIN")
             stuck.execute("SELECT pg_advisory_xact_lock(hashtextextended('tree:root-2', 0))")
             revocation = asyncio.create_task(
                 store.end_tasks(["root-2", "root-1"], state="revoked", reason="order", now=NOW + 1))
-            for _ in range(200):
-                if (False,) in [row[1:] for row in observer.execute(TREE_LOCK, ("tree:root-2",))]:
-                    break
-                await asyncio.sleep(0.01)
-            else:
-                pytest.fail("the revocation never waited for the held tree's lock")
-            waiting = {pid for pid, granted in observer.execute(TREE_LOCK, ("tree:root-2",)) if not granted}
-            assert observer.execute(TREE_LOCK, ("tree:root-1",)).fetchall() == [(waiting.pop(), True)]
+            assert await eventually(lambda: bool(waiting_for("tree:root-2")))
+            (revoking,) = waiting_for("tree:root-2")
+            assert observer.execute(TREE_LOCK, ("tree:root-1",)).fetchall() == [(revoking, True)]
             stuck.execute("COMMIT")
             ended = await asyncio.wait_for(revocation, 5)
         assert ended is not None and set(ended.task_ids) == {"root-1", "root-2"}
